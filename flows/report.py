@@ -1,0 +1,102 @@
+"""Round tables and plots for people: the per-round table of `flywheel rounds`/`demo`, a metrics plot."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+def round_rows(rounds: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The JSON shape of `flywheel rounds --json`: one object per round."""
+    out = []
+    for r in rounds:
+        out.append({
+            "pipeline": r["pipeline"], "round": r["round"], "status": r["status"], "promoted": bool(r["promoted"]),
+            "policy": r["policy_out"] if r["status"] == "completed" else r["policy_in"], "policy_in": r["policy_in"],
+            "candidate": r["candidate"], "reason": r["reason"], "metrics": r["metrics"],
+            "timings_s": {name: round(s["duration_s"] or 0.0, 2) for name, s in r["steps"].items()},
+            "reused_steps": sorted(name for name, s in r["steps"].items() if s["reused"]),
+            "started_at": str(r["started_at"]), "finished_at": str(r["finished_at"]) if r["finished_at"] else None,
+            "manifest_uri": r["manifest_uri"],
+        })
+    return out
+
+
+def _pct(m: dict, key: str) -> str:
+    return f"{100 * m[key]:.1f}" if key in m else "-"
+
+
+STAGE_LABELS = {"curate": "curate", "generate": "gen", "score": "score", "select": "select", "train-sft": "sft",
+                "train-dpo": "dpo", "evaluate-policy": "eval pol", "evaluate-candidate": "eval cand"}
+
+
+def print_rounds(rows: list[dict[str, Any]], console: Console | None = None) -> None:
+    """Two tables: what each round produced and decided, then where its time went."""
+    console = console or Console(width=max(Console().width, 130))
+    t = Table(title="rounds: yields, held-out accuracy, promotion")
+    for col in ["pipeline", "round", "status", "prompts", "samples", "pass@n %", "SFT rows", "pairs",
+                "acc policy %", "acc cand. %", "promoted"]:
+        t.add_column(col, justify="left" if col in ("pipeline", "status") else "right")
+    for r in rows:
+        m = r["metrics"]
+        t.add_row(
+            r["pipeline"], str(r["round"]), r["status"], str(int(m.get("curate/prompts", 0))),
+            str(int(m.get("generate/completions", 0))), _pct(m, "score/pass_at_n"),
+            str(int(m.get("select/sft_rows", 0))), str(int(m.get("select/pairs", 0))),
+            _pct(m, "eval/accuracy/policy"), _pct(m, "eval/accuracy/candidate"), "yes" if r["promoted"] else "no",
+        )
+    console.print(t)
+    t = Table(title="rounds: wall time per stage (s; r = reused from an identical earlier step)")
+    for col in ["pipeline", "round", *STAGE_LABELS.values(), "total"]:
+        t.add_column(col, justify="left" if col == "pipeline" else "right")
+    for r in rows:
+        cells = [f"{r['timings_s'].get(s, 0):.1f}" + (" r" if s in r["reused_steps"] else "") for s in STAGE_LABELS]
+        t.add_row(r["pipeline"], str(r["round"]), *cells, f"{sum(r['timings_s'].values()):.1f}")
+    console.print(t)
+
+
+def plot_rounds(rows: list[dict[str, Any]], out: Path) -> Path:
+    """Accuracy of policy and candidate, and the data yields, over rounds (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rows if r["status"] == "completed"]
+    xs = [r["round"] for r in rows]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for key, label in [("eval/accuracy/policy", "policy (start of round)"), ("eval/accuracy/candidate", "candidate")]:
+        ax1.plot(xs, [100 * r["metrics"].get(key, float("nan")) for r in rows], marker="o", label=label)
+    for r in rows:
+        if r["promoted"]:
+            ax1.annotate("promoted", (r["round"], 100 * r["metrics"].get("eval/accuracy/candidate", 0)),
+                         textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+    ax1.set(title="held-out accuracy", xlabel="round", ylabel="%", ylim=(0, 105))
+    ax1.legend()
+    for key, label in [("score/pass_at_n", "pass@n"), ("select/sft_yield", "SFT yield"), ("select/pair_yield", "pair yield")]:
+        ax2.plot(xs, [100 * r["metrics"].get(key, float("nan")) for r in rows], marker="o", label=label)
+    ax2.set(title="data yield per prompt", xlabel="round", ylabel="%", ylim=(0, 105))
+    ax2.legend()
+    for ax in (ax1, ax2):
+        ax.set_xticks(xs)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def print_lineage(artifact: dict | None, edges: list[dict], rows: list[dict], console: Console | None = None) -> None:
+    console = console or Console()
+    if artifact:
+        console.print(f"[bold]{artifact['kind']}[/bold] {artifact['id']}  ({artifact['uri']})  round {artifact['round']}, step {artifact['step']}")
+    for e in edges:
+        console.print(f"{'  ' * e['depth']}<- {e['src_kind'] or '?'} {e['src'][:16]}  via {e['step']} (round {e['round']})  {e['src_uri'] or ''}")
+    for r in rows:
+        console.print(f"{'  ' * r['depth']}row {r['row_id']} <- {r['parent_id']}  in {r['kind']} {str(r['artifact_id'])[:16]} (round {r['round']}, {r['step']})")
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, indent=2, default=str)

@@ -1,0 +1,118 @@
+"""One round of the flywheel as a Prefect flow: curate → generate → score → select → train → evaluate → promote.
+
+Run one round of a config:  flywheel run --config configs/demo.yaml --rounds 1
+"""
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timezone
+
+from prefect import flow
+from pydantic import BaseModel, Field
+
+from configs.schema import FlywheelConfig
+from flows.preflight import PreflightError, check_model_dir, preflight
+from storage.catalog import ArtifactRecord
+from storage.ids import hash_obj
+from storage.runtime import Runtime, open_runtime
+from tasks.curate import curate_task
+from tasks.evaluate import evaluate_task
+from tasks.generate import generate_task
+from tasks.promote import gate_task
+from tasks.score import score_task
+from tasks.select import select_task
+from tasks.train import train_dpo_task, train_sft_task
+
+# Errors in the user's input: the round is rolled back entirely instead of being kept as "failed".
+INPUT_ERRORS: tuple[type[Exception], ...] = (PreflightError,)
+
+
+class RoundReport(BaseModel):
+    pipeline: str
+    round: int = Field(description="Round number, from 1.")
+    promoted: bool
+    reason: str
+    policy_in: str = Field(description="Artifact id of the policy the round started from.")
+    candidate: str = Field(description="Artifact id of the trained candidate.")
+    policy_out: str = Field(description="Artifact id of the policy after the gate.")
+    metrics: dict[str, float]
+    manifest_uri: str
+    seconds: float
+
+
+def base_policy(rt: Runtime, cfg: FlywheelConfig) -> str:
+    """Artifact id of the policy a round starts from: the last promoted one, or the base model."""
+    current = rt.catalog.current_policy(cfg.pipeline)
+    if current is not None:
+        return current
+    ref = rt.artifacts.put_model(check_model_dir(cfg.base_model, "base_model"), kind="model")
+    rt.catalog.register_artifact(ArtifactRecord(ref.id, ref.kind, ref.format, ref.uri, ref.bytes, ref.rows),
+                                 cfg.pipeline, 0, "base-model")
+    return ref.id
+
+
+def _input_errors() -> tuple[type[Exception], ...]:
+    from tasks.curate import CurationError
+    from tasks.sources import SourceError
+
+    return INPUT_ERRORS + (SourceError, CurationError)
+
+
+@flow(name="flywheel-round")
+def round_flow(cfg: FlywheelConfig) -> RoundReport:
+    """Run the next round of `cfg.pipeline` (a failed round is retried, reusing its finished steps)."""
+    t0 = time.perf_counter()
+    rt = open_runtime(cfg)
+    r = rt.catalog.next_round(cfg.pipeline)
+    preflight(cfg, need_base_model=rt.catalog.current_policy(cfg.pipeline) is None)
+    rt.catalog.ensure_pipeline(cfg.pipeline, cfg.base_model, cfg.model_dump(mode="json"))
+    policy = base_policy(rt, cfg)
+    from prefect.runtime import flow_run
+
+    rt.catalog.start_round(cfg.pipeline, r, hash_obj(cfg.model_dump(mode="json")), policy, str(flow_run.id or ""))
+    try:
+        prompts = curate_task(cfg, r)
+        completions = generate_task(cfg, r, policy, prompts)
+        scores = score_task(cfg, r, completions)
+        sft, pairs = select_task(cfg, r, completions, scores)
+        sft_model = train_sft_task(cfg, r, policy, sft)
+        candidate = train_dpo_task(cfg, r, sft_model, pairs)
+        policy_metrics = evaluate_task(cfg, r, policy, "policy")
+        candidate_metrics = evaluate_task(cfg, r, candidate, "candidate")
+        decision = gate_task(cfg, r, policy, candidate, policy_metrics, candidate_metrics)
+        manifest_uri = write_manifest(rt, cfg, r, policy, candidate, decision.policy_out, decision.reason)
+        rt.catalog.finish_round(cfg.pipeline, r, candidate=candidate, policy_out=decision.policy_out,
+                                promoted=decision.promoted, reason=decision.reason, manifest_uri=manifest_uri)
+    except _input_errors():
+        rt.catalog.discard_round(cfg.pipeline, r)
+        raise
+    except BaseException as e:
+        rt.catalog.fail_round(cfg.pipeline, r, f"{type(e).__name__}: {e}")
+        raise
+    rt.store.put_file("catalog/catalog.duckdb", rt.catalog.path)  # backup after every round
+    metrics = next(x for x in rt.catalog.rounds(cfg.pipeline) if x["round"] == r)["metrics"]
+    return RoundReport(
+        pipeline=cfg.pipeline, round=r, promoted=decision.promoted, reason=decision.reason, policy_in=policy,
+        candidate=candidate, policy_out=decision.policy_out, metrics=metrics, manifest_uri=manifest_uri,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def write_manifest(rt: Runtime, cfg: FlywheelConfig, r: int, policy: str, candidate: str, policy_out: str, reason: str) -> str:
+    """The round's manifest, written last: its presence in the store means the round is complete."""
+    info = next(x for x in rt.catalog.rounds(cfg.pipeline) if x["round"] == r)
+    steps = {
+        name: {"outputs": json.loads(s["outputs"]) if s.get("outputs") else {}, "duration_s": s["duration_s"],
+               "reused": s["reused"], "rows_in": s["rows_in"], "rows_out": s["rows_out"]}
+        for name, s in rt.catalog.steps_of(cfg.pipeline, r).items()
+    }
+    manifest = {
+        "pipeline": cfg.pipeline, "round": r, "written_at": datetime.now(timezone.utc).isoformat(),
+        "config": cfg.model_dump(mode="json"), "policy_in": policy, "candidate": candidate,
+        "policy_out": policy_out, "reason": reason, "metrics": info["metrics"], "steps": steps,
+        "artifacts": {a: rt.artifacts.ref(a).uri for s in steps.values() for a in s["outputs"].values()},
+    }
+    key = f"runs/{cfg.pipeline}/round-{r:04d}/manifest.json"
+    rt.store.put_bytes(key, json.dumps(manifest, indent=2, default=str).encode())
+    return rt.store.url(key)

@@ -1,0 +1,298 @@
+"""The DuckDB catalog: pipelines, rounds, steps, artifacts, lineage edges and metrics.
+
+Every write goes through this module, one transaction per call. A connection is opened per call and
+closed after it, so several processes (two flows, a CLI query) can share the file: DuckDB lets only one
+process hold it at a time, and a caller that finds it locked waits and retries.
+
+Query it with any DuckDB client:  duckdb .flywheel/catalog.duckdb "select * from rounds"
+"""
+from __future__ import annotations
+
+import json
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+import duckdb
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS pipelines (
+    name TEXT PRIMARY KEY, created_at TIMESTAMPTZ, base_model TEXT, config JSON);
+CREATE TABLE IF NOT EXISTS rounds (
+    pipeline TEXT, round INTEGER, status TEXT, config_hash TEXT,
+    policy_in TEXT, candidate TEXT, policy_out TEXT, promoted BOOLEAN, reason TEXT,
+    flow_run_id TEXT, started_at TIMESTAMPTZ, finished_at TIMESTAMPTZ, manifest_uri TEXT,
+    PRIMARY KEY (pipeline, round));
+CREATE TABLE IF NOT EXISTS steps (
+    pipeline TEXT, round INTEGER, step TEXT, identity TEXT, status TEXT, reused BOOLEAN,
+    flow_run_id TEXT, task_run_id TEXT, started_at TIMESTAMPTZ, finished_at TIMESTAMPTZ,
+    duration_s DOUBLE, rows_in BIGINT, rows_out BIGINT, inputs JSON, outputs JSON, error TEXT,
+    PRIMARY KEY (pipeline, round, step));
+CREATE TABLE IF NOT EXISTS artifacts (
+    id TEXT PRIMARY KEY, kind TEXT, format TEXT, uri TEXT, bytes BIGINT, rows BIGINT,
+    pipeline TEXT, round INTEGER, step TEXT, created_at TIMESTAMPTZ);
+CREATE TABLE IF NOT EXISTS edges (
+    src TEXT, dst TEXT, step TEXT, pipeline TEXT, round INTEGER, PRIMARY KEY (src, dst));
+CREATE TABLE IF NOT EXISTS metrics (
+    pipeline TEXT, round INTEGER, step TEXT, name TEXT, value DOUBLE, PRIMARY KEY (pipeline, round, name));
+CREATE TABLE IF NOT EXISTS row_edges (row_id TEXT, parent_id TEXT, artifact_id TEXT);
+CREATE INDEX IF NOT EXISTS row_edges_row ON row_edges (row_id);
+"""
+
+LOCK_WAIT_S = 120.0
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True)
+class ArtifactRecord:
+    id: str
+    kind: str
+    format: str
+    uri: str
+    bytes: int
+    rows: int | None
+
+
+@dataclass
+class StepRecord:
+    """What one step wrote: its outputs, their parents, metrics and row-level lineage."""
+
+    pipeline: str
+    round: int
+    step: str
+    identity: str
+    inputs: dict[str, str]
+    outputs: dict[str, ArtifactRecord]
+    metrics: dict[str, float] = field(default_factory=dict)
+    row_edges: list[tuple[str, str, str]] = field(default_factory=list)  # (row_id, parent_id, artifact_id)
+    rows_in: int | None = None
+    rows_out: int | None = None
+    started_at: datetime | None = None
+    duration_s: float = 0.0
+    flow_run_id: str | None = None
+    task_run_id: str | None = None
+    reused: bool = False
+
+
+class Catalog:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._tx() as con:
+            con.execute(SCHEMA)
+
+    @contextmanager
+    def _tx(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """One connection, one transaction: commit on success, roll back on any error."""
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while True:
+            try:
+                con = duckdb.connect(str(self.path))
+                break
+            except duckdb.IOException as e:
+                # Another process holds the file: wait our turn rather than fail a long round.
+                if "lock" not in str(e).lower() or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        try:
+            con.execute("BEGIN TRANSACTION")
+            yield con
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        finally:
+            con.close()
+
+    def _query(self, sql: str, params: list | None = None) -> list[dict[str, Any]]:
+        with self._tx() as con:
+            cur = con.execute(sql, params or [])
+            cols = [d[0] for d in cur.description]
+            return [dict(zip(cols, row)) for row in cur.fetchall()]
+
+    # --- pipelines and rounds ---------------------------------------------------------------
+
+    def ensure_pipeline(self, name: str, base_model: str, config: dict) -> None:
+        with self._tx() as con:
+            con.execute(
+                "INSERT INTO pipelines VALUES (?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET config = excluded.config",
+                [name, _now(), base_model, json.dumps(config)],
+            )
+
+    def start_round(self, pipeline: str, round_num: int, config_hash: str, policy_in: str, flow_run_id: str | None) -> None:
+        """Open a round (or reopen a failed one: its finished steps stay and are reused)."""
+        with self._tx() as con:
+            con.execute(
+                """INSERT INTO rounds (pipeline, round, status, config_hash, policy_in, flow_run_id, started_at)
+                   VALUES (?, ?, 'running', ?, ?, ?, ?)
+                   ON CONFLICT (pipeline, round) DO UPDATE SET status = 'running', config_hash = excluded.config_hash,
+                     policy_in = excluded.policy_in, flow_run_id = excluded.flow_run_id,
+                     started_at = excluded.started_at, finished_at = NULL, reason = NULL""",
+                [pipeline, round_num, config_hash, policy_in, flow_run_id, _now()],
+            )
+
+    def finish_round(
+        self, pipeline: str, round_num: int, *, candidate: str, policy_out: str, promoted: bool,
+        reason: str, manifest_uri: str,
+    ) -> None:
+        with self._tx() as con:
+            con.execute(
+                """UPDATE rounds SET status = 'completed', candidate = ?, policy_out = ?, promoted = ?, reason = ?,
+                   manifest_uri = ?, finished_at = ? WHERE pipeline = ? AND round = ?""",
+                [candidate, policy_out, promoted, reason, manifest_uri, _now(), pipeline, round_num],
+            )
+
+    def fail_round(self, pipeline: str, round_num: int, reason: str) -> None:
+        with self._tx() as con:
+            con.execute(
+                "UPDATE rounds SET status = 'failed', reason = ?, finished_at = ? WHERE pipeline = ? AND round = ?",
+                [reason[:2000], _now(), pipeline, round_num],
+            )
+
+    def discard_round(self, pipeline: str, round_num: int) -> None:
+        """Remove a round that failed on bad input before producing anything worth keeping."""
+        with self._tx() as con:
+            for table in ("rounds", "steps", "metrics"):
+                con.execute(f"DELETE FROM {table} WHERE pipeline = ? AND round = ?", [pipeline, round_num])
+
+    def steps_of(self, pipeline: str, round_num: int) -> dict[str, dict[str, Any]]:
+        rows = self._query("SELECT * FROM steps WHERE pipeline = ? AND round = ? ORDER BY started_at", [pipeline, round_num])
+        return {r["step"]: r for r in rows}
+
+    def next_round(self, pipeline: str) -> int:
+        """The round to run next: the first one not completed (a failed round is retried)."""
+        rows = self._query(
+            "SELECT coalesce(max(round), 0) AS r FROM rounds WHERE pipeline = ? AND status = 'completed'", [pipeline]
+        )
+        return int(rows[0]["r"]) + 1
+
+    def current_policy(self, pipeline: str) -> str | None:
+        """Policy after the last completed round (None before round 1: the base model)."""
+        rows = self._query(
+            "SELECT policy_out FROM rounds WHERE pipeline = ? AND status = 'completed' ORDER BY round DESC LIMIT 1",
+            [pipeline],
+        )
+        return rows[0]["policy_out"] if rows else None
+
+    def rounds(self, pipeline: str | None = None) -> list[dict[str, Any]]:
+        where, params = ("WHERE pipeline = ?", [pipeline]) if pipeline else ("", [])
+        rounds = self._query(f"SELECT * FROM rounds {where} ORDER BY pipeline, round", params)
+        metrics = self._query(f"SELECT pipeline, round, name, value FROM metrics {where}", params)
+        steps = self._query(
+            f"SELECT pipeline, round, step, duration_s, reused, rows_in, rows_out, status FROM steps {where}", params
+        )
+        for r in rounds:
+            key = (r["pipeline"], r["round"])
+            r["metrics"] = {m["name"]: m["value"] for m in metrics if (m["pipeline"], m["round"]) == key}
+            r["steps"] = {s["step"]: s for s in steps if (s["pipeline"], s["round"]) == key}
+        return rounds
+
+    # --- steps ------------------------------------------------------------------------------
+
+    def find_completed_step(self, identity: str) -> dict[str, str] | None:
+        """Outputs (name -> artifact id) of an earlier completed run of the same step identity."""
+        rows = self._query(
+            "SELECT outputs FROM steps WHERE identity = ? AND status = 'completed' ORDER BY finished_at DESC LIMIT 1",
+            [identity],
+        )
+        return json.loads(rows[0]["outputs"]) if rows else None
+
+    def record_step(self, rec: StepRecord) -> None:
+        """Write a finished step with its artifacts, edges, metrics and row lineage, atomically."""
+        finished = _now()
+        with self._tx() as con:
+            con.execute(
+                """INSERT OR REPLACE INTO steps VALUES (?, ?, ?, ?, 'completed', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)""",
+                [rec.pipeline, rec.round, rec.step, rec.identity, rec.reused, rec.flow_run_id, rec.task_run_id,
+                 rec.started_at or finished, finished, rec.duration_s, rec.rows_in, rec.rows_out,
+                 json.dumps(rec.inputs), json.dumps({k: a.id for k, a in rec.outputs.items()})],
+            )
+            for a in rec.outputs.values():
+                con.execute(
+                    "INSERT INTO artifacts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                    [a.id, a.kind, a.format, a.uri, a.bytes, a.rows, rec.pipeline, rec.round, rec.step, finished],
+                )
+                for src in rec.inputs.values():
+                    if src != a.id:
+                        con.execute(
+                            "INSERT INTO edges VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                            [src, a.id, rec.step, rec.pipeline, rec.round],
+                        )
+            for name, value in rec.metrics.items():
+                con.execute(
+                    "INSERT OR REPLACE INTO metrics VALUES (?, ?, ?, ?, ?)",
+                    [rec.pipeline, rec.round, rec.step, name, float(value)],
+                )
+            if rec.row_edges and not rec.reused:
+                import pyarrow as pa
+
+                new_artifacts = sorted({e[2] for e in rec.row_edges})
+                con.execute(
+                    f"DELETE FROM row_edges WHERE artifact_id IN ({','.join('?' * len(new_artifacts))})", new_artifacts
+                )
+                rows, parents, arts = zip(*rec.row_edges)
+                edges_tbl = pa.table({"row_id": rows, "parent_id": parents, "artifact_id": arts})  # noqa: F841
+                con.execute("INSERT INTO row_edges SELECT * FROM edges_tbl")
+
+    def record_step_failure(self, pipeline: str, round_num: int, step: str, identity: str, error: str) -> None:
+        with self._tx() as con:
+            con.execute(
+                """INSERT OR REPLACE INTO steps (pipeline, round, step, identity, status, reused, finished_at, error)
+                   VALUES (?, ?, ?, ?, 'failed', false, ?, ?)""",
+                [pipeline, round_num, step, identity, _now(), error[:2000]],
+            )
+
+    def register_artifact(self, a: ArtifactRecord, pipeline: str, round_num: int, step: str) -> None:
+        """An artifact produced outside a step (a prompt source file, the base model)."""
+        with self._tx() as con:
+            con.execute(
+                "INSERT INTO artifacts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                [a.id, a.kind, a.format, a.uri, a.bytes, a.rows, pipeline, round_num, step, _now()],
+            )
+
+    def prompt_tables_before(self, pipeline: str, before_round: int) -> list[str]:
+        """Ids of the prompt tables that earlier rounds of this pipeline drew from."""
+        rows = self._query(
+            """SELECT DISTINCT json_extract_string(outputs, '$.prompts') AS id FROM steps
+               WHERE pipeline = ? AND round < ? AND step = 'curate' AND status = 'completed'""",
+            [pipeline, before_round],
+        )
+        return [r["id"] for r in rows if r["id"]]
+
+    # --- lineage ----------------------------------------------------------------------------
+
+    def artifact(self, artifact_id: str) -> dict[str, Any] | None:
+        rows = self._query("SELECT * FROM artifacts WHERE id = ? OR id LIKE ? || '%' LIMIT 2", [artifact_id, artifact_id])
+        return rows[0] if len(rows) == 1 else None
+
+    def lineage(self, artifact_id: str) -> list[dict[str, Any]]:
+        """Every edge upstream of an artifact, nearest first: (src, dst, step, round, depth)."""
+        return self._query(
+            """WITH RECURSIVE up(src, dst, step, pipeline, round, depth) AS (
+                   SELECT src, dst, step, pipeline, round, 1 FROM edges WHERE dst = ?
+                   UNION
+                   SELECT e.src, e.dst, e.step, e.pipeline, e.round, up.depth + 1
+                   FROM edges e JOIN up ON e.dst = up.src WHERE up.depth < 200)
+               SELECT up.*, a.kind AS src_kind, a.uri AS src_uri, a.rows AS src_rows
+               FROM up LEFT JOIN artifacts a ON a.id = up.src ORDER BY depth, step, src""",
+            [artifact_id],
+        )
+
+    def row_lineage(self, row_id: str) -> list[dict[str, Any]]:
+        """Ancestry of one row (training row -> pair -> completions -> prompt -> source file)."""
+        return self._query(
+            """WITH RECURSIVE up(row_id, parent_id, artifact_id, depth) AS (
+                   SELECT row_id, parent_id, artifact_id, 1 FROM row_edges WHERE row_id = ?
+                   UNION
+                   SELECT r.row_id, r.parent_id, r.artifact_id, up.depth + 1
+                   FROM row_edges r JOIN up ON r.row_id = up.parent_id WHERE up.depth < 50)
+               SELECT up.*, a.kind, a.round, a.step FROM up LEFT JOIN artifacts a ON a.id = up.artifact_id
+               ORDER BY depth""",
+            [row_id],
+        )

@@ -1,0 +1,67 @@
+"""Content hashes that name artifacts, rows and steps (see DESIGN.md, "Identity").
+
+All ids are lowercase hex sha256, shortened where a row id is enough; the same input always gives the
+same id, on any machine, so a rerun finds its earlier outputs.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import unicodedata
+from pathlib import Path
+from typing import Any
+
+ROW_ID_LEN = 20  # 80 bits: collision-free for billions of rows, short enough to read in a table
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_dir(path: Path) -> str:
+    """Hash of a directory: sha256 over its sorted (relative path, file sha256) pairs."""
+    entries = sorted(
+        (p.relative_to(path).as_posix(), sha256_file(p)) for p in path.rglob("*") if p.is_file()
+    )
+    return sha256_bytes("\n".join(f"{rel}\t{digest}" for rel, digest in entries).encode())
+
+
+def stable_json(obj: Any) -> str:
+    """JSON with sorted keys and no whitespace: the canonical form that gets hashed."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def hash_obj(obj: Any, length: int | None = None) -> str:
+    digest = sha256_bytes(stable_json(obj).encode())
+    return digest[:length] if length else digest
+
+
+def normalize_text(text: str) -> str:
+    """Unicode NFC, whitespace runs folded to one space, stripped: the form prompts are compared in."""
+    return " ".join(unicodedata.normalize("NFC", text).split())
+
+
+def text_hash(text: str) -> str:
+    """Exact-dedup key of a prompt: hash of its normalised, case-folded text (source-independent)."""
+    return hash_obj(normalize_text(text).casefold(), ROW_ID_LEN)
+
+
+def prompt_id(normalized_text: str, source: str) -> str:
+    return hash_obj(["prompt", normalized_text, source], ROW_ID_LEN)
+
+
+def completion_id(prompt_id_: str, model_id: str, sampling: dict, sample_index: int, seed: int) -> str:
+    return hash_obj(["completion", prompt_id_, model_id, sampling, sample_index, seed], ROW_ID_LEN)
+
+
+def step_identity(step: str, code_version: str, config: Any, inputs: dict[str, str]) -> str:
+    """Identity of one step run: same step, code, config section and input artifacts -> same output."""
+    return hash_obj(["step", step, code_version, config, sorted(inputs.items())])

@@ -1,0 +1,113 @@
+"""Generation behind one interface: vLLM (default) or plain transformers (fallback).
+
+Engines are expensive to start (vLLM: 17-30 s on CPU), so one engine per process is kept and reused
+across stages and rounds; switching to another checkpoint of the same architecture reloads weights in
+place instead of starting a new engine.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from configs.schema import EngineConfig, SamplingConfig
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    num_tokens: int
+    finish_reason: str
+
+
+class Engine(Protocol):
+    model_path: str
+
+    def load(self, model_path: str) -> None:
+        """Serve this checkpoint from now on (same architecture and tokenizer: weights reload in place)."""
+
+    def generate(self, prompts: list[str], params: SamplingConfig, seeds: list[int]) -> list[list[Generation]]:
+        """`params.n` completions for each user prompt (rendered with the model's chat template).
+
+        Args:
+            prompts: user messages, one per request.
+            params: sampling parameters; temperature 0 means greedy.
+            seeds: one seed per prompt, so a prompt's samples do not depend on batch composition.
+        Returns:
+            one list of `params.n` generations per prompt, in order.
+        """
+
+    def close(self) -> None: ...
+
+
+class EngineError(Exception):
+    pass
+
+
+def architecture_key(model_path: str) -> str:
+    """Hash of what must match for an in-place weight reload: architecture, vocabulary, chat template.
+
+    Fields that trainers rewrite without changing either (use_cache, padding settings, versions) are
+    left out, so a fine-tuned checkpoint reloads into the engine of the model it was trained from.
+    """
+    root = Path(model_path)
+    parts: dict[str, object] = {}
+    cfg_file, tok_file, tmpl_file = root / "config.json", root / "tokenizer.json", root / "chat_template.jinja"
+    if cfg_file.exists():
+        cfg = json.loads(cfg_file.read_text())
+        for k in ("torch_dtype", "dtype", "transformers_version", "_name_or_path", "use_cache"):
+            cfg.pop(k, None)
+        parts["config"] = cfg
+    if tok_file.exists():
+        tok = json.loads(tok_file.read_text())
+        parts["tokenizer"] = {k: tok.get(k) for k in ("model", "added_tokens", "normalizer", "pre_tokenizer", "decoder")}
+    if tmpl_file.exists():
+        parts["chat_template"] = tmpl_file.read_text()
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+_ENGINES: dict[str, Engine] = {}
+
+
+def get_engine(cfg: EngineConfig, model_path: str) -> Engine:
+    """The process's engine for `cfg`, serving `model_path` (created, or reloaded in place)."""
+    key = cfg.model_dump_json()
+    engine = _ENGINES.get(key)
+    if engine is not None:
+        if engine.model_path == model_path:
+            return engine
+        if architecture_key(engine.model_path) == architecture_key(model_path):
+            engine.load(model_path)
+            return engine
+        engine.close()
+        del _ENGINES[key]
+    engine = _create(cfg, model_path)
+    _ENGINES[key] = engine
+    return engine
+
+
+def _create(cfg: EngineConfig, model_path: str) -> Engine:
+    if cfg.backend == "vllm":
+        from tasks.engines.vllm import VLLMEngine  # optional heavy dependency: import lazily
+
+        return VLLMEngine(cfg, model_path)
+    from tasks.engines.hf import HFEngine
+
+    return HFEngine(cfg, model_path)
+
+
+def close_engines() -> None:
+    """Stop every engine (frees GPU memory before training, and child processes before exit)."""
+    while _ENGINES:
+        _, engine = _ENGINES.popitem()
+        engine.close()
+
+
+def render_prompts(tokenizer, prompts: list[str]) -> list[str]:
+    """User prompts rendered with the model's chat template, ready for generation."""
+    return [
+        tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
+        for p in prompts
+    ]

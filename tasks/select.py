@@ -1,0 +1,142 @@
+"""Turn scored completions into training data: best-of-N SFT rows and chosen/rejected DPO pairs.
+
+SFT rows are TRL `messages` conversations; DPO rows are TRL conversational `prompt/chosen/rejected`.
+Both keep the ids of the completions they came from, so every training row has lineage.
+"""
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+
+import pyarrow as pa
+from prefect import task
+
+from configs.schema import FlywheelConfig, SelectionConfig
+from storage import ids
+from storage.runtime import open_runtime
+from tasks import common
+
+
+def combined_rewards(score_rows: list[dict]) -> dict[str, float]:
+    """completion_id -> weighted sum of its scorers' values."""
+    total: dict[str, float] = defaultdict(float)
+    for s in score_rows:
+        total[s["completion_id"]] += s["weight"] * s["value"]
+    return dict(total)
+
+
+def _group(completions: list[dict]) -> dict[str, list[dict]]:
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for c in completions:
+        groups[c["prompt_id"]].append(c)
+    return groups
+
+
+def select_sft(completions: list[dict], rewards: dict[str, float], min_reward: float) -> list[dict]:
+    """Best-of-N: per prompt, the highest-reward completion if it reaches `min_reward`.
+
+    Ties go to the answer the policy gave most often (its most confident correct answer), then to the
+    shorter text, then to the completion id, so the choice is deterministic.
+    """
+    rows = []
+    for prompt_id, group in sorted(_group(completions).items()):
+        counts = Counter(c["completion"].strip() for c in group)
+        best = min(
+            group,
+            key=lambda c: (-rewards[c["completion_id"]], -counts[c["completion"].strip()], len(c["completion"]), c["completion_id"]),
+        )
+        if rewards[best["completion_id"]] < min_reward:
+            continue
+        rows.append({
+            "row_id": ids.hash_obj(["sft", best["completion_id"]], ids.ROW_ID_LEN),
+            "messages": [
+                {"role": "user", "content": best["prompt"]},
+                {"role": "assistant", "content": best["completion"].strip()},
+            ],
+            "prompt_id": prompt_id, "completion_id": best["completion_id"], "reward": rewards[best["completion_id"]],
+            "source": best["source"], "license": best["license"],
+        })
+    return rows
+
+
+def select_pairs(completions: list[dict], rewards: dict[str, float], min_margin: float, per_prompt: int) -> list[dict]:
+    """DPO pairs: the best completion against the worst ones, when their reward margin is large enough.
+
+    Among equally bad completions the most frequent wrong answer is rejected first: it is the
+    mistake the policy is most likely to make again.
+    """
+    rows = []
+    for prompt_id, group in sorted(_group(completions).items()):
+        counts = Counter(c["completion"].strip() for c in group)
+        ranked = sorted(group, key=lambda c: (-rewards[c["completion_id"]], -counts[c["completion"].strip()], c["completion_id"]))
+        chosen = ranked[0]
+        worst_first = sorted(group, key=lambda c: (rewards[c["completion_id"]], -counts[c["completion"].strip()], c["completion_id"]))
+        seen_texts: set[str] = set()
+        for rejected in worst_first:
+            margin = rewards[chosen["completion_id"]] - rewards[rejected["completion_id"]]
+            if len(seen_texts) >= per_prompt or margin < min_margin:
+                break
+            text = rejected["completion"].strip()
+            if text in seen_texts or text == chosen["completion"].strip():
+                continue
+            seen_texts.add(text)
+            rows.append({
+                "row_id": ids.hash_obj(["pair", chosen["completion_id"], rejected["completion_id"]], ids.ROW_ID_LEN),
+                "prompt": [{"role": "user", "content": chosen["prompt"]}],
+                "chosen": [{"role": "assistant", "content": chosen["completion"].strip()}],
+                "rejected": [{"role": "assistant", "content": text}],
+                "prompt_id": prompt_id, "chosen_id": chosen["completion_id"], "rejected_id": rejected["completion_id"],
+                "margin": margin, "source": chosen["source"], "license": chosen["license"],
+            })
+    return rows
+
+
+def selection_summary(n_prompts: int, sft: list[dict], pairs: list[dict]) -> dict:
+    n = max(n_prompts, 1)
+    return {
+        "rows_in": n_prompts, "rows_out": len(sft) + len(pairs),
+        "metrics": {
+            "select/sft_rows": len(sft), "select/pairs": len(pairs),
+            "select/sft_yield": len(sft) / n, "select/pair_yield": len({p["prompt_id"] for p in pairs}) / n,
+        },
+    }
+
+
+@task(name="select-training-data")
+def select_task(cfg: FlywheelConfig, round_num: int, completions_id: str, scores_id: str) -> tuple[str, str]:
+    rt = open_runtime(cfg)
+    sel: SelectionConfig = cfg.selection
+
+    def compute() -> common.StepOutput:
+        completions = rt.artifacts.get_table(completions_id).to_pylist()
+        rewards = combined_rewards(rt.artifacts.get_table(scores_id).to_pylist())
+        sft = select_sft(completions, rewards, sel.sft_min_reward)
+        pairs = select_pairs(completions, rewards, sel.pair_min_margin, sel.pairs_per_prompt)
+        sft_ref = rt.artifacts.put_table(_table(sft, SFT_SCHEMA), kind="sft")
+        pairs_ref = rt.artifacts.put_table(_table(pairs, PAIR_SCHEMA), kind="pairs")
+        edges = [(r["row_id"], r["completion_id"], sft_ref.id) for r in sft]
+        edges += [(p["row_id"], p[k], pairs_ref.id) for p in pairs for k in ("chosen_id", "rejected_id")]
+        n_prompts = len({c["prompt_id"] for c in completions})
+        return common.StepOutput({"sft": sft_ref, "pairs": pairs_ref}, selection_summary(n_prompts, sft, pairs), edges)
+
+    result = common.run_step(
+        rt, pipeline=cfg.pipeline, round_num=round_num, step="select", config=sel,
+        inputs={"completions": completions_id, "scores": scores_id}, compute=compute, code=common.code_version(__name__),
+    )
+    return result.outputs["sft"], result.outputs["pairs"]
+
+
+_MSG = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+SFT_SCHEMA = pa.schema([
+    ("row_id", pa.string()), ("messages", _MSG), ("prompt_id", pa.string()), ("completion_id", pa.string()),
+    ("reward", pa.float64()), ("source", pa.string()), ("license", pa.string()),
+])
+PAIR_SCHEMA = pa.schema([
+    ("row_id", pa.string()), ("prompt", _MSG), ("chosen", _MSG), ("rejected", _MSG), ("prompt_id", pa.string()),
+    ("chosen_id", pa.string()), ("rejected_id", pa.string()), ("margin", pa.float64()), ("source", pa.string()),
+    ("license", pa.string()),
+])
+
+
+def _table(rows: list[dict], schema: pa.Schema) -> pa.Table:
+    # An explicit schema keeps an empty selection a valid (typed) table instead of a schema-less one.
+    return pa.Table.from_pylist(rows, schema=schema)
