@@ -37,10 +37,15 @@ def _catalog(args):
 
 def _run_rounds(cfg, rounds: int) -> list:
     from flows.pipeline import pipeline_flow
-    from storage.runtime import close_runtimes
+    from flows.preflight import preflight, quiet_input_errors
+    from storage.runtime import close_runtimes, open_runtime
     from tasks.engines import close_engines
 
+    quiet_input_errors()
     try:
+        # Fail on bad input here, in one line, before Prefect and the engines start.
+        rt = open_runtime(cfg)
+        preflight(cfg, need_base_model=rt.catalog.current_policy(cfg.pipeline) is None)
         return pipeline_flow(cfg, rounds)
     finally:
         close_engines()
@@ -172,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         print("flywheel: --rounds must be at least 1", file=sys.stderr)
         return 2
     from configs import ConfigError
-    from flows.preflight import PreflightError
+    from flows.preflight import INPUT_ERROR_NAMES, PreflightError
 
     try:
         return args.fn(args)
@@ -183,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Exception as e:
         # Errors meant for the user carry one clear line; print it instead of a library traceback.
-        if type(e).__name__ in {"SourceError", "CurationError", "StoreError", "EngineError"}:
+        if type(e).__name__ in INPUT_ERROR_NAMES | {"EngineError"}:
             print(f"flywheel: {e}", file=sys.stderr)
             return 2
         raise

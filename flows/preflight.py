@@ -37,11 +37,42 @@ def check_file(path: str, what: str, suffixes: tuple[str, ...]) -> None:
 
 
 def preflight(cfg: FlywheelConfig, *, need_base_model: bool) -> None:
-    """Cheap checks of every input a round reads (sources, eval sets, base model)."""
+    """Cheap checks of every input a round reads (sources, eval sets, base model).
+
+    Sources are opened and their first row read, so a wrong field name fails here, not mid-round.
+    """
+    from tasks.sources import read_eval_set, read_source
+
     for i, s in enumerate(cfg.curation.sources):
-        suffixes = (".jsonl", ".json", ".parquet") if s.format == "auto" else ()
+        suffixes = (".jsonl", ".parquet") if s.format == "auto" else ()
         check_file(s.path, f"curation.sources[{i}] ({s.name})", suffixes)
+        read_source(s.model_copy(update={"limit": 1}))
     for i, e in enumerate(cfg.evaluation.eval_sets):
-        check_file(e.path, f"evaluation.eval_sets[{i}] ({e.name})", (".jsonl", ".json", ".parquet"))
+        check_file(e.path, f"evaluation.eval_sets[{i}] ({e.name})", (".jsonl", ".parquet"))
+        read_eval_set(e)
     if need_base_model:
         check_model_dir(cfg.base_model, "base_model")
+
+
+class QuietInputErrors:
+    """Logging filter: input errors are reported as their one-line message, without a traceback.
+
+    Prefect logs every failed task or flow with its traceback; for a missing file or a wrong field name
+    that buries the one line that says what to fix.
+    """
+
+    def filter(self, record) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and type(exc).__name__ in INPUT_ERROR_NAMES:
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+INPUT_ERROR_NAMES = {"PreflightError", "SourceError", "CurationError", "ConfigError", "StoreError"}
+
+
+def quiet_input_errors() -> None:
+    import logging
+
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logging.getLogger(name).addFilter(QuietInputErrors())

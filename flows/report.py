@@ -67,20 +67,26 @@ def plot_rounds(rows: list[dict[str, Any]], out: Path) -> Path:
     rows = [r for r in rows if r["status"] == "completed"]
     xs = [r["round"] for r in rows]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    for key, label in [("eval/accuracy/policy", "policy (start of round)"), ("eval/accuracy/candidate", "candidate")]:
-        ax1.plot(xs, [100 * r["metrics"].get(key, float("nan")) for r in rows], marker="o", label=label)
+    # The policy line starts at the policy round 1 began from, then follows what each gate kept.
+    pol_x = [xs[0] - 1] + xs if rows else []
+    pol_y = [100 * rows[0]["metrics"].get("eval/accuracy/policy", float("nan"))] if rows else []
     for r in rows:
-        if r["promoted"]:
-            ax1.annotate("promoted", (r["round"], 100 * r["metrics"].get("eval/accuracy/candidate", 0)),
-                         textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+        kept = "eval/accuracy/candidate" if r["promoted"] else "eval/accuracy/policy"
+        pol_y.append(100 * r["metrics"].get(kept, float("nan")))
+    ax1.plot(pol_x, pol_y, marker="o", label="policy (after the gate)")
+    ax1.plot(xs, [100 * r["metrics"].get("eval/accuracy/candidate", float("nan")) for r in rows], marker="x",
+             linestyle="--", label="candidate")
+    for r in rows:
+        ax1.annotate("promoted" if r["promoted"] else "kept", (r["round"], 100 * r["metrics"].get("eval/accuracy/candidate", 0)),
+                     textcoords="offset points", xytext=(0, -14), ha="center", fontsize=8)
     ax1.set(title="held-out accuracy", xlabel="round", ylabel="%", ylim=(0, 105))
     ax1.legend()
     for key, label in [("score/pass_at_n", "pass@n"), ("select/sft_yield", "SFT yield"), ("select/pair_yield", "pair yield")]:
         ax2.plot(xs, [100 * r["metrics"].get(key, float("nan")) for r in rows], marker="o", label=label)
     ax2.set(title="data yield per prompt", xlabel="round", ylabel="%", ylim=(0, 105))
     ax2.legend()
-    for ax in (ax1, ax2):
-        ax.set_xticks(xs)
+    ax1.set_xticks(pol_x)
+    ax2.set_xticks(xs)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
@@ -89,13 +95,30 @@ def plot_rounds(rows: list[dict[str, Any]], out: Path) -> Path:
 
 
 def print_lineage(artifact: dict | None, edges: list[dict], rows: list[dict], console: Console | None = None) -> None:
-    console = console or Console()
+    """An artifact's ancestors (one line each, nearest first), or a row's chain of parent rows."""
+    console = console or Console(width=max(Console().width, 160))
     if artifact:
-        console.print(f"[bold]{artifact['kind']}[/bold] {artifact['id']}  ({artifact['uri']})  round {artifact['round']}, step {artifact['step']}")
-    for e in edges:
-        console.print(f"{'  ' * e['depth']}<- {e['src_kind'] or '?'} {e['src'][:16]}  via {e['step']} (round {e['round']})  {e['src_uri'] or ''}")
-    for r in rows:
-        console.print(f"{'  ' * r['depth']}row {r['row_id']} <- {r['parent_id']}  in {r['kind']} {str(r['artifact_id'])[:16]} (round {r['round']}, {r['step']})")
+        console.print(f"[bold]{artifact['kind']}[/bold] {artifact['id']}\n  {artifact['uri']}\n"
+                      f"  made by step {artifact['step']!r} of round {artifact['round']} ({artifact['pipeline']})")
+        t = Table(title="ancestors (depth 1 = direct input)")
+        for col in ["depth", "kind", "artifact", "into", "via step", "round", "rows", "uri"]:
+            t.add_column(col, overflow="fold")
+        seen: set[tuple[str, str]] = set()
+        for e in edges:
+            if (e["src"], e["dst"]) in seen:
+                continue
+            seen.add((e["src"], e["dst"]))
+            t.add_row(str(e["depth"]), e["src_kind"] or "?", e["src"][:16], e["dst"][:16], e["step"], str(e["round"]),
+                      "" if e["src_rows"] is None else str(e["src_rows"]), e["src_uri"] or "")
+        console.print(t)
+    if rows:
+        t = Table(title="row lineage (row <- parent row or source file)")
+        for col in ["depth", "row", "parent", "in artifact", "kind", "round", "step"]:
+            t.add_column(col)
+        for r in rows:
+            t.add_row(str(r["depth"]), r["row_id"], r["parent_id"][:20], str(r["artifact_id"])[:16], r["kind"] or "?",
+                      str(r["round"]), r["step"] or "")
+        console.print(t)
 
 
 def dumps(obj: Any) -> str:

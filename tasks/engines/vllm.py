@@ -14,10 +14,19 @@ from tasks.engines import EngineError, Generation, render_prompts
 
 
 def _retie_embeddings(model) -> None:
-    """Runs inside the vLLM worker: point a tied lm_head at the (reloaded) input embedding again."""
+    """Runs inside the vLLM worker after a weight reload: re-tie and re-process a tied lm_head.
+
+    The reload refreshes the input embedding but finds no lm_head weights in the checkpoint, so it puts
+    the old tensors back on the lm_head; on CPU the lm_head also keeps a pre-packed copy of the old
+    matrix for its GEMM. Point it at the new embedding and let its quant method pack that again.
+    """
     config = getattr(model, "config", None)
-    if config is not None and getattr(config, "tie_word_embeddings", False) and hasattr(model, "lm_head"):
-        model.lm_head.weight = model.model.embed_tokens.weight
+    if config is None or not getattr(config, "tie_word_embeddings", False) or not hasattr(model, "lm_head"):
+        return
+    model.lm_head.weight = model.model.embed_tokens.weight
+    method = getattr(model.lm_head, "quant_method", None)
+    if method is not None and hasattr(method, "process_weights_after_loading"):
+        method.process_weights_after_loading(model.lm_head)
 
 
 class VLLMEngine:

