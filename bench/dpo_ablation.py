@@ -25,6 +25,9 @@ VARIANTS: dict[str, dict] = {
     "dpo-rpo-lr5e-5": {"dpo": {"loss_types": ["sigmoid", "sft"], "learning_rate": 5e-5}},
     "dpo-sigmoid-lr5e-5": {"dpo": {"loss_types": ["sigmoid"], "learning_rate": 5e-5}},
     "dpo-ipo": {"dpo": {"loss_types": ["ipo"], "learning_rate": 5e-6}},
+    "sft-1e-4-only": {"sft": {"learning_rate": 1e-4}, "dpo": {"enabled": False}},
+    "sft-1e-4-dpo-rpo": {"sft": {"learning_rate": 1e-4}, "dpo": {"loss_types": ["sigmoid", "sft"], "learning_rate": 5e-6}},
+    "sft-1e-4-dpo-rpo-lr2e-5": {"sft": {"learning_rate": 1e-4}, "dpo": {"loss_types": ["sigmoid", "sft"], "learning_rate": 2e-5}},
 }
 
 

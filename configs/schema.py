@@ -181,12 +181,14 @@ class FlywheelConfig(_Strict):
         None, description="Working directory for the catalog, caches and the embedded store (None: FLYWHEEL_HOME or ./.flywheel)."
     )
     storage: StorageConfig = Field(default_factory=StorageConfig, description="Artifact store.")
-    curation: CurationConfig
+    curation: CurationConfig = Field(
+        description="Where each round's prompts come from and how they are deduplicated and decontaminated."
+    )
     generation: GenerationConfig = Field(default_factory=GenerationConfig, description="Sampling from the policy.")
     scoring: ScoringConfig = Field(default_factory=ScoringConfig, description="How completions are scored.")
     selection: SelectionConfig = Field(default_factory=SelectionConfig, description="Best-of-N and pair building.")
     training: TrainingConfig = Field(default_factory=TrainingConfig, description="TRL SFT then DPO.")
-    evaluation: EvaluationConfig
+    evaluation: EvaluationConfig = Field(description="Held-out eval sets on which policy and candidate are compared.")
     promotion: PromotionConfig = Field(default_factory=PromotionConfig, description="The promotion gate.")
 
     @model_validator(mode="after")

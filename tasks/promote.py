@@ -30,11 +30,11 @@ def decide(gate: PromotionConfig, gate_set: str, policy: dict[str, float], candi
     >>> decide(PromotionConfig(), "h", {"accuracy": .50}, {"accuracy": .40}, "p", "c").reason
     'kept policy: accuracy on h 40.00 % < policy 50.00 % - tolerance 0.00'
     """
+    if candidate_id == policy_id:
+        return Decision(False, policy_id, "kept policy: training produced no new model")
     name = gate.metric.removeprefix("eval/")
     key = name if name in candidate else f"{name}/{gate_set}"
     c, p = candidate[key], policy[key]
-    if candidate_id == policy_id:
-        return Decision(False, policy_id, "kept policy: training produced no new model")
     if c >= p - gate.tolerance:
         return Decision(True, candidate_id, f"promoted: {name} on {gate_set} {100 * c:.2f} % >= policy {100 * p:.2f} % - tolerance {100 * gate.tolerance:.2f}")
     return Decision(False, policy_id, f"kept policy: {name} on {gate_set} {100 * c:.2f} % < policy {100 * p:.2f} % - tolerance {100 * gate.tolerance:.2f}")

@@ -51,7 +51,7 @@ class MathAnswerScorer:
             elif extracted is None:
                 out.append(ScoreResult(0.0, "", "no_answer"))
             else:
-                out.append(ScoreResult(1.0 if math_equal(extracted, ref) else 0.0, extracted, "ok"))
+                out.append(ScoreResult(1.0 if math_equal(text, ref) else 0.0, extracted, "ok"))
         return out
 
 

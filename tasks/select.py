@@ -31,19 +31,19 @@ def _group(completions: list[dict]) -> dict[str, list[dict]]:
     return groups
 
 
-def select_sft(completions: list[dict], rewards: dict[str, float], min_reward: float) -> list[dict]:
-    """Best-of-N: per prompt, the highest-reward completion if it reaches `min_reward`.
+def _best_first(group: list[dict], rewards: dict[str, float]) -> list[dict]:
+    """Highest reward first; ties go to the answer the policy gave most often (its most confident
+    answer), then to the shorter text, then to the completion id, so the order is deterministic."""
+    counts = Counter(c["completion"].strip() for c in group)
+    return sorted(group, key=lambda c: (-rewards[c["completion_id"]], -counts[c["completion"].strip()],
+                                        len(c["completion"].strip()), c["completion_id"]))
 
-    Ties go to the answer the policy gave most often (its most confident correct answer), then to the
-    shorter text, then to the completion id, so the choice is deterministic.
-    """
+
+def select_sft(completions: list[dict], rewards: dict[str, float], min_reward: float) -> list[dict]:
+    """Best-of-N: per prompt, the highest-reward completion (ties: see `_best_first`) if it reaches `min_reward`."""
     rows = []
     for prompt_id, group in sorted(_group(completions).items()):
-        counts = Counter(c["completion"].strip() for c in group)
-        best = min(
-            group,
-            key=lambda c: (-rewards[c["completion_id"]], -counts[c["completion"].strip()], len(c["completion"]), c["completion_id"]),
-        )
+        best = _best_first(group, rewards)[0]
         if rewards[best["completion_id"]] < min_reward:
             continue
         rows.append({
@@ -67,8 +67,7 @@ def select_pairs(completions: list[dict], rewards: dict[str, float], min_margin:
     rows = []
     for prompt_id, group in sorted(_group(completions).items()):
         counts = Counter(c["completion"].strip() for c in group)
-        ranked = sorted(group, key=lambda c: (-rewards[c["completion_id"]], -counts[c["completion"].strip()], c["completion_id"]))
-        chosen = ranked[0]
+        chosen = _best_first(group, rewards)[0]
         worst_first = sorted(group, key=lambda c: (rewards[c["completion_id"]], -counts[c["completion"].strip()], c["completion_id"]))
         seen_texts: set[str] = set()
         for rejected in worst_first:

@@ -212,8 +212,6 @@ def _models(model: type[BaseModel], seen: dict[str, type[BaseModel]]) -> dict[st
 MODELS = _models(FlywheelConfig, {})
 FIELDS = [(m, name) for m in MODELS.values() for name in m.model_fields]
 
-# Bugs in configs/schema.py: these fields were declared without Field(description=...).
-NO_DESCRIPTION = {("FlywheelConfig", "curation"), ("FlywheelConfig", "evaluation")}
 
 
 def test_models_are_found_recursively():
@@ -225,12 +223,7 @@ def test_models_are_found_recursively():
 @pytest.mark.parametrize(
     "model,name",
     [
-        pytest.param(
-            m, n, id=f"{m.__name__}.{n}",
-            marks=[pytest.mark.xfail(
-                strict=True, reason=f"configs/schema.py: FlywheelConfig.{n} has no Field(description=...)")]
-            if (m.__name__, n) in NO_DESCRIPTION else [],
-        )
+        pytest.param(m, n, id=f"{m.__name__}.{n}")
         for m, n in FIELDS
     ],
 )

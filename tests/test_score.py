@@ -29,19 +29,13 @@ def test_math_answer_scorer(text, ref, expected):
     assert MathAnswerScorer()([text], [ref]) == [expected]
 
 
-RE_EXTRACTION = pytest.mark.xfail(
-    strict=True,
-    reason="tasks/score.py:54 passes the already-extracted answer to math_equal, which extracts again: "
-    r"'\\frac{1}{20}' becomes its last number '20', and a text answer 'blue' becomes no answer",
-)
-
 
 @pytest.mark.parametrize(
     "text,ref,expected",
     [
-        pytest.param(r"so \boxed{\frac{1}{20}}", "1/20", ScoreResult(1.0, r"\frac{1}{20}", "ok"), marks=RE_EXTRACTION),
-        pytest.param(r"\boxed{\dfrac{3}{4}}", "0.75", ScoreResult(1.0, r"\dfrac{3}{4}", "ok"), marks=RE_EXTRACTION),
-        pytest.param("The answer is blue.", "Blue", ScoreResult(1.0, "blue", "ok"), marks=RE_EXTRACTION),
+        pytest.param(r"so \boxed{\frac{1}{20}}", "1/20", ScoreResult(1.0, r"\frac{1}{20}", "ok")),
+        pytest.param(r"\boxed{\dfrac{3}{4}}", "0.75", ScoreResult(1.0, r"\dfrac{3}{4}", "ok")),
+        pytest.param("The answer is blue.", "Blue", ScoreResult(1.0, "blue", "ok")),
     ],
 )
 def test_math_answer_scorer_agrees_with_math_equal(text, ref, expected):

@@ -101,10 +101,12 @@ def test_select_sft_strips_the_answer():
 
 
 def test_select_sft_frequency_counts_stripped_text():
-    # " 5 " and "5" are one answer with 2 votes against 1 for "It is 5"; of the two, "5" is shorter
+    # " 5 " and "5" are one answer with 2 votes against 1 for "It is 5"; stripped they are equally
+    # long, so the completion id decides, and the trained answer is the stripped text
     comps = [c("a", "p1", "It is 5"), c("b", "p1", " 5 "), c("c", "p1", "5")]
     row = select_sft(comps, {"a": 1.0, "b": 1.0, "c": 1.0}, 1.0)[0]
-    assert row["completion_id"] == "c"
+    assert row["completion_id"] == "b"
+    assert row["messages"][1]["content"] == "5"
 
 
 def test_select_sft_rows_fit_the_sft_schema():
@@ -204,3 +206,12 @@ def test_selection_summary_of_nothing():
         "rows_in": 0, "rows_out": 0,
         "metrics": {"select/sft_rows": 0, "select/pairs": 0, "select/sft_yield": 0.0, "select/pair_yield": 0.0},
     }
+
+
+def test_pair_chosen_is_the_sft_answer_on_ties():
+    # Two correct answers with one vote each: SFT and DPO must agree on the shorter one.
+    comps = [c("a", "p1", "It is 15"), c("b", "p1", "15"), c("x", "p1", "14")]
+    rewards = {"a": 1.0, "b": 1.0, "x": 0.0}
+    sft = select_sft(comps, rewards, 1.0)[0]
+    (pair,) = select_pairs(comps, rewards, 0.5, 1)
+    assert sft["completion_id"] == pair["chosen_id"] == "b"
