@@ -3,8 +3,9 @@
 Every variant starts from the same base model and data and differs only in its training section, so
 the held-out accuracy after each round is directly comparable (150 prompts: about +-4 points of noise).
 
-Run:  .venv/bin/python bench/dpo_ablation.py [--rounds 3] [--variants sft-only,dpo-rpo]
-Last line: one JSON object {variant: [candidate accuracy per round], ...}.
+Run:  .venv/bin/python bench/dpo_ablation.py [--rounds 3] [--seeds 0,1,2] [--variants sft-only,dpo-rpo]
+Each seed changes the prompt draw, the sampling and the training order (the base model stays the same).
+Last line: one JSON object {variant: {seed: [candidate accuracy per round]}, ...}.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ VARIANTS: dict[str, dict] = {
     "sft-1e-4-only": {"sft": {"learning_rate": 1e-4}, "dpo": {"enabled": False}},
     "sft-1e-4-dpo-rpo": {"sft": {"learning_rate": 1e-4}, "dpo": {"loss_types": ["sigmoid", "sft"], "learning_rate": 5e-6}},
     "sft-1e-4-dpo-rpo-lr2e-5": {"sft": {"learning_rate": 1e-4}, "dpo": {"loss_types": ["sigmoid", "sft"], "learning_rate": 2e-5}},
+    "sft-1e-4-dpo-sigmoid-lr2e-5": {"sft": {"learning_rate": 1e-4}, "dpo": {"loss_types": ["sigmoid"], "learning_rate": 2e-5}},
 }
 
 
@@ -51,29 +53,40 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--seeds", default="0")
     p.add_argument("--home", default=os.environ.get("FLYWHEEL_HOME", ".flywheel"), help="where the demo base model is cached")
     args = p.parse_args()
     home = Path(args.home).resolve()
     base = build_base_model(home / "demo" / "base-model")
-    data = write_demo_data(home / "demo" / "data")
+    write_demo_data(home / "demo" / "data")
     raw = yaml.safe_load(DEMO_CONFIG.read_text())
-    results: dict[str, list[float]] = {}
+    results: dict[str, dict[int, list[float]]] = {}
+    finals: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="dpo-ablation-") as tmp:
         for name in args.variants.split(","):
-            run_home = Path(tmp) / name
-            cfg_dict = _merge(raw, {"training": VARIANTS[name], "pipeline": name, "base_model": str(base),
-                                    "storage": {"uri": f"file://{run_home}/store"}})
-            cfg = parse_config(cfg_dict, f"variant {name}", home=str(home))
-            cfg = cfg.model_copy(update={"home": str(run_home)})
-            t0 = time.perf_counter()
-            reports = pipeline_flow(cfg, args.rounds)
-            results[name] = [round(r.metrics["eval/accuracy/candidate"], 4) for r in reports]
-            print(f"{name:22s} candidate accuracy per round {results[name]}  policy after: "
-                  f"{reports[-1].metrics['eval/accuracy/policy'] if not reports[-1].promoted else reports[-1].metrics['eval/accuracy/candidate']:.3f}"
-                  f"  ({time.perf_counter() - t0:.0f} s)", flush=True)
+            for seed in [int(x) for x in args.seeds.split(",")]:
+                run_home = Path(tmp) / f"{name}-{seed}"
+                seeds = {"training": {**VARIANTS[name], "seed": seed}, "curation": {"seed": seed},
+                         "generation": {"sampling": {"seed": seed}}}
+                cfg_dict = _merge(raw, {**seeds, "pipeline": name, "base_model": str(base),
+                                        "storage": {"uri": f"file://{run_home}/store"}})
+                cfg = parse_config(cfg_dict, f"variant {name}", home=str(home))
+                cfg = cfg.model_copy(update={"home": str(run_home)})
+                t0 = time.perf_counter()
+                reports = pipeline_flow(cfg, args.rounds)
+                acc = [round(r.metrics["eval/accuracy/candidate"], 4) for r in reports]
+                last = reports[-1].metrics
+                final = last["eval/accuracy/candidate"] if reports[-1].promoted else last["eval/accuracy/policy"]
+                results.setdefault(name, {})[seed] = acc
+                finals.setdefault(name, []).append(final)
+                print(f"{name:24s} seed {seed}  candidate accuracy per round {acc}  policy after: {final:.3f}"
+                      f"  ({time.perf_counter() - t0:.0f} s)", flush=True)
+    print("\nvariant                   policy accuracy after the last round (mean over seeds, min-max)")
+    for name, values in finals.items():
+        mean = sum(values) / len(values)
+        print(f"{name:24s}  {100 * mean:5.1f} %  ({100 * min(values):.1f}-{100 * max(values):.1f})")
     close_engines()
     close_runtimes()
-    del data
     print(json.dumps(results))
 
 
