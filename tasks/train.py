@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 from prefect import task
 
-from configs.schema import FlywheelConfig
+from configs.schema import DPOConfig, FlywheelConfig, SFTConfig
 from storage.runtime import open_runtime
 from tasks import common
 from tasks.engines import close_engines
-
-MIN_ROWS = 1
 
 
 def _release_accelerator() -> None:
@@ -26,67 +25,52 @@ def _release_accelerator() -> None:
         close_engines()
 
 
+def _train_step(
+    cfg: FlywheelConfig, round_num: int, *, step: str, stage: SFTConfig | DPOConfig, model_id: str, data_id: str,
+    train_fn: Callable, modules: tuple[str, ...],
+) -> str:
+    """One training step: `train_fn` from model `model_id` on table `data_id`; returns the new model's id."""
+    rt = open_runtime(cfg)
+    tcfg, name = cfg.training, step.removeprefix("train-")
+    seed = tcfg.seed + round_num  # a different data order each round
+
+    def compute() -> common.StepOutput:
+        rows = rt.artifacts.get_table(data_id).to_pylist()
+        if not stage.enabled or not rows:
+            why = "disabled" if not stage.enabled else f"no {name} rows this round"
+            common.get_logger().warning("%s skipped (%s): its input model passes through", step, why)
+            return common.StepOutput({"model": rt.artifacts.ref(model_id)}, {"skipped": why, "rows_in": len(rows), "rows_out": 0})
+        _release_accelerator()
+        with tempfile.TemporaryDirectory(dir=rt.home) as tmp:
+            ckpt, summary = train_fn(
+                str(rt.artifacts.get_model(model_id)), rows, stage, Path(tmp), seed=seed, use_cpu=tcfg.use_cpu,
+                bf16=tcfg.bf16, logger=common.get_logger(),
+            )
+            ref = rt.artifacts.put_model(ckpt, kind="model")
+        summary.update(rows_in=len(rows), rows_out=len(rows), metrics={
+            f"train/{name}_loss": summary["train_loss"], f"train/{name}_steps": summary["steps"]})
+        return common.StepOutput({"model": ref}, summary)
+
+    result = common.run_step(
+        rt, pipeline=cfg.pipeline, round_num=round_num, step=step,
+        config={name: stage.model_dump(mode="json"), "seed": seed, "bf16": tcfg.bf16},
+        inputs={"model": model_id, "data": data_id}, compute=compute,
+        code=common.code_version(__name__, "trainers.common", *modules),
+    )
+    return result.outputs["model"]
+
+
 @task(name="train-sft")
 def train_sft_task(cfg: FlywheelConfig, round_num: int, policy_id: str, sft_id: str) -> str:
     from trainers.sft import train_sft
 
-    rt = open_runtime(cfg)
-    sft_cfg, tcfg = cfg.training.sft, cfg.training
-
-    def compute() -> common.StepOutput:
-        rows = rt.artifacts.get_table(sft_id).to_pylist()
-        if not sft_cfg.enabled or len(rows) < MIN_ROWS:
-            why = "disabled" if not sft_cfg.enabled else f"only {len(rows)} SFT rows"
-            common.get_logger().warning("train-sft skipped (%s): the policy passes through", why)
-            return common.StepOutput({"model": rt.artifacts.ref(policy_id)}, {"skipped": why, "rows_in": len(rows), "rows_out": 0})
-        _release_accelerator()
-        with tempfile.TemporaryDirectory(dir=rt.home) as tmp:
-            ckpt, summary = train_sft(
-                str(rt.artifacts.get_model(policy_id)), rows, sft_cfg, Path(tmp), seed=tcfg.seed + round_num,
-                use_cpu=tcfg.use_cpu, bf16=tcfg.bf16, logger=common.get_logger(),
-            )
-            ref = rt.artifacts.put_model(ckpt, kind="model")
-        summary.update(rows_in=len(rows), rows_out=len(rows), metrics={
-            "train/sft_loss": summary["train_loss"], "train/sft_steps": summary["steps"]})
-        return common.StepOutput({"model": ref}, summary)
-
-    result = common.run_step(
-        rt, pipeline=cfg.pipeline, round_num=round_num, step="train-sft",
-        config={"sft": sft_cfg.model_dump(mode="json"), "seed": tcfg.seed + round_num, "bf16": tcfg.bf16},
-        inputs={"policy": policy_id, "sft": sft_id}, compute=compute,
-        code=common.code_version(__name__, "trainers.sft", "trainers.common"),
-    )
-    return result.outputs["model"]
+    return _train_step(cfg, round_num, step="train-sft", stage=cfg.training.sft, model_id=policy_id, data_id=sft_id,
+                       train_fn=train_sft, modules=("trainers.sft",))
 
 
 @task(name="train-dpo")
 def train_dpo_task(cfg: FlywheelConfig, round_num: int, model_id: str, pairs_id: str) -> str:
     from trainers.dpo import train_dpo
 
-    rt = open_runtime(cfg)
-    dpo_cfg, tcfg = cfg.training.dpo, cfg.training
-
-    def compute() -> common.StepOutput:
-        pairs = rt.artifacts.get_table(pairs_id).to_pylist()
-        if not dpo_cfg.enabled or len(pairs) < MIN_ROWS:
-            why = "disabled" if not dpo_cfg.enabled else f"only {len(pairs)} pairs"
-            common.get_logger().warning("train-dpo skipped (%s): the SFT model passes through", why)
-            return common.StepOutput({"model": rt.artifacts.ref(model_id)}, {"skipped": why, "rows_in": len(pairs), "rows_out": 0})
-        _release_accelerator()
-        with tempfile.TemporaryDirectory(dir=rt.home) as tmp:
-            ckpt, summary = train_dpo(
-                str(rt.artifacts.get_model(model_id)), pairs, dpo_cfg, Path(tmp), seed=tcfg.seed + round_num,
-                use_cpu=tcfg.use_cpu, bf16=tcfg.bf16, logger=common.get_logger(),
-            )
-            ref = rt.artifacts.put_model(ckpt, kind="model")
-        summary.update(rows_in=len(pairs), rows_out=len(pairs), metrics={
-            "train/dpo_loss": summary["train_loss"], "train/dpo_steps": summary["steps"]})
-        return common.StepOutput({"model": ref}, summary)
-
-    result = common.run_step(
-        rt, pipeline=cfg.pipeline, round_num=round_num, step="train-dpo",
-        config={"dpo": dpo_cfg.model_dump(mode="json"), "seed": tcfg.seed + round_num, "bf16": tcfg.bf16},
-        inputs={"model": model_id, "pairs": pairs_id}, compute=compute,
-        code=common.code_version(__name__, "trainers.dpo", "trainers.common"),
-    )
-    return result.outputs["model"]
+    return _train_step(cfg, round_num, step="train-dpo", stage=cfg.training.dpo, model_id=model_id, data_id=pairs_id,
+                       train_fn=train_dpo, modules=("trainers.dpo",))

@@ -62,6 +62,24 @@ def s3_server(tmp_path_factory):
             os.environ[k] = v
 
 
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A module's own rclone server, with boto3's credential chain pointed at its keys only."""
+    from storage.s3server import LocalS3Server
+
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            mp.delenv(name, raising=False)
+        # No ~/.aws files and no instance metadata lookups: the tests see only the variables set here.
+        mp.setenv("AWS_CONFIG_FILE", "/nonexistent/aws-config")
+        mp.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws-credentials")
+        mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        with LocalS3Server(tmp_path_factory.mktemp("s3")) as srv:
+            for name, value in srv.env().items():
+                mp.setenv(name, value)
+            yield srv
+
+
 @pytest.fixture(scope="session")
 def prefect_harness():
     from prefect.testing.utilities import prefect_test_harness

@@ -13,23 +13,7 @@ import pytest
 
 from storage.artifacts import MANIFEST, ArtifactStore, artifact_folder, dir_id
 from storage.ids import sha256_bytes, sha256_dir, sha256_file, stable_json
-from storage.s3server import LocalS3Server
 from storage.store import FileStore, StoreError, open_store
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """One rclone server for the module, with boto3's credential chain pointed at its keys only."""
-    with pytest.MonkeyPatch.context() as mp:
-        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
-            mp.delenv(name, raising=False)
-        mp.setenv("AWS_CONFIG_FILE", "/nonexistent/aws-config")
-        mp.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws-credentials")
-        mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
-        with LocalS3Server(tmp_path_factory.mktemp("s3")) as srv:
-            for name, value in srv.env().items():
-                mp.setenv(name, value)
-            yield srv
 
 
 @pytest.fixture(params=["file", "s3"])

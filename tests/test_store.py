@@ -21,22 +21,6 @@ from storage.store import FileStore, S3Store, StoreError, open_store, write_atom
 ACCEPTED = "s3://bucket[/prefix] or file:///absolute/path"
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """One rclone server for the module, with boto3's credential chain pointed at its keys only."""
-    with pytest.MonkeyPatch.context() as mp:
-        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-            mp.delenv(name, raising=False)
-        # No ~/.aws files and no instance metadata lookups: the tests see only the variables set here.
-        mp.setenv("AWS_CONFIG_FILE", "/nonexistent/aws-config")
-        mp.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws-credentials")
-        mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
-        with LocalS3Server(tmp_path_factory.mktemp("s3")) as srv:
-            for name, value in srv.env().items():
-                mp.setenv(name, value)
-            yield srv
-
-
 @pytest.fixture(params=["file", "s3-bucket", "s3-prefix"])
 def store(request, tmp_path):
     """A fresh, empty store: a directory, a whole new bucket, or a new prefix in a shared bucket."""
