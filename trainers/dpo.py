@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 
 from datasets import Dataset
+from transformers import PrinterCallback
 from trl import DPOConfig as TRLDPOConfig
 from trl import DPOTrainer
 
@@ -33,6 +34,7 @@ def train_dpo(
     trainer = DPOTrainer(
         model=model, args=args, train_dataset=Dataset.from_list(data), processing_class=tokenizer, callbacks=[callback],
     )
+    trainer.remove_callback(PrinterCallback)  # its raw dicts on stdout duplicate LossLogger's lines
     result = trainer.train()
     check_finite(callback.history, "dpo")
     info = {"stage": "dpo", "config": cfg.model_dump(), "rows": len(pairs), "base": model_path, "seed": seed}

@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 
 from datasets import Dataset
+from transformers import PrinterCallback
 from trl import SFTConfig as TRLSFTConfig
 from trl import SFTTrainer
 
@@ -43,6 +44,7 @@ def train_sft(
         model=model, args=args, train_dataset=Dataset.from_list(to_prompt_completion(rows)),
         processing_class=tokenizer, callbacks=[callback],
     )
+    trainer.remove_callback(PrinterCallback)  # its raw dicts on stdout duplicate LossLogger's lines
     result = trainer.train()
     check_finite(callback.history, "sft")
     info = {"stage": "sft", "config": cfg.model_dump(), "rows": len(rows), "base": model_path, "seed": seed}
