@@ -29,6 +29,8 @@ VARIANTS: dict[str, dict] = {
     "sft-1e-4-only": {"sft": {"learning_rate": 1e-4}, "dpo": {"enabled": False}},
     "sft-1e-4-dpo-rpo": {"sft": {"learning_rate": 1e-4}, "dpo": {"loss_types": ["sigmoid", "sft"], "learning_rate": 5e-6}},
     "sft-1e-4-dpo-rpo-lr2e-5": {"sft": {"learning_rate": 1e-4}, "dpo": {"loss_types": ["sigmoid", "sft"], "learning_rate": 2e-5}},
+    "sft-1e-4-dpo-rpo-lr1e-5": {"sft": {"learning_rate": 1e-4}, "dpo": {"loss_types": ["sigmoid", "sft"], "learning_rate": 1e-5}},
+    "sft-1e-4-1ep-dpo-rpo-lr2e-5": {"sft": {"learning_rate": 1e-4, "epochs": 1}, "dpo": {"loss_types": ["sigmoid", "sft"], "learning_rate": 2e-5}},
     "sft-1e-4-dpo-sigmoid-lr2e-5": {"sft": {"learning_rate": 1e-4}, "dpo": {"loss_types": ["sigmoid"], "learning_rate": 2e-5}},
 }
 

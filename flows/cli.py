@@ -4,6 +4,7 @@
   flywheel run --config configs/demo.yaml [--rounds N]  run N more rounds of a pipeline
   flywheel rounds [--pipeline P] [--json]            one row per round
   flywheel lineage <artifact-or-row-id> [--json]     where an artifact or a training row came from
+  flywheel catalog-rebuild --config configs/demo.yaml  rebuild the catalog from the store
   flywheel validate configs/x.yaml                   check a config file
 """
 from __future__ import annotations
@@ -18,10 +19,11 @@ from pathlib import Path
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
 os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "1")
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # per-map bars drown the stage logs
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # per-checkpoint load/save bars, dozens per round
 
 
 def _home(args) -> Path:
@@ -138,6 +140,35 @@ def cmd_lineage(args) -> int:
     return 0
 
 
+def cmd_catalog_rebuild(args) -> int:
+    """A new catalog from the store's round manifests (after losing the catalog file, or to audit it)."""
+    import tempfile
+
+    from configs import load_config
+    from storage.artifacts import ArtifactStore
+    from storage.catalog import Catalog
+    from storage.rebuild import rebuild_catalog
+    from storage.runtime import open_config_store
+
+    cfg = load_config(args.config, home=args.home)
+    out = Path(args.out) if args.out else cfg.resolve_home() / "catalog.duckdb"
+    if out.exists() and not args.force:
+        raise SystemExit(f"{out} exists: pass --force to replace it, or --out to write elsewhere")
+    store, server = open_config_store(cfg)
+    try:
+        with tempfile.TemporaryDirectory(dir=cfg.resolve_home()) as tmp:
+            # Built aside and moved into place, so a failed rebuild never leaves half a catalog.
+            new = Path(tmp) / "catalog.duckdb"
+            rounds = rebuild_catalog(store, ArtifactStore(store, cfg.resolve_home() / "cache"), Catalog(new))
+            out.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(new, out)
+    finally:
+        if server is not None:
+            server.stop()
+    print(f"{out}: rebuilt {len(rounds)} rounds from {store.uri}")
+    return 0
+
+
 def cmd_validate(args) -> int:
     from configs import load_config
 
@@ -167,6 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("id")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_lineage)
+    s = sub.add_parser("catalog-rebuild", help="rebuild the DuckDB catalog from the store's round manifests")
+    s.add_argument("--config", required=True)
+    s.add_argument("--out", help="where to write it (default: the home's catalog.duckdb)")
+    s.add_argument("--force", action="store_true", help="replace an existing catalog file")
+    s.set_defaults(fn=cmd_catalog_rebuild)
     s = sub.add_parser("validate", help="check a config file")
     s.add_argument("config")
     s.set_defaults(fn=cmd_validate)

@@ -11,6 +11,6 @@ from configs.schema import FlywheelConfig
 from flows.round import RoundReport, round_flow
 
 
-@flow(name="flywheel-pipeline")
+@flow(name="flywheel-pipeline", flow_run_name="{cfg.pipeline}-{rounds}-rounds")
 def pipeline_flow(cfg: FlywheelConfig, rounds: int = Field(1, ge=1, le=100, description="Rounds to run.")) -> list[RoundReport]:
     return [round_flow(cfg) for _ in range(rounds)]

@@ -19,7 +19,7 @@ from storage.runtime import Runtime, open_runtime
 from tasks.curate import curate_task
 from tasks.evaluate import evaluate_task
 from tasks.generate import generate_task
-from tasks.promote import gate_task
+from tasks.promote import Decision, gate_task
 from tasks.score import score_task
 from tasks.select import select_task
 from tasks.train import train_dpo_task, train_sft_task
@@ -59,7 +59,7 @@ def _input_errors() -> tuple[type[Exception], ...]:
     return INPUT_ERRORS + (SourceError, CurationError)
 
 
-@flow(name="flywheel-round")
+@flow(name="flywheel-round", flow_run_name="{cfg.pipeline}-round")
 def round_flow(cfg: FlywheelConfig) -> RoundReport:
     """Run the next round of `cfg.pipeline` (a failed round is retried, reusing its finished steps)."""
     t0 = time.perf_counter()
@@ -81,7 +81,7 @@ def round_flow(cfg: FlywheelConfig) -> RoundReport:
         policy_metrics = evaluate_task(cfg, r, policy, "policy")
         candidate_metrics = evaluate_task(cfg, r, candidate, "candidate")
         decision = gate_task(cfg, r, policy, candidate, policy_metrics, candidate_metrics)
-        manifest_uri = write_manifest(rt, cfg, r, policy, candidate, decision.policy_out, decision.reason)
+        manifest_uri = write_manifest(rt, cfg, r, policy, candidate, decision)
         rt.catalog.finish_round(cfg.pipeline, r, candidate=candidate, policy_out=decision.policy_out,
                                 promoted=decision.promoted, reason=decision.reason, manifest_uri=manifest_uri)
     except _input_errors():
@@ -99,18 +99,20 @@ def round_flow(cfg: FlywheelConfig) -> RoundReport:
     )
 
 
-def write_manifest(rt: Runtime, cfg: FlywheelConfig, r: int, policy: str, candidate: str, policy_out: str, reason: str) -> str:
+def write_manifest(rt: Runtime, cfg: FlywheelConfig, r: int, policy: str, candidate: str, decision: Decision) -> str:
     """The round's manifest, written last: its presence in the store means the round is complete."""
     info = next(x for x in rt.catalog.rounds(cfg.pipeline) if x["round"] == r)
     steps = {
-        name: {"outputs": json.loads(s["outputs"]) if s.get("outputs") else {}, "duration_s": s["duration_s"],
+        name: {"identity": s["identity"], "inputs": json.loads(s["inputs"]) if s.get("inputs") else {},
+               "outputs": json.loads(s["outputs"]) if s.get("outputs") else {}, "duration_s": s["duration_s"],
                "reused": s["reused"], "rows_in": s["rows_in"], "rows_out": s["rows_out"]}
         for name, s in rt.catalog.steps_of(cfg.pipeline, r).items()
     }
     manifest = {
         "pipeline": cfg.pipeline, "round": r, "written_at": datetime.now(timezone.utc).isoformat(),
         "config": cfg.model_dump(mode="json"), "policy_in": policy, "candidate": candidate,
-        "policy_out": policy_out, "reason": reason, "metrics": info["metrics"], "steps": steps,
+        "policy_out": decision.policy_out, "promoted": decision.promoted, "reason": decision.reason,
+        "metrics": info["metrics"], "steps": steps,
         "artifacts": {a: rt.artifacts.ref(a).uri for s in steps.values() for a in s["outputs"].values()},
     }
     key = f"runs/{cfg.pipeline}/round-{r:04d}/manifest.json"

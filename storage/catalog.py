@@ -240,6 +240,12 @@ class Catalog:
                 edges_tbl = pa.table({"row_id": rows, "parent_id": parents, "artifact_id": arts})  # noqa: F841
                 con.execute("INSERT INTO row_edges SELECT * FROM edges_tbl")
 
+    def record_metrics(self, pipeline: str, round_num: int, step: str, metrics: dict[str, float]) -> None:
+        with self._tx() as con:
+            for name, value in metrics.items():
+                con.execute("INSERT OR REPLACE INTO metrics VALUES (?, ?, ?, ?, ?)",
+                            [pipeline, round_num, step, name, float(value)])
+
     def record_step_failure(self, pipeline: str, round_num: int, step: str, identity: str, error: str) -> None:
         with self._tx() as con:
             con.execute(

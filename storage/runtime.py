@@ -42,6 +42,15 @@ def open_runtime(cfg: FlywheelConfig) -> Runtime:
     key = (str(home), cfg.storage.model_dump_json())
     if key in _RUNTIMES:
         return _RUNTIMES[key]
+    store, server = open_config_store(cfg)
+    rt = Runtime(home, store, ArtifactStore(store, home / "cache"), Catalog(home / "catalog.duckdb"), server)
+    _RUNTIMES[key] = rt
+    return rt
+
+
+def open_config_store(cfg: FlywheelConfig) -> tuple[Store, LocalS3Server | None]:
+    """The config's store, checked reachable; with `embedded`, also the local server it started."""
+    home = cfg.resolve_home()
     home.mkdir(parents=True, exist_ok=True)
     server = None
     if cfg.storage.uri == "embedded":
@@ -51,10 +60,13 @@ def open_runtime(cfg: FlywheelConfig) -> Runtime:
         store = open_store(f"s3://{EMBEDDED_BUCKET}", endpoint_url=server.endpoint_url, create_bucket=True)
     else:
         store = open_store(cfg.storage.uri, endpoint_url=cfg.storage.endpoint_url, region=cfg.storage.region)
-    store.check()
-    rt = Runtime(home, store, ArtifactStore(store, home / "cache"), Catalog(home / "catalog.duckdb"), server)
-    _RUNTIMES[key] = rt
-    return rt
+    try:
+        store.check()
+    except Exception:
+        if server is not None:
+            server.stop()
+        raise
+    return store, server
 
 
 def close_runtimes() -> None:
