@@ -18,6 +18,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from flows.quiet import apply_defaults  # noqa: E402
+
+apply_defaults()
 
 VARIANTS: dict[str, dict] = {
     "sft-only": {"dpo": {"enabled": False}},

@@ -15,15 +15,9 @@ import sys
 import time
 from pathlib import Path
 
-# Quiet, offline defaults; the environment still wins.
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
-os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "1")
-os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # per-map bars drown the stage logs
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # per-checkpoint load/save bars, dozens per round
+from flows.quiet import apply_defaults
+
+apply_defaults()
 
 
 def _home(args) -> Path:

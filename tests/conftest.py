@@ -10,10 +10,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+from flows.quiet import apply_defaults  # noqa: E402
+
+apply_defaults()
 
 # One engine config for every test, so the whole session shares one vLLM engine (start ~20-30 s).
 BUCKET = "flywheel-tests"
