@@ -2,7 +2,7 @@
 #   docker build -t flywheel .
 #   docker run --gpus all -e AWS_ACCESS_KEY_ID -e AWS_SECRET_ACCESS_KEY -v /models:/models -v /data:/data \
 #       flywheel run --config configs/gpu-8b.yaml --rounds 1
-FROM vllm/vllm-openai:v0.11.0
+FROM vllm/vllm-openai:v0.32.0
 
 WORKDIR /opt/flywheel
 COPY pyproject.toml README.md ./
@@ -12,7 +12,8 @@ COPY flows ./flows
 COPY storage ./storage
 COPY tasks ./tasks
 COPY trainers ./trainers
-# vllm and CUDA torch come with the base image; the gpu extra adds DeepSpeed and accelerate.
+# vllm 0.32.0 and CUDA torch come with the base image (the gpu extra pins the same release);
+# the extra adds DeepSpeed and accelerate.
 RUN pip install --no-cache-dir -e '.[gpu]'
 
 ENV PREFECT_SERVER_ANALYTICS_ENABLED=false \
