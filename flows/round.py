@@ -8,11 +8,13 @@ import json
 import time
 from datetime import datetime, timezone
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from pydantic import BaseModel, Field
 
 from configs.schema import FlywheelConfig
+from flows.lock import pipeline_lock
 from flows.preflight import PreflightError, check_model_dir, preflight
+from flows.publish import publish_round_report
 from storage.catalog import ArtifactRecord
 from storage.ids import hash_obj
 from storage.runtime import Runtime, open_runtime
@@ -61,9 +63,20 @@ def _input_errors() -> tuple[type[Exception], ...]:
 
 @flow(name="flywheel-round", flow_run_name="{cfg.pipeline}-round")
 def round_flow(cfg: FlywheelConfig) -> RoundReport:
-    """Run the next round of `cfg.pipeline` (a failed round is retried, reusing its finished steps)."""
+    """Run the next round of `cfg.pipeline` (a failed round is retried, reusing its finished steps).
+
+    Rounds of one pipeline never overlap: a second call waits until the running round has finished.
+    """
     t0 = time.perf_counter()
     rt = open_runtime(cfg)
+    log = get_run_logger()
+    with pipeline_lock(rt.home, cfg.pipeline, log=log.info):
+        report = _run_round(rt, cfg)
+    publish_round_report(rt, cfg, report.round)
+    return report.model_copy(update={"seconds": time.perf_counter() - t0})
+
+
+def _run_round(rt: Runtime, cfg: FlywheelConfig) -> RoundReport:
     r = rt.catalog.next_round(cfg.pipeline)
     preflight(cfg, need_base_model=rt.catalog.current_policy(cfg.pipeline) is None)
     rt.catalog.ensure_pipeline(cfg.pipeline, cfg.base_model, cfg.model_dump(mode="json"))
@@ -94,8 +107,7 @@ def round_flow(cfg: FlywheelConfig) -> RoundReport:
     metrics = next(x for x in rt.catalog.rounds(cfg.pipeline) if x["round"] == r)["metrics"]
     return RoundReport(
         pipeline=cfg.pipeline, round=r, promoted=decision.promoted, reason=decision.reason, policy_in=policy,
-        candidate=candidate, policy_out=decision.policy_out, metrics=metrics, manifest_uri=manifest_uri,
-        seconds=time.perf_counter() - t0,
+        candidate=candidate, policy_out=decision.policy_out, metrics=metrics, manifest_uri=manifest_uri, seconds=0.0,
     )
 
 

@@ -277,6 +277,14 @@ class Catalog:
         rows = self._query("SELECT * FROM artifacts WHERE id = ? OR id LIKE ? || '%' LIMIT 2", [artifact_id, artifact_id])
         return rows[0] if len(rows) == 1 else None
 
+    def artifacts_of_round(self, pipeline: str, round_num: int) -> list[dict[str, Any]]:
+        """Every artifact a step of this round output (including ones first made in earlier rounds)."""
+        return self._query(
+            """SELECT DISTINCT a.* FROM steps s, json_each(s.outputs) o JOIN artifacts a ON a.id = o.value ->> '$'
+               WHERE s.pipeline = ? AND s.round = ?""",
+            [pipeline, round_num],
+        )
+
     def lineage(self, artifact_id: str) -> list[dict[str, Any]]:
         """Every edge upstream of an artifact, nearest first: (src, dst, step, round, depth)."""
         return self._query(

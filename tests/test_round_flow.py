@@ -178,3 +178,50 @@ def test_unreachable_s3_endpoint_fails_fast(make_config):
         round_flow(cfg)
     assert time.perf_counter() - t0 < 30
     assert not (cfg.resolve_home() / "catalog.duckdb").exists()
+
+
+def test_two_triggers_of_one_pipeline_run_one_after_the_other(make_config):
+    """Never two writers on one pipeline: the second round starts after the first has finished."""
+    import threading
+
+    cfg = make_config()
+    reports, errors = [], []
+
+    def trigger():
+        try:
+            reports.append(round_flow(cfg))
+        except Exception as e:  # pragma: no cover - reported by the assertion below
+            errors.append(e)
+
+    threads = [threading.Thread(target=trigger) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    assert not errors, errors
+    assert sorted(r.round for r in reports) == [1, 2]
+    rt = open_runtime(cfg)
+    first, second = rt.catalog.rounds(cfg.pipeline)
+    assert first["status"] == second["status"] == "completed"
+    assert second["started_at"] >= first["finished_at"]
+    assert second["policy_in"] == first["policy_out"]
+
+
+def test_round_publishes_its_report_to_prefect(make_config):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    cfg = make_config(pipeline="reported")
+    report = round_flow(cfg)
+    rt = open_runtime(cfg)
+    assert rt.store.exists(f"runs/reported/round-{report.round:04d}/metrics.png")
+    with get_client(sync_client=True) as client:
+        summary = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["reported-round-summary"])))
+        markdown = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["reported-round-report"])))
+    assert len(summary) == 1 and len(markdown) == 1
+    table = summary[0].data if isinstance(summary[0].data, list) else json.loads(summary[0].data)
+    stages = {row["stage"]: row for row in table}
+    assert stages["generate"]["rows out"] == 48 * 4 and stages["curate"]["rows out"] == 48
+    assert report.reason in stages["decision"]["yield"]
+    md = markdown[0].data
+    assert report.candidate[:16] in md and "metrics.png" in md and "## Lineage of the candidate" in md

@@ -1,0 +1,80 @@
+"""A round's report in the Prefect UI: a summary table, a markdown report, a metrics-over-rounds plot.
+
+Artifact keys are stable per pipeline (`<pipeline>-round-summary`, `<pipeline>-round-report`), so the
+UI's artifact page lists every round's report as the history of one key. The plot is a PNG stored
+with the round's files (`runs/<pipeline>/round-NNNN/metrics.png`) and linked from the report.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+from configs.schema import FlywheelConfig
+from flows.report import STAGE_LABELS, plot_rounds, round_rows
+from storage.runtime import Runtime
+
+
+def summary_rows(rnd: dict, steps: dict) -> list[dict]:
+    """One row per stage: rows in and out, yield, wall time, reused or not."""
+    out = []
+    for name in [*STAGE_LABELS, "promote"]:
+        s = steps.get(name)
+        if s is None:
+            continue
+        rows_in, rows_out = s["rows_in"], s["rows_out"]
+        out.append({
+            "stage": name, "rows in": rows_in, "rows out": rows_out,
+            "yield": f"{rows_out / rows_in:.1%}" if rows_in and rows_out is not None else "",
+            "seconds": round(s["duration_s"] or 0.0, 2), "reused": bool(s["reused"]),
+        })
+    m = rnd["metrics"]
+    for role in ("policy", "candidate"):
+        out.append({"stage": f"eval accuracy ({role})", "rows in": None, "rows out": None,
+                    "yield": f"{m.get(f'eval/accuracy/{role}', float('nan')):.1%}", "seconds": None, "reused": None})
+    out.append({"stage": "decision", "rows in": None, "rows out": None, "yield": rnd["reason"], "seconds": None,
+                "reused": None})
+    return out
+
+
+def report_markdown(rnd: dict, steps: dict, uris: dict[str, str], plot_uri: str, lineage: list[dict]) -> str:
+    m = rnd["metrics"]
+    lines = [
+        f"# {rnd['pipeline']}, round {rnd['round']}: {'promoted' if rnd['promoted'] else 'policy kept'}",
+        "", f"**{rnd['reason']}**", "",
+        f"- held-out accuracy: policy {m.get('eval/accuracy/policy', float('nan')):.1%}, "
+        f"candidate {m.get('eval/accuracy/candidate', float('nan')):.1%}",
+        f"- policy in: `{rnd['policy_in']}`", f"- candidate: `{rnd['candidate']}`", f"- policy out: `{rnd['policy_out']}`",
+        f"- manifest: `{rnd['manifest_uri']}`", f"- metrics over all rounds (PNG): `{plot_uri}`", "",
+        "## Artifacts", "", "| stage | output | id | uri |", "|---|---|---|---|",
+    ]
+    for name, s in steps.items():
+        for out_name, artifact_id in json.loads(s["outputs"] or "{}").items():
+            lines.append(f"| {name} | {out_name} | `{artifact_id[:16]}` | `{uris.get(artifact_id, '')}` |")
+    lines += ["", "## Lineage of the candidate", "", "| depth | input | kind | into | step | round |", "|---|---|---|---|---|---|"]
+    for e in lineage:
+        lines.append(f"| {e['depth']} | `{e['src'][:16]}` | {e['src_kind'] or ''} | `{e['dst'][:16]}` | {e['step']} | {e['round']} |")
+    return "\n".join(lines)
+
+
+def publish_round_report(rt: Runtime, cfg: FlywheelConfig, r: int) -> str:
+    """Create the round's Prefect artifacts; returns the store URL of the metrics plot."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    rounds = rt.catalog.rounds(cfg.pipeline)
+    rnd = next(x for x in rounds if x["round"] == r)
+    steps = rt.catalog.steps_of(cfg.pipeline, r)
+    with tempfile.TemporaryDirectory() as tmp:
+        png = plot_rounds(round_rows(rounds), Path(tmp) / "metrics.png")
+        key = f"runs/{cfg.pipeline}/round-{r:04d}/metrics.png"
+        rt.store.put_file(key, png)
+    plot_uri = rt.store.url(key)
+    uris = {a["id"]: a["uri"] for a in rt.catalog.artifacts_of_round(cfg.pipeline, r)}
+    lineage = rt.catalog.lineage(rnd["candidate"]) if rnd["candidate"] else []
+    lineage = [e for e in lineage if e["round"] == r or e["depth"] == 1]
+    create_table_artifact(key=f"{cfg.pipeline}-round-summary", table=summary_rows(rnd, steps),
+                          description=f"{cfg.pipeline} round {r}: rows, yields, timings and the decision")
+    create_markdown_artifact(key=f"{cfg.pipeline}-round-report",
+                             markdown=report_markdown(rnd, steps, uris, plot_uri, lineage),
+                             description=f"{cfg.pipeline} round {r}: artifacts and lineage")
+    return plot_uri
