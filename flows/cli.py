@@ -4,6 +4,8 @@
   flywheel run --config configs/demo.yaml [--rounds N]  run N more rounds of a pipeline
   flywheel rounds [--pipeline P] [--json]            one row per round
   flywheel lineage <artifact-or-row-id> [--json]     where an artifact or a training row came from
+  flywheel server [--port 4200]                      a local Prefect server + UI
+  flywheel serve --config configs/demo.yaml          serve the round-now and nightly deployments
   flywheel catalog-rebuild --config configs/demo.yaml  rebuild the catalog from the store
   flywheel validate configs/x.yaml                   check a config file
 """
@@ -163,6 +165,68 @@ def cmd_catalog_rebuild(args) -> int:
     return 0
 
 
+def cmd_server(args) -> int:
+    """A local Prefect server + UI on 127.0.0.1 (SQLite, offline), until Ctrl-C or SIGTERM."""
+    import signal
+    import subprocess
+    import urllib.request
+
+    def stop(*_):
+        raise KeyboardInterrupt
+
+    # SIGTERM (a supervisor, a test) ends this command like Ctrl-C does: through the cleanup below.
+    signal.signal(signal.SIGTERM, stop)
+    url = f"http://127.0.0.1:{args.port}"
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_API_URL": f"{url}/api"}
+    cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(args.port)]
+    proc = subprocess.Popen(cmd, env=env)
+    try:
+        for _ in range(120):
+            if proc.poll() is not None:
+                raise SystemExit(f"prefect server exited with code {proc.returncode} (is port {args.port} free?)")
+            try:
+                urllib.request.urlopen(f"{url}/api/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.5)
+        print(f"Prefect server and UI ready: {url}\nin other shells:  export PREFECT_API_URL={url}/api", flush=True)
+        return proc.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def cmd_serve(args) -> int:
+    """Register the pipeline's deployments with the server in PREFECT_API_URL and run them until Ctrl-C."""
+    import urllib.request
+
+    from configs import load_config
+    from flows.deployments import serve_pipeline
+    from flows.preflight import quiet_input_errors
+
+    api = os.environ.get("PREFECT_API_URL")
+    if not api:
+        raise SystemExit("flywheel serve: set PREFECT_API_URL to a Prefect server (`flywheel server` prints it)")
+    try:
+        urllib.request.urlopen(f"{api.rstrip('/')}/health", timeout=5)
+    except OSError as e:
+        raise SystemExit(f"flywheel serve: no Prefect server answers at {api} ({e}); start one with `flywheel server`")
+    cfg = load_config(args.config, home=args.home)
+    quiet_input_errors()
+    try:
+        serve_pipeline(cfg, args.cron, args.timezone)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def cmd_validate(args) -> int:
     from configs import load_config
 
@@ -192,6 +256,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("id")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_lineage)
+    s = sub.add_parser("server", help="start a local Prefect server and UI on 127.0.0.1")
+    s.add_argument("--port", type=int, default=4200)
+    s.set_defaults(fn=cmd_server)
+    s = sub.add_parser("serve", help="serve the flywheel-round and flywheel-nightly deployments of a pipeline")
+    s.add_argument("--config", required=True)
+    s.add_argument("--cron", default="0 2 * * *", help="schedule of flywheel-nightly (default 02:00 every day)")
+    s.add_argument("--timezone", default="UTC", help="IANA timezone of the schedule, e.g. Europe/Paris")
+    s.set_defaults(fn=cmd_serve)
     s = sub.add_parser("catalog-rebuild", help="rebuild the DuckDB catalog from the store's round manifests")
     s.add_argument("--config", required=True)
     s.add_argument("--out", help="where to write it (default: the home's catalog.duckdb)")
