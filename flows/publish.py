@@ -6,6 +6,7 @@ with the round's files (`runs/<pipeline>/round-NNNN/metrics.png`) and linked fro
 """
 from __future__ import annotations
 
+import base64
 import json
 import tempfile
 from pathlib import Path
@@ -16,7 +17,10 @@ from storage.runtime import Runtime
 
 
 def summary_rows(rnd: dict, steps: dict) -> list[dict]:
-    """One row per stage: rows in and out, yield, wall time, reused or not."""
+    """One row per stage (rows in and out, yield, wall time, reused), then accuracies and the decision.
+
+    Every row has every column, with short values, so the UI shows the table whole.
+    """
     out = []
     for name in [*STAGE_LABELS, "promote"]:
         s = steps.get(name)
@@ -26,18 +30,18 @@ def summary_rows(rnd: dict, steps: dict) -> list[dict]:
         out.append({
             "stage": name, "rows in": rows_in, "rows out": rows_out,
             "yield": f"{rows_out / rows_in:.1%}" if rows_in and rows_out is not None else "",
-            "seconds": round(s["duration_s"] or 0.0, 2), "reused": bool(s["reused"]),
+            "seconds": round(s["duration_s"] or 0.0, 2), "reused": "yes" if s["reused"] else "no",
         })
     m = rnd["metrics"]
+    blank = {"rows in": None, "rows out": None, "seconds": None, "reused": ""}
     for role in ("policy", "candidate"):
-        out.append({"stage": f"eval accuracy ({role})", "rows in": None, "rows out": None,
-                    "yield": f"{m.get(f'eval/accuracy/{role}', float('nan')):.1%}", "seconds": None, "reused": None})
-    out.append({"stage": "decision", "rows in": None, "rows out": None, "yield": rnd["reason"], "seconds": None,
-                "reused": None})
+        out.append({"stage": f"accuracy of the {role}", **blank, "yield": f"{m.get(f'eval/accuracy/{role}', float('nan')):.1%}"})
+    out.append({"stage": "decision", **blank, "yield": "promoted" if rnd["promoted"] else "policy kept"})
     return out
 
 
-def report_markdown(rnd: dict, steps: dict, uris: dict[str, str], plot_uri: str, lineage: list[dict]) -> str:
+def report_markdown(rnd: dict, steps: dict, uris: dict[str, str], plot_uri: str, lineage: list[dict],
+                    plot_png: bytes | None = None) -> str:
     m = rnd["metrics"]
     lines = [
         f"# {rnd['pipeline']}, round {rnd['round']}: {'promoted' if rnd['promoted'] else 'policy kept'}",
@@ -46,6 +50,7 @@ def report_markdown(rnd: dict, steps: dict, uris: dict[str, str], plot_uri: str,
         f"candidate {m.get('eval/accuracy/candidate', float('nan')):.1%}",
         f"- policy in: `{rnd['policy_in']}`", f"- candidate: `{rnd['candidate']}`", f"- policy out: `{rnd['policy_out']}`",
         f"- manifest: `{rnd['manifest_uri']}`", f"- metrics over all rounds (PNG): `{plot_uri}`", "",
+        *([f"![metrics over rounds](data:image/png;base64,{base64.b64encode(plot_png).decode()})", ""] if plot_png else []),
         "## Artifacts", "", "| stage | output | id | uri |", "|---|---|---|---|",
     ]
     for name, s in steps.items():
@@ -68,6 +73,7 @@ def publish_round_report(rt: Runtime, cfg: FlywheelConfig, r: int) -> str:
         png = plot_rounds(round_rows(rounds), Path(tmp) / "metrics.png")
         key = f"runs/{cfg.pipeline}/round-{r:04d}/metrics.png"
         rt.store.put_file(key, png)
+        png_bytes = png.read_bytes()
     plot_uri = rt.store.url(key)
     uris = {a["id"]: a["uri"] for a in rt.catalog.artifacts_of_round(cfg.pipeline, r)}
     lineage = rt.catalog.lineage(rnd["candidate"]) if rnd["candidate"] else []
@@ -75,6 +81,6 @@ def publish_round_report(rt: Runtime, cfg: FlywheelConfig, r: int) -> str:
     create_table_artifact(key=f"{cfg.pipeline}-round-summary", table=summary_rows(rnd, steps),
                           description=f"{cfg.pipeline} round {r}: rows, yields, timings and the decision")
     create_markdown_artifact(key=f"{cfg.pipeline}-round-report",
-                             markdown=report_markdown(rnd, steps, uris, plot_uri, lineage),
+                             markdown=report_markdown(rnd, steps, uris, plot_uri, lineage, png_bytes),
                              description=f"{cfg.pipeline} round {r}: artifacts and lineage")
     return plot_uri

@@ -222,6 +222,8 @@ def test_round_publishes_its_report_to_prefect(make_config):
     table = summary[0].data if isinstance(summary[0].data, list) else json.loads(summary[0].data)
     stages = {row["stage"]: row for row in table}
     assert stages["generate"]["rows out"] == 48 * 4 and stages["curate"]["rows out"] == 48
-    assert report.reason in stages["decision"]["yield"]
+    assert stages["decision"]["yield"] == ("promoted" if report.promoted else "policy kept")
+    assert stages["train-sft"]["reused"] == "no" and stages["train-sft"]["seconds"] > 0
     md = markdown[0].data
-    assert report.candidate[:16] in md and "metrics.png" in md and "## Lineage of the candidate" in md
+    assert report.reason in md and report.candidate[:16] in md and "## Lineage of the candidate" in md
+    assert "runs/reported/round-0001/metrics.png" in md and "](data:image/png;base64," in md  # the plot, inline
