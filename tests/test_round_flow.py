@@ -227,3 +227,30 @@ def test_round_publishes_its_report_to_prefect(make_config):
     md = markdown[0].data
     assert report.reason in md and report.candidate[:16] in md and "## Lineage of the candidate" in md
     assert "runs/reported/round-0001/metrics.png" in md and "](data:image/png;base64," in md  # the plot, inline
+
+
+def test_round_of_a_killed_worker_is_resumed(make_config, monkeypatch):
+    """A worker killed mid-round leaves the round 'running'; the next trigger resumes that round."""
+    import trainers.sft
+    from storage.catalog import Catalog
+
+    cfg = make_config()
+
+    def killed(*args, **kwargs):
+        raise SystemExit("worker killed")
+
+    monkeypatch.setattr(trainers.sft, "train_sft", killed)
+    # A killed process writes nothing more: not even the failure.
+    monkeypatch.setattr(Catalog, "fail_round", lambda *a, **k: None)
+    with pytest.raises(BaseException):
+        round_flow(cfg)
+    rt = open_runtime(cfg)
+    (stale,) = rt.catalog.rounds(cfg.pipeline)
+    assert stale["status"] == "running"
+    monkeypatch.undo()
+
+    report = round_flow(cfg)
+    assert report.round == 1
+    (done,) = rt.catalog.rounds(cfg.pipeline)
+    assert done["status"] == "completed"
+    assert {"curate", "generate", "score", "select"} <= {n for n, s in done["steps"].items() if s["reused"]}
