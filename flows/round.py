@@ -9,6 +9,7 @@ import time
 from datetime import datetime, timezone
 
 from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
 from pydantic import BaseModel, Field
 
 from configs.schema import FlywheelConfig
@@ -18,16 +19,17 @@ from flows.publish import publish_round_report
 from storage.catalog import ArtifactRecord
 from storage.ids import hash_obj
 from storage.runtime import Runtime, open_runtime
-from tasks.curate import curate_task
+from tasks.curate import CurationError, curate_task
 from tasks.evaluate import evaluate_task
 from tasks.generate import generate_task
 from tasks.promote import Decision, gate_task
 from tasks.score import score_task
 from tasks.select import select_task
+from tasks.sources import SourceError
 from tasks.train import train_dpo_task, train_sft_task
 
 # Errors in the user's input: the round is rolled back entirely instead of being kept as "failed".
-INPUT_ERRORS: tuple[type[Exception], ...] = (PreflightError,)
+INPUT_ERRORS: tuple[type[Exception], ...] = (PreflightError, SourceError, CurationError)
 
 
 class RoundReport(BaseModel):
@@ -54,13 +56,6 @@ def base_policy(rt: Runtime, cfg: FlywheelConfig) -> str:
     return ref.id
 
 
-def _input_errors() -> tuple[type[Exception], ...]:
-    from tasks.curate import CurationError
-    from tasks.sources import SourceError
-
-    return INPUT_ERRORS + (SourceError, CurationError)
-
-
 @flow(name="flywheel-round", flow_run_name="{cfg.pipeline}-round")
 def round_flow(cfg: FlywheelConfig) -> RoundReport:
     """Run the next round of `cfg.pipeline` (a failed round is retried, reusing its finished steps).
@@ -81,8 +76,6 @@ def _run_round(rt: Runtime, cfg: FlywheelConfig) -> RoundReport:
     preflight(cfg, need_base_model=rt.catalog.current_policy(cfg.pipeline) is None)
     rt.catalog.ensure_pipeline(cfg.pipeline, cfg.base_model, cfg.model_dump(mode="json"))
     policy = base_policy(rt, cfg)
-    from prefect.runtime import flow_run
-
     rt.catalog.start_round(cfg.pipeline, r, hash_obj(cfg.model_dump(mode="json")), policy, str(flow_run.id or ""))
     try:
         prompts = curate_task(cfg, r)
@@ -97,7 +90,7 @@ def _run_round(rt: Runtime, cfg: FlywheelConfig) -> RoundReport:
         manifest_uri = write_manifest(rt, cfg, r, policy, candidate, decision)
         rt.catalog.finish_round(cfg.pipeline, r, candidate=candidate, policy_out=decision.policy_out,
                                 promoted=decision.promoted, reason=decision.reason, manifest_uri=manifest_uri)
-    except _input_errors():
+    except INPUT_ERRORS:
         rt.catalog.discard_round(cfg.pipeline, r)
         raise
     except BaseException as e:
