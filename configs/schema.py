@@ -22,9 +22,12 @@ class SourceConfig(_Strict):
     """One prompt source: a JSONL or Parquet file."""
 
     name: str = Field(description="Short name of the source, stored on every prompt row as `source`.")
-    path: str = Field(description="Path to a .jsonl or .parquet file (relative paths: from the working directory).")
-    format: Literal["auto", "jsonl", "parquet"] = Field(
-        "auto", description="File format; `auto` picks it from the file extension."
+    path: str = Field(
+        description="A .jsonl, .parquet or .csv file, or a directory saved with datasets' save_to_disk "
+        "(relative paths: from the working directory)."
+    )
+    format: Literal["auto", "jsonl", "parquet", "csv", "hf_disk"] = Field(
+        "auto", description="Source format; `auto` picks it from the file extension (a directory: save_to_disk)."
     )
     prompt_field: str = Field("prompt", description="Column holding the prompt text.")
     answer_field: str | None = Field(
@@ -50,6 +53,13 @@ class EvalSetConfig(_Strict):
 class CurationConfig(_Strict):
     sources: list[SourceConfig] = Field(description="Prompt sources mixed into each round.", min_length=1)
     prompts_per_round: int = Field(512, ge=1, description="Prompts drawn per round (weighted across sources).")
+    min_chars: int = Field(1, ge=1, description="Drop prompts shorter than this many characters (normalised).")
+    max_chars: int | None = Field(None, ge=1, description="Drop prompts longer than this many characters (None: no limit).")
+    blocked_keywords: list[str] = Field(
+        default_factory=list,
+        description="Drop prompts containing any of these words or phrases (case-insensitive, whole words), "
+        "e.g. other models' names as in Tulu 3.",
+    )
     dedup_across_rounds: bool = Field(
         True, description="Never draw a prompt that an earlier round of this pipeline already used."
     )

@@ -26,10 +26,12 @@ def check_model_dir(path: str, what: str) -> Path:
     return p
 
 
-def check_file(path: str, what: str, suffixes: tuple[str, ...]) -> None:
+def check_file(path: str, what: str, suffixes: tuple[str, ...], allow_dir: bool = False) -> None:
     p = Path(path)
     if not p.exists():
         raise PreflightError(f"{what}: file not found: {path} (fix the path in the config)")
+    if allow_dir and p.is_dir():
+        return  # a save_to_disk dataset: read_source checks it
     if not p.is_file():
         raise PreflightError(f"{what}: {path} is not a file")
     if suffixes and p.suffix.lower() not in suffixes:
@@ -44,8 +46,8 @@ def preflight(cfg: FlywheelConfig, *, need_base_model: bool) -> None:
     from tasks.sources import read_eval_set, read_source
 
     for i, s in enumerate(cfg.curation.sources):
-        suffixes = (".jsonl", ".parquet") if s.format == "auto" else ()
-        check_file(s.path, f"curation.sources[{i}] ({s.name})", suffixes)
+        suffixes = (".jsonl", ".parquet", ".csv") if s.format == "auto" else ()
+        check_file(s.path, f"curation.sources[{i}] ({s.name})", suffixes, allow_dir=True)
         read_source(s.model_copy(update={"limit": 1}))
     for i, e in enumerate(cfg.evaluation.eval_sets):
         check_file(e.path, f"evaluation.eval_sets[{i}] ({e.name})", (".jsonl", ".parquet"))

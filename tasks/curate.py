@@ -21,7 +21,8 @@ from configs.schema import CurationConfig, FlywheelConfig, SourceConfig
 from storage.ids import hash_obj, normalize_text, prompt_id, stable_json, text_hash
 
 # In the order the filters run; each removed row is counted under the first reason that applies.
-REMOVAL_REASONS = ("malformed", "duplicate_in_round", "seen_in_earlier_round", "contaminated", "not_drawn")
+REMOVAL_REASONS = ("malformed", "too_short", "too_long", "keyword", "duplicate_in_round", "seen_in_earlier_round",
+                   "contaminated", "not_drawn")
 MAX_CONTAMINATED_EXAMPLES = 5
 
 PROMPT_SCHEMA = pa.schema([
@@ -65,6 +66,7 @@ def curate_prompts(rows_by_source: dict[str, list[dict]], cfg: CurationConfig, r
     """
     _check_source_names(rows_by_source, cfg)
     index = build_decontam_index(eval_texts, cfg.decontam_ngram)
+    blocked = keyword_pattern(cfg.blocked_keywords)
     per_source = {s.name: _counts(len(rows_by_source[s.name])) for s in cfg.sources}
     candidates: dict[str, list[dict]] = {s.name: [] for s in cfg.sources}
     hashes_this_round: set[str] = set()
@@ -78,6 +80,15 @@ def curate_prompts(rows_by_source: dict[str, list[dict]], cfg: CurationConfig, r
             text = normalize_text(raw) if isinstance(raw, str) else ""
             if not text:
                 counts["malformed"] += 1
+                continue
+            if len(text) < cfg.min_chars:
+                counts["too_short"] += 1
+                continue
+            if cfg.max_chars is not None and len(text) > cfg.max_chars:
+                counts["too_long"] += 1
+                continue
+            if blocked is not None and blocked.search(text):
+                counts["keyword"] += 1
                 continue
             th = text_hash(text)
             if th in hashes_this_round:
@@ -111,6 +122,20 @@ def curate_prompts(rows_by_source: dict[str, list[dict]], cfg: CurationConfig, r
             "add sources, allow reuse with curation.dedup_across_rounds: false, or lower prompts_per_round"
         )
     return CurationResult(prompts=prompts, report=report)
+
+
+def keyword_pattern(keywords: list[str]) -> re.Pattern | None:
+    """One case-insensitive regex matching any keyword as whole words (None when there are none).
+
+    >>> bool(keyword_pattern(["GPT-4", "claude"]).search("As gpt-4 said"))
+    True
+    >>> bool(keyword_pattern(["claude"]).search("Claudette's answer"))
+    False
+    """
+    words = [k.strip() for k in keywords if k.strip()]
+    if not words:
+        return None
+    return re.compile(r"(?<!\w)(?:" + "|".join(re.escape(w) for w in words) + r")(?!\w)", re.IGNORECASE)
 
 
 def allocate_draw(available: dict[str, int], weights: dict[str, float], total: int) -> dict[str, int]:

@@ -16,7 +16,7 @@ from typing import Any, Iterator
 
 from configs.schema import EvalSetConfig, SourceConfig
 
-_EXTENSIONS = {".jsonl": "jsonl", ".parquet": "parquet"}
+_EXTENSIONS = {".jsonl": "jsonl", ".parquet": "parquet", ".csv": "csv"}
 _PARQUET_BATCH = 65_536  # rows per batch: bounded memory on big files, and `limit` stops reading early
 
 
@@ -107,12 +107,16 @@ def _check_file(where: _Where, fmt: str) -> tuple[Path, str]:
     path = Path(where.path)
     if not path.exists():
         raise where.error(f"file not found: {where.path}", f"fix {where.key}.path")
-    if not path.is_file():
-        raise where.error(f"not a file: {where.path}", f"fix {where.key}.path")
+    if path.is_dir():
+        # A directory is a dataset saved with datasets' save_to_disk (it holds its state.json or dataset_dict.json).
+        saved = any((path / f).exists() for f in ("state.json", "dataset_dict.json"))
+        if fmt in ("auto", "hf_disk") and saved and where.key.startswith("curation"):
+            return path, "hf_disk"
+        raise where.error(f"not a file: {where.path}", f"fix {where.key}.path (a directory must come from save_to_disk)")
     if fmt == "auto":
         fmt = _EXTENSIONS.get(path.suffix.lower(), "")
         if not fmt:
-            fix = "rename it to .jsonl or .parquet"
+            fix = "rename it to .jsonl, .parquet or .csv"
             if where.key.startswith("curation"):
                 fix += f", or set {where.key}.format"
             raise where.error(f"unknown file extension {path.suffix!r}: {where.path}", fix)
@@ -126,6 +130,10 @@ def _load(where: _Where, path: Path, fmt: str, needed: list[str], limit: int | N
         if fmt == "jsonl":
             records = list(_iter_jsonl(where, path, limit))
             columns = list(dict.fromkeys(k for _, rec in records for k in rec))
+        elif fmt == "csv":
+            columns, records = _read_csv(path, limit)
+        elif fmt == "hf_disk":
+            columns, records = _read_saved_dataset(where, path, limit)
         else:
             columns, records = _read_parquet(where, path, needed, limit)
     except (OSError, UnicodeDecodeError) as e:
@@ -154,6 +162,37 @@ def _iter_jsonl(where: _Where, path: Path, limit: int | None) -> Iterator[tuple[
                                   "fix the file: one JSON object per line")
             count += 1
             yield f"line {lineno}", rec
+
+
+def _read_csv(path: Path, limit: int | None) -> tuple[list[str], list[tuple[str, dict]]]:
+    """CSV with a header row; every value is text (an answer "45" stays "45")."""
+    import csv
+
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        columns = list(reader.fieldnames or [])
+        records = []
+        for rec in reader:
+            if limit is not None and len(records) >= limit:
+                break
+            # The header is line 1, so data row i (0-based) is on line i + 2 when no field spans lines.
+            records.append((f"line {reader.line_num}", rec))
+    return columns, records
+
+
+def _read_saved_dataset(where: _Where, path: Path, limit: int | None) -> tuple[list[str], list[tuple[str, dict]]]:
+    """A `datasets.save_to_disk` directory; of a DatasetDict, the "train" split."""
+    from datasets import DatasetDict, load_from_disk
+
+    ds = load_from_disk(str(path))
+    if isinstance(ds, DatasetDict):
+        if "train" not in ds:
+            raise where.error(f"{where.path} is a DatasetDict without a 'train' split (splits: {', '.join(ds)})",
+                              "save the split to use with save_to_disk on its own")
+        ds = ds["train"]
+    if limit is not None:
+        ds = ds.select(range(min(limit, len(ds))))
+    return list(ds.column_names), [(f"row {i} (0-based)", rec) for i, rec in enumerate(ds)]
 
 
 def _read_parquet(where: _Where, path: Path, needed: list[str], limit: int | None

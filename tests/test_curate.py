@@ -53,8 +53,8 @@ def test_each_filter_counts_exactly():
     result = curate_prompts({"pool": ROWS}, cfg, 1, SEEN, EVAL)
     rep = result.report
     assert rep["rows_in"] == 8 and rep["rows_out"] == 2
-    assert rep["removed"] == {"malformed": 2, "duplicate_in_round": 2, "seen_in_earlier_round": 1,
-                              "contaminated": 1, "not_drawn": 0}
+    assert rep["removed"] == {"malformed": 2, "too_short": 0, "too_long": 0, "keyword": 0, "duplicate_in_round": 2,
+                              "seen_in_earlier_round": 1, "contaminated": 1, "not_drawn": 0}
     assert rep["per_source"]["pool"] == {"rows_in": 8, "rows_out": 2, **rep["removed"]}
     assert rep["contaminated_examples"] == ["compute 17 TIMES 23 and explain."]
     assert_identity(rep)
@@ -65,6 +65,18 @@ def test_each_filter_counts_exactly():
                  "prompt": "What is 2 + 2?", "answer": None, "source": "pool", "license": "cc-by-4.0",
                  "provenance": '{"id":0}', "source_row": 0}
     assert [p["prompt_id"] for p in result.prompts] == sorted(p["prompt_id"] for p in result.prompts)
+
+
+def test_length_and_keyword_filters_count_exactly():
+    rows = [row("Hi", 0), row("What is 2 + 2?", 1), row("x" * 50, 2), row("Are you ChatGPT, really?", 3),
+            row("Ask claude-3 about it", 4), row("Claudette sings.", 5)]
+    cfg = cur([SourceConfig(name="pool", path="p.jsonl")], prompts_per_round=10, min_chars=3, max_chars=40,
+              blocked_keywords=["chatgpt", "Claude-3", " "])
+    rep = curate_prompts({"pool": rows}, cfg, 1, set(), []).report
+    # "Hi" is too short, the 50 x's too long, two rows name a model; "Claudette" is not "claude-3".
+    assert {k: v for k, v in rep["removed"].items() if v} == {"too_short": 1, "too_long": 1, "keyword": 2}
+    assert rep["rows_out"] == 2
+    assert_identity(rep)
 
 
 def test_reuse_allowed_when_dedup_across_rounds_is_off():
@@ -277,3 +289,31 @@ def test_docstring_examples():
     import tasks.curate
 
     assert doctest.testmod(tasks.curate).failed == 0
+
+
+def test_csv_and_save_to_disk_sources(tmp_path):
+    """The same three rows as CSV and as a datasets.save_to_disk directory read alike."""
+    import csv
+
+    from datasets import Dataset, DatasetDict
+
+    rows = [{"q": "What is 1 plus 2?", "a": "3", "tag": "x"}, {"q": "What is 4 plus 4?", "a": "8", "tag": "y"},
+            {"q": "", "a": "0", "tag": "z"}]
+    with open(tmp_path / "s.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["q", "a", "tag"])
+        w.writeheader()
+        w.writerows(rows)
+    Dataset.from_list(rows).save_to_disk(str(tmp_path / "saved"))
+    DatasetDict({"test": Dataset.from_list(rows)}).save_to_disk(str(tmp_path / "dict"))
+    expected = [{"prompt": "What is 1 plus 2?", "answer": "3", "provenance": {"tag": "x"}, "source_row": 0},
+                {"prompt": "What is 4 plus 4?", "answer": "8", "provenance": {"tag": "y"}, "source_row": 1},
+                {"prompt": None, "answer": "0", "provenance": {"tag": "z"}, "source_row": 2}]
+    for path in (tmp_path / "s.csv", tmp_path / "saved"):
+        cfg = SourceConfig(name="s", path=str(path), prompt_field="q", answer_field="a", keep_fields=["tag"])
+        assert read_source(cfg) == expected, path
+    assert len(read_source(SourceConfig(name="s", path=str(tmp_path / "s.csv"), prompt_field="q", answer_field="a",
+                                        limit=2))) == 2
+    with pytest.raises(SourceError, match="DatasetDict without a 'train' split \\(splits: test\\)"):
+        read_source(SourceConfig(name="s", path=str(tmp_path / "dict"), prompt_field="q", answer_field="a"))
+    with pytest.raises(SourceError, match="prompt_field 'question' not in .*s.csv, which has columns: q, a, tag"):
+        read_source(SourceConfig(name="s", path=str(tmp_path / "s.csv"), prompt_field="question", answer_field="a"))
