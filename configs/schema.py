@@ -60,6 +60,10 @@ class CurationConfig(_Strict):
         description="Drop prompts containing any of these words or phrases (case-insensitive, whole words), "
         "e.g. other models' names as in Tulu 3.",
     )
+    near_dup_threshold: float | None = Field(
+        0.8, gt=0, le=1, description="Drop a prompt whose word-3-gram Jaccard similarity (MinHash estimate) with an "
+        "earlier prompt of this or an earlier round reaches this (None: exact dedup only).",
+    )
     dedup_across_rounds: bool = Field(
         True, description="Never draw a prompt that an earlier round of this pipeline already used."
     )

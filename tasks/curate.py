@@ -22,7 +22,7 @@ from storage.ids import hash_obj, normalize_text, prompt_id, stable_json, text_h
 
 # In the order the filters run; each removed row is counted under the first reason that applies.
 REMOVAL_REASONS = ("malformed", "too_short", "too_long", "keyword", "duplicate_in_round", "seen_in_earlier_round",
-                   "contaminated", "not_drawn")
+                   "contaminated", "near_duplicate", "not_drawn")
 MAX_CONTAMINATED_EXAMPLES = 5
 
 PROMPT_SCHEMA = pa.schema([
@@ -50,7 +50,8 @@ class CurationResult:
 
 
 def curate_prompts(rows_by_source: dict[str, list[dict]], cfg: CurationConfig, round_num: int,
-                   seen_text_hashes: set[str], eval_texts: list[str]) -> CurationResult:
+                   seen_text_hashes: set[str], eval_texts: list[str], seen_texts: list[str] | None = None
+                   ) -> CurationResult:
     """Turn the raw rows of each source into this round's prompt set.
 
     Args:
@@ -59,6 +60,7 @@ def curate_prompts(rows_by_source: dict[str, list[dict]], cfg: CurationConfig, r
         round_num: round number; with `cfg.seed` it fixes the weighted draw.
         seen_text_hashes: text hashes of prompts used by earlier rounds of this pipeline.
         eval_texts: prompts of the held-out eval sets, never to be trained on.
+        seen_texts: prompts of earlier rounds, for near-duplicate detection across rounds.
     Returns:
         CurationResult with prompt rows sorted by prompt_id and the counts report.
     Raises:
@@ -105,6 +107,8 @@ def curate_prompts(rows_by_source: dict[str, list[dict]], cfg: CurationConfig, r
                 continue
             candidates[src.name].append(_prompt_row(text, th, row, src))
 
+    if cfg.near_dup_threshold is not None:
+        _drop_near_duplicates(candidates, per_source, cfg, seen_texts if cfg.dedup_across_rounds else [])
     quotas = allocate_draw({n: len(c) for n, c in candidates.items()},
                            {s.name: s.weight for s in cfg.sources}, cfg.prompts_per_round)
     prompts: list[dict] = []
@@ -122,6 +126,22 @@ def curate_prompts(rows_by_source: dict[str, list[dict]], cfg: CurationConfig, r
             "add sources, allow reuse with curation.dedup_across_rounds: false, or lower prompts_per_round"
         )
     return CurationResult(prompts=prompts, report=report)
+
+
+def _drop_near_duplicates(candidates: dict[str, list[dict]], per_source: dict[str, dict], cfg: CurationConfig,
+                          seen_texts: list[str] | None) -> None:
+    """Remove (in place) candidates that nearly repeat an earlier candidate or an earlier round's prompt."""
+    from tasks.neardup import near_duplicates
+
+    order = [(name, row) for name, rows in candidates.items() for row in rows]  # config order, then file order
+    flags = near_duplicates([row["prompt"] for _, row in order], seen_texts or [], cfg.near_dup_threshold)
+    for name in candidates:
+        candidates[name] = []
+    for (name, row), dup in zip(order, flags):
+        if dup:
+            per_source[name]["near_duplicate"] += 1
+        else:
+            candidates[name].append(row)
 
 
 def keyword_pattern(keywords: list[str]) -> re.Pattern | None:
@@ -298,9 +318,12 @@ def curate_task(cfg: FlywheelConfig, round_num: int) -> str:
         rows = {s.name: read_source(s) for s in cfg.curation.sources}
         eval_texts = [r["prompt"] for e in cfg.evaluation.eval_sets for r in read_eval_set(e)]
         seen: set[str] = set()
+        seen_texts: list[str] = []
         for artifact_id in earlier:
-            seen.update(rt.artifacts.get_table(artifact_id).column("text_hash").to_pylist())
-        result = curate_prompts(rows, cfg.curation, round_num, seen, eval_texts)
+            table = rt.artifacts.get_table(artifact_id)
+            seen.update(table.column("text_hash").to_pylist())
+            seen_texts.extend(table.column("prompt").to_pylist())
+        result = curate_prompts(rows, cfg.curation, round_num, seen, eval_texts, seen_texts)
         rep = result.report
         log.info("curated %d of %d rows; removed %s", rep["rows_out"], rep["rows_in"],
                  {k: v for k, v in rep["removed"].items() if v})
@@ -317,7 +340,7 @@ def curate_task(cfg: FlywheelConfig, round_num: int) -> str:
     result = common.run_step(
         rt, pipeline=cfg.pipeline, round_num=round_num, step="curate",
         config={"curation": cfg.curation.model_dump(mode="json"), "round": round_num}, inputs=inputs,
-        compute=compute, code=common.code_version(__name__, "tasks.sources"),
+        compute=compute, code=common.code_version(__name__, "tasks.sources", "tasks.neardup"),
     )
     return result.outputs["prompts"]
 

@@ -54,7 +54,8 @@ def test_each_filter_counts_exactly():
     rep = result.report
     assert rep["rows_in"] == 8 and rep["rows_out"] == 2
     assert rep["removed"] == {"malformed": 2, "too_short": 0, "too_long": 0, "keyword": 0, "duplicate_in_round": 2,
-                              "seen_in_earlier_round": 1, "contaminated": 1, "not_drawn": 0}
+                              "seen_in_earlier_round": 1, "contaminated": 1, "near_duplicate": 0,
+                              "not_drawn": 0}
     assert rep["per_source"]["pool"] == {"rows_in": 8, "rows_out": 2, **rep["removed"]}
     assert rep["contaminated_examples"] == ["compute 17 TIMES 23 and explain."]
     assert_identity(rep)
@@ -289,6 +290,22 @@ def test_docstring_examples():
     import tasks.curate
 
     assert doctest.testmod(tasks.curate).failed == 0
+
+
+def test_near_duplicates_within_the_round_and_of_earlier_rounds():
+    rows = [row("Explain how a rainbow forms after the rain stops", 0),
+            row("explain how a rainbow forms after the rain stops!!", 1),  # exact after normalisation? no: "!!"
+            row("Explain how a rainbow forms after the rain stops, please", 2),  # near: one word more
+            row("Write a haiku about the sea at night and the moon", 3),
+            row("Name three prime numbers larger than one hundred", 4)]
+    earlier = ["Write a haiku about the sea at night and the moon."]  # round 1 used it, punctuation aside
+    cfg = cur([SourceConfig(name="pool", path="p.jsonl")], prompts_per_round=10, near_dup_threshold=0.6)
+    result = curate_prompts({"pool": rows}, cfg, 2, set(), [], earlier)
+    assert result.report["removed"]["near_duplicate"] == 3
+    assert sorted(p["source_row"] for p in result.prompts) == [0, 4]
+    assert_identity(result.report)
+    off = cur([SourceConfig(name="pool", path="p.jsonl")], prompts_per_round=10, near_dup_threshold=None)
+    assert curate_prompts({"pool": rows}, off, 2, set(), [], earlier).report["rows_out"] == 5
 
 
 def test_csv_and_save_to_disk_sources(tmp_path):
