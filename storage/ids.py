@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import unicodedata
+from json.encoder import encode_basestring  # the C string encoder json.dumps itself uses
 from pathlib import Path
 from typing import Any
 
@@ -49,13 +50,25 @@ def normalize_text(text: str) -> str:
     return " ".join(unicodedata.normalize("NFC", text).split())
 
 
+def json_strings(*parts: str) -> str:
+    """stable_json of a list of strings, built directly: curation hashes millions of these.
+
+    >>> json_strings("prompt", 'say "hi"', "pool") == stable_json(["prompt", 'say "hi"', "pool"])
+    True
+    """
+    return "[" + ",".join(map(encode_basestring, parts)) + "]"
+
+
 def text_hash(text: str) -> str:
-    """Exact-dedup key of a prompt: hash of its normalised, case-folded text (source-independent)."""
-    return hash_obj(normalize_text(text).casefold(), ROW_ID_LEN)
+    """Exact-dedup key of a prompt: hash of its normalised, case-folded text (source-independent).
+
+    The same value as hash_obj(normalized.casefold(), ROW_ID_LEN), without json.dumps per row.
+    """
+    return sha256_bytes(encode_basestring(normalize_text(text).casefold()).encode())[:ROW_ID_LEN]
 
 
 def prompt_id(normalized_text: str, source: str) -> str:
-    return hash_obj(["prompt", normalized_text, source], ROW_ID_LEN)
+    return sha256_bytes(json_strings("prompt", normalized_text, source).encode())[:ROW_ID_LEN]
 
 
 def completion_id(prompt_id_: str, model_id: str, sampling: dict, sample_index: int, seed: int) -> str:

@@ -7,6 +7,7 @@ same S3 API as production; it is stopped when the process exits (or by `close_ru
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,18 +35,21 @@ class Runtime:
 
 
 _RUNTIMES: dict[tuple[str, str], Runtime] = {}
+# Flows of one process may start together (two triggers, threads): one of them opens the runtime, the
+# other waits and shares it, instead of both creating the catalog schema in conflicting transactions.
+_OPENING = threading.Lock()
 
 
 def open_runtime(cfg: FlywheelConfig) -> Runtime:
     """The runtime of a config, opened once per process; checks the store is reachable (fast fail)."""
     home = cfg.resolve_home()
     key = (str(home), cfg.storage.model_dump_json())
-    if key in _RUNTIMES:
+    with _OPENING:
+        if key not in _RUNTIMES:
+            store, server = open_config_store(cfg)
+            catalog = Catalog(home / "catalog.duckdb")
+            _RUNTIMES[key] = Runtime(home, store, ArtifactStore(store, home / "cache"), catalog, server)
         return _RUNTIMES[key]
-    store, server = open_config_store(cfg)
-    rt = Runtime(home, store, ArtifactStore(store, home / "cache"), Catalog(home / "catalog.duckdb"), server)
-    _RUNTIMES[key] = rt
-    return rt
 
 
 def open_config_store(cfg: FlywheelConfig) -> tuple[Store, LocalS3Server | None]:

@@ -18,7 +18,7 @@ import pyarrow as pa
 from prefect import task
 
 from configs.schema import CurationConfig, FlywheelConfig, SourceConfig
-from storage.ids import hash_obj, normalize_text, prompt_id, stable_json, text_hash
+from storage.ids import encode_basestring, normalize_text, prompt_id, sha256_bytes, stable_json, text_hash
 
 # In the order the filters run; each removed row is counted under the first reason that applies.
 REMOVAL_REASONS = ("malformed", "too_short", "too_long", "keyword", "duplicate_in_round", "seen_in_earlier_round",
@@ -200,7 +200,9 @@ def draw_rows(rows: list[dict], k: int, seed: int, round_num: int) -> list[dict]
     A hash rank instead of `random.sample` keeps the draw identical across Python versions and
     independent of row order, and it changes from round to round.
     """
-    return sorted(rows, key=lambda r: hash_obj(["draw", seed, round_num, r["prompt_id"]]))[:k]
+    # hash_obj(["draw", seed, round_num, prompt_id]) spelled out: the same JSON, without json.dumps per row.
+    prefix = f'["draw",{int(seed)},{int(round_num)},'
+    return sorted(rows, key=lambda r: sha256_bytes((prefix + encode_basestring(r["prompt_id"]) + "]").encode()))[:k]
 
 
 def ngrams(text: str, n: int) -> set[str]:
