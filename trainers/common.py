@@ -11,9 +11,6 @@ import torch
 import trl
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
-log = logging.getLogger("flywheel.train")
-
-
 class LossLogger(TrainerCallback):
     """Sends the trainer's loss lines to a logger (Prefect run logs), and keeps them for the summary."""
 
