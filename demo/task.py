@@ -117,11 +117,22 @@ def _tmp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
+# Malformed lines a real crawl dump has, appended to the pool so every round shows its quarantine at work.
+MALFORMED_POOL_LINES = [
+    '{"prompt": "What is 41 plus 7?", "answer": "48"',  # truncated: invalid JSON
+    '{"prompt": 41, "answer": "48", "template": "plus-v1"}',  # prompt is not text
+    '{"prompt": "   ", "answer": "0", "template": "plus-v1"}',  # empty prompt
+    '{"answer": "12", "template": "plus-v1"}',  # no prompt field
+]
+
+
+def _write_jsonl(path: Path, rows: list[dict], raw_lines: list[str] = ()) -> None:
     tmp = _tmp_path(path)
     with open(tmp, "w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        for line in raw_lines:
+            f.write(line + "\n")
     os.replace(tmp, path)  # atomic: readers see the old file or the whole new one
 
 
@@ -135,7 +146,8 @@ def write_demo_data(out_dir: Path, seed: int = 0) -> dict[str, Path]:
     """Write the demo's two prompt sources and its held-out eval set into `out_dir`.
 
     Files:
-        pool.jsonl      1,470 rows {"prompt", "answer", "template": "plus-v1"}
+        pool.jsonl      1,470 rows {"prompt", "answer", "template": "plus-v1"}, then the 4 malformed
+                        lines of MALFORMED_POOL_LINES (quarantined by curation)
         extra.parquet   60 rows {"question", "solution", "origin"}: see `make_extra_rows`
         heldout.jsonl   150 rows {"prompt", "answer"}
 
@@ -146,7 +158,7 @@ def write_demo_data(out_dir: Path, seed: int = 0) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     pool, heldout = make_problems(seed)
     paths = {"pool": out_dir / "pool.jsonl", "extra": out_dir / "extra.parquet", "heldout": out_dir / "heldout.jsonl"}
-    _write_jsonl(paths["pool"], [{**r, "template": TEMPLATE} for r in pool])
+    _write_jsonl(paths["pool"], [{**r, "template": TEMPLATE} for r in pool], MALFORMED_POOL_LINES)
     _write_parquet(paths["extra"], make_extra_rows(pool, heldout, seed))
     _write_jsonl(paths["heldout"], heldout)
     return paths

@@ -10,6 +10,9 @@ from pathlib import Path
 from configs.schema import FlywheelConfig
 
 
+PREFLIGHT_ROWS = 1000  # enough that a few malformed first lines do not look like a broken file
+
+
 class PreflightError(Exception):
     pass
 
@@ -41,14 +44,16 @@ def check_file(path: str, what: str, suffixes: tuple[str, ...], allow_dir: bool 
 def preflight(cfg: FlywheelConfig, *, need_base_model: bool) -> None:
     """Cheap checks of every input a round reads (sources, eval sets, base model).
 
-    Sources are opened and their first row read, so a wrong field name fails here, not mid-round.
+    Sources are opened and their first rows read, so a wrong field name fails here, not mid-round
+    (a few malformed rows among them are quarantined later, not an error here).
     """
     from tasks.sources import read_eval_set, read_source
 
     for i, s in enumerate(cfg.curation.sources):
-        suffixes = (".jsonl", ".parquet", ".csv") if s.format == "auto" else ()
-        check_file(s.path, f"curation.sources[{i}] ({s.name})", suffixes, allow_dir=True)
-        read_source(s.model_copy(update={"limit": 1}))
+        if s.path is not None:
+            suffixes = (".jsonl", ".parquet", ".csv") if s.format == "auto" else ()
+            check_file(s.path, f"curation.sources[{i}] ({s.name})", suffixes, allow_dir=True)
+        read_source(s.model_copy(update={"limit": min(s.limit or PREFLIGHT_ROWS, PREFLIGHT_ROWS)}))
     for i, e in enumerate(cfg.evaluation.eval_sets):
         check_file(e.path, f"evaluation.eval_sets[{i}] ({e.name})", (".jsonl", ".parquet"))
         read_eval_set(e)

@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 from configs.schema import FlywheelConfig
+from flows.curation_report import curation_markdown
 from flows.report import STAGE_LABELS, plot_rounds, round_rows
 from storage.runtime import Runtime
 
@@ -41,7 +42,7 @@ def summary_rows(rnd: dict, steps: dict) -> list[dict]:
 
 
 def report_markdown(rnd: dict, steps: dict, uris: dict[str, str], plot_uri: str, lineage: list[dict],
-                    plot_png: bytes | None = None) -> str:
+                    plot_png: bytes | None = None, data_quality: list[str] | None = None) -> str:
     m = rnd["metrics"]
     lines = [
         f"# {rnd['pipeline']}, round {rnd['round']}: {'promoted' if rnd['promoted'] else 'policy kept'}",
@@ -51,6 +52,7 @@ def report_markdown(rnd: dict, steps: dict, uris: dict[str, str], plot_uri: str,
         f"- policy in: `{rnd['policy_in']}`", f"- candidate: `{rnd['candidate']}`", f"- policy out: `{rnd['policy_out']}`",
         f"- manifest: `{rnd['manifest_uri']}`", f"- metrics over all rounds (PNG): `{plot_uri}`", "",
         *([f"![metrics over rounds](data:image/png;base64,{base64.b64encode(plot_png).decode()})", ""] if plot_png else []),
+        *(data_quality or []), *([""] if data_quality else []),
         "## Artifacts", "", "| stage | output | id | uri |", "|---|---|---|---|",
     ]
     for name, s in steps.items():
@@ -78,9 +80,20 @@ def publish_round_report(rt: Runtime, cfg: FlywheelConfig, r: int) -> str:
     uris = {a["id"]: a["uri"] for a in rt.catalog.artifacts_of_round(cfg.pipeline, r)}
     lineage = rt.catalog.lineage(rnd["candidate"]) if rnd["candidate"] else []
     lineage = [e for e in lineage if e["round"] == r or e["depth"] == 1]
+    quality = curation_markdown(*_data_quality_reports(rt, steps, uris))
     create_table_artifact(key=f"{cfg.pipeline}-round-summary", table=summary_rows(rnd, steps),
                           description=f"{cfg.pipeline} round {r}: rows, yields, timings and the decision")
     create_markdown_artifact(key=f"{cfg.pipeline}-round-report",
-                             markdown=report_markdown(rnd, steps, uris, plot_uri, lineage, png_bytes),
+                             markdown=report_markdown(rnd, steps, uris, plot_uri, lineage, png_bytes, quality),
                              description=f"{cfg.pipeline} round {r}: artifacts and lineage")
     return plot_uri
+
+
+def _data_quality_reports(rt: Runtime, steps: dict, uris: dict[str, str]) -> tuple[dict | None, list[dict], str | None]:
+    """The round's curation report, its decontamination reports (prompts, then training data) and the
+    quarantine's URI, read from the store (rounds recorded before these reports existed give None/[])."""
+    outputs = {name: json.loads(s["outputs"] or "{}") for name, s in steps.items()}
+    curate, select = outputs.get("curate", {}), outputs.get("select", {})
+    curation = rt.artifacts.get_json(curate["report"]) if "report" in curate else None
+    decontam = [rt.artifacts.get_json(o["decontamination"]) for o in (curate, select) if "decontamination" in o]
+    return curation, decontam, uris.get(curate.get("quarantine", ""))

@@ -90,8 +90,9 @@ class ArtifactStore:
             tmp.unlink(missing_ok=True)
         return self.ref(artifact_id)
 
-    def get_table(self, artifact_id: str) -> pa.Table:
-        """Read a Parquet artifact; downloads once into the cache and verifies its hash. KeyError if absent."""
+    def get_table(self, artifact_id: str, columns: list[str] | None = None) -> pa.Table:
+        """Read a Parquet artifact (all columns, or `columns`); downloads once into the cache and verifies
+        its hash. KeyError if absent."""
         cached = self._table_cache(artifact_id)
         if not cached.exists():
             manifest = self._manifest(artifact_id, "parquet")
@@ -102,7 +103,7 @@ class ArtifactStore:
                 self._install(tmp, cached)
             finally:
                 tmp.unlink(missing_ok=True)
-        return pq.read_table(cached)
+        return pq.read_table(cached, columns=columns)
 
     # -- JSON -----------------------------------------------------------------------------------------
     def put_json(self, obj: Any, kind: str) -> ArtifactRef:

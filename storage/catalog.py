@@ -262,14 +262,14 @@ class Catalog:
                 [a.id, a.kind, a.format, a.uri, a.bytes, a.rows, pipeline, round_num, step, _now()],
             )
 
-    def prompt_tables_before(self, pipeline: str, before_round: int) -> list[str]:
-        """Ids of the prompt tables that earlier rounds of this pipeline drew from."""
+    def prompt_tables_before(self, pipeline: str, before_round: int) -> list[tuple[int, str]]:
+        """(round, prompt table id) of each earlier round of this pipeline, oldest first."""
         rows = self._query(
-            """SELECT DISTINCT json_extract_string(outputs, '$.prompts') AS id FROM steps
-               WHERE pipeline = ? AND round < ? AND step = 'curate' AND status = 'completed'""",
+            """SELECT DISTINCT round, json_extract_string(outputs, '$.prompts') AS id FROM steps
+               WHERE pipeline = ? AND round < ? AND step = 'curate' AND status = 'completed' ORDER BY round, id""",
             [pipeline, before_round],
         )
-        return [r["id"] for r in rows if r["id"]]
+        return [(r["round"], r["id"]) for r in rows if r["id"]]
 
     # --- lineage ----------------------------------------------------------------------------
 

@@ -47,7 +47,9 @@ def hash_obj(obj: Any, length: int | None = None) -> str:
 
 def normalize_text(text: str) -> str:
     """Unicode NFC, whitespace runs folded to one space, stripped: the form prompts are compared in."""
-    return " ".join(unicodedata.normalize("NFC", text).split())
+    if not text.isascii():  # ASCII is already NFC; isascii() is O(1), the NFC check is not
+        text = unicodedata.normalize("NFC", text)
+    return " ".join(text.split())
 
 
 def json_strings(*parts: str) -> str:
@@ -64,11 +66,31 @@ def text_hash(text: str) -> str:
 
     The same value as hash_obj(normalized.casefold(), ROW_ID_LEN), without json.dumps per row.
     """
-    return sha256_bytes(encode_basestring(normalize_text(text).casefold()).encode())[:ROW_ID_LEN]
+    return normalized_text_hash(normalize_text(text))
+
+
+def normalized_text_hash(normalized: str) -> str:
+    """text_hash of a text already passed through normalize_text (curation normalises each row once)."""
+    return hashlib.sha256(encode_basestring(normalized.casefold()).encode()).hexdigest()[:ROW_ID_LEN]
 
 
 def prompt_id(normalized_text: str, source: str) -> str:
     return sha256_bytes(json_strings("prompt", normalized_text, source).encode())[:ROW_ID_LEN]
+
+
+def prompt_id_of(source: str):
+    """prompt_id(text, source) for one source, with the JSON around the text built once (curation's hot loop).
+
+    >>> prompt_id_of("pool")("What is 2 + 2?") == prompt_id("What is 2 + 2?", "pool")
+    True
+    """
+    head, tail = '["prompt",', "," + encode_basestring(source) + "]"
+    sha256 = hashlib.sha256
+
+    def make(normalized_text: str) -> str:
+        return sha256((head + encode_basestring(normalized_text) + tail).encode()).hexdigest()[:ROW_ID_LEN]
+
+    return make
 
 
 def completion_id(prompt_id_: str, model_id: str, sampling: dict, sample_index: int, seed: int) -> str:

@@ -16,10 +16,12 @@ from storage.runtime import open_runtime
 from tasks import common
 from tasks.engines import Engine, get_engine
 
-COMPLETION_COLUMNS = [
-    "completion_id", "prompt_id", "prompt", "answer", "source", "license", "completion", "num_tokens",
-    "finish_reason", "sample_index", "seed", "model_id", "sampling",
-]
+COMPLETION_SCHEMA = pa.schema([
+    ("completion_id", pa.string()), ("prompt_id", pa.string()), ("prompt", pa.string()), ("system", pa.string()),
+    ("answer", pa.string()), ("source", pa.string()), ("license", pa.string()), ("tags", pa.list_(pa.string())),
+    ("completion", pa.string()), ("num_tokens", pa.int64()), ("finish_reason", pa.string()),
+    ("sample_index", pa.int64()), ("seed", pa.int64()), ("model_id", pa.string()), ("sampling", pa.string()),
+])
 
 
 def request_seed(base_seed: int, round_num: int, prompt_id: str) -> int:
@@ -32,7 +34,7 @@ def generate_completions(
 ) -> list[dict]:
     """`params.n` completion rows per prompt row, in prompt order then sample order."""
     seeds = [request_seed(params.seed, round_num, p["prompt_id"]) for p in prompts]
-    outputs = engine.generate([p["prompt"] for p in prompts], params, seeds)
+    outputs = engine.generate([conversation(p) for p in prompts], params, seeds)
     sampling = params.model_dump(mode="json")
     sampling_json = ids.stable_json(sampling)
     rows = []
@@ -40,12 +42,20 @@ def generate_completions(
         for i, g in enumerate(gens):
             rows.append({
                 "completion_id": ids.completion_id(p["prompt_id"], model_id, sampling, i, seed),
-                "prompt_id": p["prompt_id"], "prompt": p["prompt"], "answer": p.get("answer"),
-                "source": p["source"], "license": p["license"], "completion": g.text,
+                "prompt_id": p["prompt_id"], "prompt": p["prompt"], "system": p.get("system"),
+                "answer": p.get("answer"), "source": p["source"], "license": p["license"],
+                "tags": p.get("tags") or [], "completion": g.text,
                 "num_tokens": g.num_tokens, "finish_reason": g.finish_reason, "sample_index": i,
                 "seed": seed, "model_id": model_id, "sampling": sampling_json,
             })
     return rows
+
+
+def conversation(row: dict) -> str | list[dict]:
+    """What the policy is asked: the user prompt, after the system prompt when the source had one."""
+    if row.get("system"):
+        return [{"role": "system", "content": row["system"]}, {"role": "user", "content": row["prompt"]}]
+    return row["prompt"]
 
 
 @task(name="generate-completions")
@@ -66,7 +76,7 @@ def generate_task(cfg: FlywheelConfig, round_num: int, policy_id: str, prompts_i
             "generated %d completions for %d prompts: %d tokens in %.1f s (%.0f tok/s; engine ready in %.1f s)",
             len(rows), len(prompts), tokens, dt, tokens / max(dt, 1e-9), t_engine,
         )
-        table = pa.Table.from_pylist(rows).select(COMPLETION_COLUMNS)
+        table = pa.Table.from_pylist(rows, schema=COMPLETION_SCHEMA)
         ref = rt.artifacts.put_table(table, kind="completions")
         return common.StepOutput(
             artifacts={"completions": ref},

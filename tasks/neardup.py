@@ -16,6 +16,8 @@ import zlib
 
 import numpy as np
 
+from tasks.perf import gc_paused
+
 _TOKEN = re.compile(r"\w+")
 _PRIME = np.uint64((1 << 61) - 1)
 _MAX32 = np.uint64(0xFFFFFFFF)
@@ -67,7 +69,12 @@ def near_duplicates(texts: list[str], reference: list[str] | None = None, thresh
     """
     if num_perm % bands:
         raise ValueError(f"num_perm ({num_perm}) must be a multiple of bands ({bands})")
-    reference = reference or []
+    with gc_paused():
+        return _near_duplicates(texts, reference or [], threshold, num_perm, bands, n)
+
+
+def _near_duplicates(texts: list[str], reference: list[str], threshold: float, num_perm: int, bands: int,
+                     n: int) -> list[bool]:
     sigs = minhash(reference + texts, num_perm, n)
     total = len(sigs)
     keys = band_keys(sigs, bands)

@@ -6,6 +6,7 @@ Both keep the ids of the completions they came from, so every training row has l
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from pathlib import Path
 
 import pyarrow as pa
 from prefect import task
@@ -48,12 +49,9 @@ def select_sft(completions: list[dict], rewards: dict[str, float], min_reward: f
             continue
         rows.append({
             "row_id": ids.hash_obj(["sft", best["completion_id"]], ids.ROW_ID_LEN),
-            "messages": [
-                {"role": "user", "content": best["prompt"]},
-                {"role": "assistant", "content": best["completion"].strip()},
-            ],
+            "messages": [*_prompt_messages(best), {"role": "assistant", "content": best["completion"].strip()}],
             "prompt_id": prompt_id, "completion_id": best["completion_id"], "reward": rewards[best["completion_id"]],
-            "source": best["source"], "license": best["license"],
+            **_origin(best),
         })
     return rows
 
@@ -80,13 +78,31 @@ def select_pairs(completions: list[dict], rewards: dict[str, float], min_margin:
             seen_texts.add(text)
             rows.append({
                 "row_id": ids.hash_obj(["pair", chosen["completion_id"], rejected["completion_id"]], ids.ROW_ID_LEN),
-                "prompt": [{"role": "user", "content": chosen["prompt"]}],
+                "prompt": _prompt_messages(chosen),
                 "chosen": [{"role": "assistant", "content": chosen["completion"].strip()}],
                 "rejected": [{"role": "assistant", "content": text}],
                 "prompt_id": prompt_id, "chosen_id": chosen["completion_id"], "rejected_id": rejected["completion_id"],
-                "margin": margin, "source": chosen["source"], "license": chosen["license"],
+                "margin": margin, **_origin(chosen),
             })
     return rows
+
+
+def _prompt_messages(c: dict) -> list[dict]:
+    system = [{"role": "system", "content": c["system"]}] if c.get("system") else []
+    return [*system, {"role": "user", "content": c["prompt"]}]
+
+
+def _origin(c: dict) -> dict:
+    """Source, license and tags of the prompt a training row came from: they travel with every row."""
+    return {"source": c["source"], "license": c["license"], "tags": c.get("tags") or []}
+
+
+def sft_texts(row: dict) -> list[str]:
+    return [m["content"] for m in row["messages"]]
+
+
+def pair_texts(row: dict) -> list[str]:
+    return [m["content"] for part in ("prompt", "chosen", "rejected") for m in row[part]]
 
 
 def selection_summary(n_prompts: int, sft: list[dict], pairs: list[dict]) -> dict:
@@ -102,7 +118,12 @@ def selection_summary(n_prompts: int, sft: list[dict], pairs: list[dict]) -> dic
 
 @task(name="select-training-data")
 def select_task(cfg: FlywheelConfig, round_num: int, completions_id: str, scores_id: str) -> tuple[str, str]:
+    from storage.ids import sha256_file
+    from tasks.curation_inputs import eval_index
+    from tasks.decontam import decontaminate_rows
+
     rt = open_runtime(cfg)
+    log = common.get_logger()
     sel: SelectionConfig = cfg.selection
 
     def compute() -> common.StepOutput:
@@ -110,29 +131,65 @@ def select_task(cfg: FlywheelConfig, round_num: int, completions_id: str, scores
         rewards = combined_rewards(rt.artifacts.get_table(scores_id).to_pylist())
         sft = select_sft(completions, rewards, sel.sft_min_reward)
         pairs = select_pairs(completions, rewards, sel.pair_min_margin, sel.pairs_per_prompt)
+        n_prompts = len({c["prompt_id"] for c in completions})
+        outputs, decontam_metrics = {}, {}
+        if sel.decontaminate:
+            index = eval_index(cfg)
+            sft, sft_rep = decontaminate_rows(sft, sft_texts, index)
+            pairs, pair_rep = decontaminate_rows(pairs, pair_texts, index)
+            report = training_decontam_report(cfg, sft_rep, pair_rep)
+            outputs["decontamination"] = rt.artifacts.put_json(report, kind="decontamination-report")
+            decontam_metrics = {"select/decontam/sft_removed": sft_rep["removed"],
+                                "select/decontam/pairs_removed": pair_rep["removed"]}
+            if report["removed"]:
+                log.warning("dropped %d SFT rows and %d pairs that overlap an eval set: %s",
+                            sft_rep["removed"], pair_rep["removed"], report["by_eval_set"])
+        summary = selection_summary(n_prompts, sft, pairs)
+        summary["metrics"].update(decontam_metrics)
         sft_ref = rt.artifacts.put_table(_table(sft, SFT_SCHEMA), kind="sft")
         pairs_ref = rt.artifacts.put_table(_table(pairs, PAIR_SCHEMA), kind="pairs")
         edges = [(r["row_id"], r["completion_id"], sft_ref.id) for r in sft]
         edges += [(p["row_id"], p[k], pairs_ref.id) for p in pairs for k in ("chosen_id", "rejected_id")]
-        n_prompts = len({c["prompt_id"] for c in completions})
-        return common.StepOutput({"sft": sft_ref, "pairs": pairs_ref}, selection_summary(n_prompts, sft, pairs), edges)
+        return common.StepOutput({"sft": sft_ref, "pairs": pairs_ref, **outputs}, summary, edges)
 
+    inputs = {"completions": completions_id, "scores": scores_id}
+    if sel.decontaminate:
+        inputs.update({f"eval:{e.name}": sha256_file(Path(e.path)) for e in cfg.evaluation.eval_sets})
+    config = {"selection": sel.model_dump(mode="json"),
+              "decontam": [cfg.curation.decontam_ngram, cfg.curation.decontam_threshold]}
     result = common.run_step(
-        rt, pipeline=cfg.pipeline, round_num=round_num, step="select", config=sel,
-        inputs={"completions": completions_id, "scores": scores_id}, compute=compute, code=common.code_version(__name__),
+        rt, pipeline=cfg.pipeline, round_num=round_num, step="select", config=config, inputs=inputs,
+        compute=compute, code=common.code_version(__name__, "tasks.decontam"),
     )
     return result.outputs["sft"], result.outputs["pairs"]
+
+
+def training_decontam_report(cfg: FlywheelConfig, sft_rep: dict, pair_rep: dict) -> dict:
+    """The same shape as curation's prompt report: removed rows per eval set and source, with examples."""
+    by_eval_set: dict[str, dict[str, int]] = {e.name: {} for e in cfg.evaluation.eval_sets}
+    for kind, rep in (("sft", sft_rep), ("pairs", pair_rep)):
+        for name, by_source in rep["per_eval_set_source"].items():
+            for source, n in by_source.items():
+                key = f"{source} ({kind})"
+                by_eval_set[name][key] = by_eval_set[name].get(key, 0) + n
+    return {
+        "stage": "training-data", "ngram": cfg.curation.decontam_ngram, "threshold": cfg.curation.decontam_threshold,
+        "checked": sft_rep["rows_in"] + pair_rep["rows_in"], "removed": sft_rep["removed"] + pair_rep["removed"],
+        "by_eval_set": by_eval_set,
+        "examples": [{**ex, "rows": kind} for kind, rep in (("sft", sft_rep), ("pairs", pair_rep))
+                     for ex in rep["examples"]],
+    }
 
 
 _MSG = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
 SFT_SCHEMA = pa.schema([
     ("row_id", pa.string()), ("messages", _MSG), ("prompt_id", pa.string()), ("completion_id", pa.string()),
-    ("reward", pa.float64()), ("source", pa.string()), ("license", pa.string()),
+    ("reward", pa.float64()), ("source", pa.string()), ("license", pa.string()), ("tags", pa.list_(pa.string())),
 ])
 PAIR_SCHEMA = pa.schema([
     ("row_id", pa.string()), ("prompt", _MSG), ("chosen", _MSG), ("rejected", _MSG), ("prompt_id", pa.string()),
     ("chosen_id", pa.string()), ("rejected_id", pa.string()), ("margin", pa.float64()), ("source", pa.string()),
-    ("license", pa.string()),
+    ("license", pa.string()), ("tags", pa.list_(pa.string())),
 ])
 
 

@@ -1,234 +1,228 @@
-"""Read prompt sources and eval sets (JSONL or Parquet) into plain dict rows.
+"""Read prompt sources and eval sets into plain dict rows; a source's bad rows are quarantined, not fatal.
 
-Pure I/O on local files, no Prefect: the curate task calls `read_source` once per configured source and
-`read_eval_set` for each held-out eval set. Every problem with a file is a `SourceError` whose message is
-one line saying what is wrong, where, and which config key to fix, raised before any heavy work starts.
+Pure I/O, no Prefect: curation calls `read_source` per source (JSONL/Parquet/CSV file, save_to_disk directory
+or `datasets.load_dataset` spec) and `read_eval_set` per eval set. A broken row (bad bytes or JSON, a missing
+or mistyped field) lands in `SourceRows.quarantined` with reason and location; a problem with the whole
+source (no file, a field no row has, every row broken) is a one-line `SourceError`: what, where, what to fix.
+Eval sets are small and curated, so any bad row in one is a `SourceError`.
 
 Try it on a config:  python -m tasks.curate configs/demo.yaml   (reads every source and eval set)
-Tests:  python -m pytest tests/test_curate.py -q
+Tests:  python -m pytest tests/test_sources.py -q
 """
 from __future__ import annotations
 
 import json
+import math
+from collections import Counter
+from dataclasses import dataclass
 from decimal import Decimal
+from itertools import islice
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+from urllib.parse import urlencode
 
 from configs.schema import EvalSetConfig, SourceConfig
+from storage.ids import sha256_bytes, sha256_dir, sha256_file, stable_json
+from tasks.perf import gc_paused
+from tasks.source_files import (Bad, Records, SourceError, Where, _a, check_file, dataset_records, load_dataset,
+                                open_file, reading)
 
-_EXTENSIONS = {".jsonl": "jsonl", ".parquet": "parquet", ".csv": "csv"}
-_PARQUET_BATCH = 65_536  # rows per batch: bounded memory on big files, and `limit` stops reading early
+__all__ = ["QUARANTINE_REASONS", "SourceError", "SourceRows", "read_eval_set", "read_source", "source_fingerprint",
+           "source_uri"]
 
-
-class SourceError(Exception):
-    """A prompt source or eval set cannot be used as configured (one-line message: what, where, fix)."""
-
-
-class _Where:
-    """Names a file in error messages: its label ("source 'pool'") and the config list it comes from."""
-
-    def __init__(self, label: str, key: str, path: str):
-        self.label, self.key, self.path = label, key, path
-
-    def error(self, what: str, fix: str) -> SourceError:
-        return SourceError(f"{self.label}: {what} ({fix})")
+QUARANTINE_REASONS = ("undecodable", "invalid_json", "not_an_object", "missing_field", "wrong_type", "empty",
+                      "over_length")
+_RAW_CHARS = 1000  # a quarantined row keeps this much of its raw text: enough to see what is wrong
 
 
-def read_source(cfg: SourceConfig) -> list[dict]:
-    """Read one prompt source.
+@dataclass(frozen=True)
+class SourceRows:
+    """One source's rows: good ones for curation, bad ones for the quarantine artifact (both in file order)."""
 
-    Returns one dict per row (at most `cfg.limit`), in file order:
-      prompt      raw text of `cfg.prompt_field`, or None when it is not a non-empty string (such rows are
-                  not errors here: curation counts them as malformed)
-      answer      `cfg.answer_field` as a string (numbers converted), None when absent/null or not configured
-      provenance  {field: value} for `cfg.keep_fields`
-      source_row  0-based index of the row in the file
-    Raises SourceError for a missing/unreadable file, an unknown extension, invalid JSON (with its line
-    number), and for configured fields that the file does not have (listing the columns it does have).
+    rows: list[dict]
+    quarantined: list[dict]
+
+    @property
+    def rows_in(self) -> int:
+        return len(self.rows) + len(self.quarantined)
+
+
+def read_source(cfg: SourceConfig, max_row_chars: int | None = None) -> SourceRows:
+    """Read one prompt source (at most `cfg.limit` rows, quarantined ones included).
+
+    Good rows:  {"prompt": str (non-empty), "system": str | None (first system turn of messages_field),
+                 "answer": str | None (numbers as text; None when answer_field is None),
+                 "provenance": {keep_field: value}, "source_row": 0-based position among the rows read}
+    Quarantined: {"source", "location" ("line 7" | "row 3 (0-based)"), "reason" (QUARANTINE_REASONS),
+                  "detail", "raw" (at most 1000 chars)}
+    Args:
+        max_row_chars: a prompt longer than this is a broken row (reason "over_length"); None: no limit.
+    Raises SourceError for a missing/unreadable source, an unknown extension, a configured field that no row
+    has (listing the columns there are), a source without rows, and a source whose every row is quarantined.
     """
-    where = _Where(f"source {cfg.name!r}", "curation.sources[]", cfg.path)
-    path, fmt = _check_file(where, cfg.format)
-    answer_fields = [cfg.answer_field] if cfg.answer_field else []
-    needed = list(dict.fromkeys([cfg.prompt_field, *answer_fields, *cfg.keep_fields]))
-    columns, records = _load(where, path, fmt, needed, cfg.limit)
-    _require_field(where, columns, cfg.prompt_field, "prompt_field")
-    if cfg.answer_field:
-        _require_field(where, columns, cfg.answer_field, "answer_field")
-    missing = [f for f in cfg.keep_fields if f not in columns]
-    if missing:
+    where = _source_where(cfg)
+    main = cfg.messages_field or cfg.prompt_field
+    needed = list(dict.fromkeys([main, *([cfg.answer_field] if cfg.answer_field else []), *cfg.keep_fields]))
+    with reading(where), gc_paused():  # millions of row dicts that all stay alive: see tasks.perf
+        columns, records = _open_source(where, cfg, needed)
+        if columns is not None:  # the schema is known up front: check the fields before reading a row
+            _check_fields(where, cfg, columns)
+        # JSONL has no schema: a field is missing from every row only if it is still unseen at the end.
+        unseen = dict.fromkeys(needed) if columns is None else {}
+        seen_columns: dict[str, None] = {}
+        rows: list[dict] = []
+        quarantined: list[dict] = []
+        parsed = 0
+        for i, (line, rec) in enumerate(islice(records, cfg.limit)):
+            if rec.__class__ is Bad:
+                quarantined.append(_quarantine(cfg.name, line, i, rec, None))
+                continue
+            parsed += 1
+            if unseen:  # stops costing anything once every field has been seen
+                seen_columns.update(dict.fromkeys(rec))
+                for f in [f for f in unseen if f in rec]:
+                    del unseen[f]
+            row = _to_row(rec, cfg, max_row_chars, i)
+            if row.__class__ is Bad:
+                quarantined.append(_quarantine(cfg.name, line, i, row, rec))
+            else:
+                rows.append(row)
+    if not rows and not quarantined:
+        key = "dataset" if cfg.dataset else "path"
+        raise where.error(f"{where.path} has no rows", f"fill it, or fix {where.key}.{key}")
+    if parsed and unseen:
+        _check_fields(where, cfg, list(seen_columns))
+    if not rows:
+        counts = Counter(q["reason"] for q in quarantined)
+        summary = ", ".join(f"{r} {counts[r]}" for r in QUARANTINE_REASONS if counts[r])
+        first = quarantined[0]
         raise where.error(
-            f"keep_fields {missing} not in {cfg.path}, which has columns: {_names(columns)}",
-            f"fix {where.key}.keep_fields",
-        )
-    _require_rows(where, records)
-    rows = []
-    for i, (_, rec) in enumerate(records):
-        prompt = rec.get(cfg.prompt_field)
-        rows.append({
-            "prompt": prompt if isinstance(prompt, str) and prompt.strip() else None,
-            "answer": _answer_str(rec.get(cfg.answer_field)) if cfg.answer_field else None,
-            "provenance": {f: rec.get(f) for f in cfg.keep_fields},
-            "source_row": i,
-        })
-    return rows
+            f"all {len(quarantined)} rows of {where.path} are malformed ({summary}; first: {first['location']}: "
+            f"{first['detail']})", f"fix the file, or the field settings in {where.key}")
+    return SourceRows(rows, quarantined)
 
 
 def read_eval_set(cfg: EvalSetConfig) -> list[dict]:
     """Read a held-out eval set: [{"prompt": str, "answer": str}], in file order.
 
-    Eval sets are small and curated, so every row must have a non-empty prompt and an answer (string or
-    number); a bad row is a SourceError naming its line (JSONL) or row (Parquet).
+    Every row must have a non-empty prompt and an answer (string or number); a bad row is a SourceError
+    naming its line (JSONL, CSV) or row (Parquet).
     """
-    where = _Where(f"eval set {cfg.name!r}", "evaluation.eval_sets[]", cfg.path)
-    path, fmt = _check_file(where, "auto")
-    columns, records = _load(where, path, fmt, list(dict.fromkeys([cfg.prompt_field, cfg.answer_field])), None)
+    where = Where(f"eval set {cfg.name!r}", "evaluation.eval_sets[]", cfg.path)
+    path, fmt = check_file(where, "auto")
+    with reading(where):
+        columns, stream = open_file(where, path, fmt, [cfg.prompt_field, cfg.answer_field], None)
+        records = list(stream)
+    for i, (line, rec) in enumerate(records):
+        if rec.__class__ is Bad:
+            loc = _location(line, i)
+            what = (f"invalid JSON on {loc} of {cfg.path}: {rec.detail}" if rec.reason == "invalid_json"
+                    else f"{loc} of {cfg.path} is {rec.detail}")
+            raise where.error(what, "fix the file: one JSON object per line" if fmt == "jsonl" else "fix the file")
+    if not records:
+        raise where.error(f"{cfg.path} has no rows", f"fill it, or fix {where.key}.path")
+    if columns is None:
+        columns = list(dict.fromkeys(k for _, rec in records for k in rec))
     _require_field(where, columns, cfg.prompt_field, "prompt_field")
     _require_field(where, columns, cfg.answer_field, "answer_field")
-    _require_rows(where, records)
     rows = []
-    for loc, rec in records:
+    for i, (line, rec) in enumerate(records):
         prompt, answer = rec.get(cfg.prompt_field), _answer_str(rec.get(cfg.answer_field))
         if not (isinstance(prompt, str) and prompt.strip()):
-            raise where.error(
-                f"{loc} of {cfg.path}: field {cfg.prompt_field!r} must be a non-empty string, got {_short(prompt)}",
-                "fix the file",
-            )
+            raise where.error(f"{_location(line, i)} of {cfg.path}: field {cfg.prompt_field!r} must be a non-empty "
+                              f"string, got {_short(prompt)}", "fix the file")
         if answer is None or not answer.strip():
-            raise where.error(
-                f"{loc} of {cfg.path}: field {cfg.answer_field!r} must be a non-empty string or a number, "
-                f"got {_short(rec.get(cfg.answer_field))}",
-                "fix the file",
-            )
+            raise where.error(f"{_location(line, i)} of {cfg.path}: field {cfg.answer_field!r} must be a non-empty "
+                              f"string or a number, got {_short(rec.get(cfg.answer_field))}", "fix the file")
         rows.append({"prompt": prompt, "answer": answer})
     return rows
 
 
-def _check_file(where: _Where, fmt: str) -> tuple[Path, str]:
-    path = Path(where.path)
-    if not path.exists():
-        raise where.error(f"file not found: {where.path}", f"fix {where.key}.path")
-    if path.is_dir():
-        # A directory is a dataset saved with datasets' save_to_disk (it holds its state.json or dataset_dict.json).
-        saved = any((path / f).exists() for f in ("state.json", "dataset_dict.json"))
-        if fmt in ("auto", "hf_disk") and saved and where.key.startswith("curation"):
-            return path, "hf_disk"
-        raise where.error(f"not a file: {where.path}", f"fix {where.key}.path (a directory must come from save_to_disk)")
-    if fmt == "auto":
-        fmt = _EXTENSIONS.get(path.suffix.lower(), "")
-        if not fmt:
-            fix = "rename it to .jsonl, .parquet or .csv"
-            if where.key.startswith("curation"):
-                fix += f", or set {where.key}.format"
-            raise where.error(f"unknown file extension {path.suffix!r}: {where.path}", fix)
-    return path, fmt
+def source_fingerprint(cfg: SourceConfig) -> str:
+    """sha256 hex of the source's content: a file's bytes, a save_to_disk directory's files (by relative
+    path), or a load_dataset spec plus the loaded dataset's fingerprint. Renaming a file keeps it."""
+    where = _source_where(cfg)
+    if cfg.dataset is not None:
+        # datasets caches the load, so loading again for read_source costs little.
+        ds = load_dataset(where, cfg.dataset)
+        return sha256_bytes(f"{stable_json(cfg.dataset.model_dump(mode='json'))}\n{ds._fingerprint}".encode())
+    path, _ = check_file(where, cfg.format)
+    with reading(where):
+        return sha256_dir(path) if path.is_dir() else sha256_file(path)
 
 
-def _load(where: _Where, path: Path, fmt: str, needed: list[str], limit: int | None
-          ) -> tuple[list[str], list[tuple[str, dict]]]:
-    """(column names, [(location for messages, record)]); reads at most `limit` records."""
-    try:
-        if fmt == "jsonl":
-            records = list(_iter_jsonl(where, path, limit))
-            columns = list(dict.fromkeys(k for _, rec in records for k in rec))
-        elif fmt == "csv":
-            columns, records = _read_csv(path, limit)
-        elif fmt == "hf_disk":
-            columns, records = _read_saved_dataset(where, path, limit)
-        else:
-            columns, records = _read_parquet(where, path, needed, limit)
-    except (OSError, UnicodeDecodeError) as e:
-        raise where.error(f"cannot read {where.path}: {type(e).__name__}: {_first_line(e)}",
-                          f"check the file, or fix {where.key}.path") from e
-    if fmt == "jsonl":
-        _require_rows(where, records)  # an empty JSONL file has no columns either: say so first
-    return columns, records
+def source_uri(cfg: SourceConfig) -> str:
+    """Where the source lives, for the catalog: file:///abs/path, or hf://datasets/<path>?name=..&split=.."""
+    if cfg.dataset is None:
+        return Path(cfg.path).resolve().as_uri()
+    spec = cfg.dataset
+    files = spec.data_files
+    if files is not None and not isinstance(files, str):
+        files = stable_json(files)
+    params = {"name": spec.name, "split": spec.split, "revision": spec.revision, "data_files": files}
+    return f"hf://datasets/{spec.path}?" + urlencode({k: v for k, v in params.items() if v is not None}, safe="/")
 
 
-def _iter_jsonl(where: _Where, path: Path, limit: int | None) -> Iterator[tuple[str, dict]]:
-    count = 0
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if limit is not None and count >= limit:
-                return
-            if not line.strip():
-                continue  # blank lines (often a trailing one) are not rows
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise where.error(f"invalid JSON on line {lineno} of {where.path}: {e.msg}",
-                                  "fix the file: one JSON object per line") from None
-            if not isinstance(rec, dict):
-                raise where.error(f"line {lineno} of {where.path} is a JSON {type(rec).__name__}, not an object",
-                                  "fix the file: one JSON object per line")
-            count += 1
-            yield f"line {lineno}", rec
+# ---- one row --------------------------------------------------------------------------------------------
+
+def _to_row(rec: dict, cfg: SourceConfig, max_chars: int | None, i: int) -> dict | Bad:
+    """A good row dict, or the first problem of the record. The common path has no exception and no regex."""
+    system = None
+    if cfg.messages_field:
+        got = _from_messages(rec, cfg.messages_field)
+        if got.__class__ is Bad:
+            return got
+        prompt, system = got
+    else:
+        prompt = rec.get(cfg.prompt_field)
+        if not isinstance(prompt, str):
+            return _field_problem(rec, cfg.prompt_field, _a(prompt) + ", expected a string")
+        if not prompt or prompt.isspace():  # isspace stops at the first visible character; strip would copy
+            return Bad("empty", f"field {cfg.prompt_field!r} is empty or whitespace")
+    if max_chars is not None and len(prompt) > max_chars:
+        return Bad("over_length", f"prompt is {len(prompt):,} characters, over max_row_chars ({max_chars:,})")
+    answer = None
+    if cfg.answer_field:
+        value = rec.get(cfg.answer_field)
+        answer = _answer_str(value)
+        if answer is None:
+            if isinstance(value, float) and math.isnan(value):  # how pandas-written Parquet spells "missing"
+                return Bad("missing_field", f"field {cfg.answer_field!r} is NaN")
+            shown = f"{_a(value)} ({value!r})" if isinstance(value, float) else _a(value)
+            return _field_problem(rec, cfg.answer_field, f"{shown}, expected a string or a finite number")
+    return {"prompt": prompt, "system": system, "answer": answer,
+            "provenance": {f: rec.get(f) for f in cfg.keep_fields}, "source_row": i}
 
 
-def _read_csv(path: Path, limit: int | None) -> tuple[list[str], list[tuple[str, dict]]]:
-    """CSV with a header row; every value is text (an answer "45" stays "45")."""
-    import csv
-
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        columns = list(reader.fieldnames or [])
-        records = []
-        for rec in reader:
-            if limit is not None and len(records) >= limit:
-                break
-            # The header is line 1, so data row i (0-based) is on line i + 2 when no field spans lines.
-            records.append((f"line {reader.line_num}", rec))
-    return columns, records
-
-
-def _read_saved_dataset(where: _Where, path: Path, limit: int | None) -> tuple[list[str], list[tuple[str, dict]]]:
-    """A `datasets.save_to_disk` directory; of a DatasetDict, the "train" split."""
-    from datasets import DatasetDict, load_from_disk
-
-    ds = load_from_disk(str(path))
-    if isinstance(ds, DatasetDict):
-        if "train" not in ds:
-            raise where.error(f"{where.path} is a DatasetDict without a 'train' split (splits: {', '.join(ds)})",
-                              "save the split to use with save_to_disk on its own")
-        ds = ds["train"]
-    if limit is not None:
-        ds = ds.select(range(min(limit, len(ds))))
-    return list(ds.column_names), [(f"row {i} (0-based)", rec) for i, rec in enumerate(ds)]
+def _from_messages(rec: dict, field: str) -> tuple[str, str | None] | Bad:
+    """(last user turn, first system turn or None) of a chat, or why it has none."""
+    messages = rec.get(field)
+    if not isinstance(messages, list):
+        return _field_problem(rec, field, _a(messages) + ", expected a list of {role, content} messages")
+    prompt = system = None
+    for j, m in enumerate(messages):
+        if not isinstance(m, dict):
+            return Bad("wrong_type", f"field {field!r}: message {j} is {_a(m)}, expected {{role, content}}")
+        role, content = m.get("role"), m.get("content")
+        if not (isinstance(role, str) and isinstance(content, str)):
+            key, value = ("role", role) if not isinstance(role, str) else ("content", content)
+            return Bad("wrong_type", f"field {field!r}: message {j} {key} is {_a(value)}, expected a string")
+        if role == "user":
+            prompt = content
+        elif role == "system" and system is None:
+            system = content
+    if prompt is None:
+        return Bad("empty", f"field {field!r} has no user turn")
+    if not prompt or prompt.isspace():
+        return Bad("empty", f"field {field!r}: the last user turn is empty or whitespace")
+    return prompt, system
 
 
-def _read_parquet(where: _Where, path: Path, needed: list[str], limit: int | None
-                  ) -> tuple[list[str], list[tuple[str, dict]]]:
-    import pyarrow.parquet as pq
-    from pyarrow import ArrowException
-
-    try:
-        pf = pq.ParquetFile(path)
-        columns = list(pf.schema_arrow.names)
-        # Read only the configured columns; fields the file lacks are reported by the caller.
-        wanted = [c for c in needed if c in columns]
-        records: list[tuple[str, dict]] = []
-        if not wanted:
-            return columns, records  # nothing configured exists: the caller reports the missing field
-        for batch in pf.iter_batches(batch_size=_PARQUET_BATCH, columns=wanted):
-            for rec in batch.to_pylist():
-                if limit is not None and len(records) >= limit:
-                    return columns, records
-                records.append((f"row {len(records)} (0-based)", rec))
-    except ArrowException as e:
-        raise where.error(f"not a readable Parquet file: {where.path}: {_first_line(e)}",
-                          f"check the file, or fix {where.key}.path") from e
-    return columns, records
-
-
-def _require_rows(where: _Where, records: list) -> None:
-    if not records:
-        raise where.error(f"{where.path} has no rows", f"fill the file, or fix {where.key}.path")
-
-
-def _require_field(where: _Where, columns: list[str], field: str, key: str) -> None:
-    if field not in columns:
-        raise where.error(
-            f"{key} {field!r} not in {where.path}, which has columns: {_names(columns)}", f"fix {where.key}.{key}"
-        )
+def _field_problem(rec: dict, field: str, wrong: str) -> Bad:
+    """missing_field for an absent or null value, else wrong_type ("field 'x' is <wrong>")."""
+    if rec.get(field) is None:
+        return Bad("missing_field", f"field {field!r} is {'null' if field in rec else 'missing'}")
+    return Bad("wrong_type", f"field {field!r} is {wrong}")
 
 
 def _answer_str(value: Any) -> str | None:
@@ -240,18 +234,60 @@ def _answer_str(value: Any) -> str | None:
     if isinstance(value, int | Decimal):
         return str(value)
     if isinstance(value, float):
-        return None if value != value else repr(value)  # NaN is how Parquet/pandas often spell "missing"
+        return repr(value) if math.isfinite(value) else None
     return None
 
 
+def _quarantine(source: str, line: int | None, i: int, bad: Bad, rec: dict | None) -> dict:
+    raw = bad.raw if bad.raw is not None else json.dumps(rec, ensure_ascii=False, default=str)
+    return {"source": source, "location": _location(line, i), "reason": bad.reason, "detail": bad.detail,
+            "raw": raw[:_RAW_CHARS]}
+
+
+def _location(line: int | None, i: int) -> str:
+    return f"line {line}" if line is not None else f"row {i} (0-based)"
+
+
+# ---- opening a source -----------------------------------------------------------------------------------
+
+def _source_where(cfg: SourceConfig) -> Where:
+    return Where(f"source {cfg.name!r}", "curation.sources[]", cfg.path if cfg.dataset is None else source_uri(cfg))
+
+
+def _open_source(where: Where, cfg: SourceConfig, needed: list[str]) -> tuple[list[str] | None, Records]:
+    """(column names, or None when only the rows tell (JSONL); the record stream)."""
+    if cfg.dataset is not None:
+        return dataset_records(load_dataset(where, cfg.dataset), needed, cfg.limit)
+    path, fmt = check_file(where, cfg.format)
+    return open_file(where, path, fmt, needed, cfg.limit)
+
+
+# ---- fields and messages --------------------------------------------------------------------------------
+
+def _check_fields(where: Where, cfg: SourceConfig, columns: list[str]) -> None:
+    if cfg.messages_field:
+        _require_field(where, columns, cfg.messages_field, "messages_field")
+    else:
+        _require_field(where, columns, cfg.prompt_field, "prompt_field")
+    if cfg.answer_field:
+        _require_field(where, columns, cfg.answer_field, "answer_field")
+    missing = [f for f in cfg.keep_fields if f not in columns]
+    if missing:
+        raise where.error(f"keep_fields {missing} not in {where.path}, which has columns: {_names(columns)}",
+                          f"fix {where.key}.keep_fields")
+
+
+def _require_field(where: Where, columns: list[str], field: str, key: str) -> None:
+    if field not in columns:
+        raise where.error(
+            f"{key} {field!r} not in {where.path}, which has columns: {_names(columns)}", f"fix {where.key}.{key}"
+        )
+
+
 def _names(columns: list[str]) -> str:
-    return ", ".join(columns) if columns else "none"
+    return ", ".join(map(str, columns)) if columns else "none"
 
 
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [""])[0]

@@ -111,7 +111,8 @@ def make_config(small_model, demo_data, s3_server, tmp_path):
             "storage": {"uri": f"s3://{BUCKET}/{prefix or tmp_path.name}", "endpoint_url": s3_server.endpoint_url},
             "curation": {
                 "sources": [
-                    {"name": "pool", "path": str(demo_data["pool"]), "keep_fields": ["template"], "weight": 9.0},
+                    {"name": "pool", "path": str(demo_data["pool"]), "keep_fields": ["template"], "weight": 9.0,
+                     "tags": ["math", "synthetic"]},
                     {"name": "extra", "path": str(demo_data["extra"]), "prompt_field": "question",
                      "answer_field": "solution", "keep_fields": ["origin"], "weight": 1.0, "license": "cc-by-4.0"},
                 ],

@@ -276,8 +276,8 @@ def test_prompt_tables_before(cat):
     for r in (1, 2, 3):
         cat.record_step(step("curate", {"source": SOURCE}, {"prompts": art(f"prompts-{r}", "prompts")}, round_num=r))
     cat.record_step_failure(P, 4, "curate", "x", "boom")
-    assert sorted(cat.prompt_tables_before(P, 3)) == ["prompts-1", "prompts-2"]
-    assert sorted(cat.prompt_tables_before(P, 5)) == ["prompts-1", "prompts-2", "prompts-3"]
+    assert cat.prompt_tables_before(P, 3) == [(1, "prompts-1"), (2, "prompts-2")]
+    assert cat.prompt_tables_before(P, 5) == [(1, "prompts-1"), (2, "prompts-2"), (3, "prompts-3")]
     assert cat.prompt_tables_before("other", 5) == []
 
 

@@ -1,29 +1,51 @@
-"""Curation filters, the weighted draw and source reading, on literal inputs with hand-computed counts."""
+"""Curation filters, quarantine accounting, decontamination report and the weighted draw, on literal
+inputs with hand-computed counts. Reading files is tested in test_sources.py."""
 import json
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
-from configs.schema import CurationConfig, EvalSetConfig, SourceConfig
+from configs.schema import CurationConfig, SourceConfig
 from storage.ids import prompt_id, text_hash
-from tasks.curate import (PROMPT_SCHEMA, REMOVAL_REASONS, CurationError, allocate_draw, build_decontam_index,
-                          curate_prompts, is_contaminated, ngrams, to_table)
-from tasks.sources import SourceError, read_eval_set, read_source
+from tasks.curate import (PROMPT_SCHEMA, QUARANTINE_SCHEMA, REMOVAL_REASONS, CurationError, EarlierPrompts,
+                          curate_prompts, quarantine_problem, quarantine_rows, to_table)
+from tasks.curation_inputs import reuse_blocked
+from tasks.decontam import DecontamIndex
+from tasks.filters import detect_languages, token_counter
+from tasks.mixture import allocate_draw
+from tasks.sources import SourceRows
+
+NO_EVAL = DecontamIndex({}, 8, 0.5)
+NOTHING_EARLIER = EarlierPrompts()
+
+
+def row(text, i=0, **extra):
+    return {"prompt": text, "system": None, "answer": None, "provenance": {"id": i}, "source_row": i, **extra}
+
+
+def rows_of(*texts, quarantined=()):
+    return SourceRows(rows=[row(t, i) for i, t in enumerate(texts)], quarantined=list(quarantined))
+
+
+def bad(reason, i, source="pool"):
+    return {"source": source, "location": f"line {i + 1}", "reason": reason, "detail": f"{reason} here",
+            "raw": "{...}"}
 
 
 def src(name, n=0, **kw):
     """A source config plus n distinct well-formed rows for it."""
-    rows = [{"prompt": f"{name} question {i}", "answer": str(i), "provenance": {}, "source_row": i} for i in range(n)]
-    return SourceConfig(name=name, path=f"{name}.jsonl", **kw), rows
+    return SourceConfig(name=name, path=f"{name}.jsonl", **kw), rows_of(*(f"{name} question {i}" for i in range(n)))
 
 
 def cur(sources, **kw):
     return CurationConfig(sources=sources, **kw)
 
 
-def row(text, i=0):
-    return {"prompt": text, "answer": None, "provenance": {"id": i}, "source_row": i}
+def pool(**kw):
+    return cur([SourceConfig(name="pool", path="p.jsonl", **kw)], prompts_per_round=10)
+
+
+def curate(sources, cfg, round_num=1, earlier=NOTHING_EARLIER, index=NO_EVAL, **filters):
+    return curate_prompts(sources, cfg, round_num, earlier, index, **filters)
 
 
 def assert_identity(report):
@@ -32,108 +54,192 @@ def assert_identity(report):
         assert c["rows_in"] == c["rows_out"] + sum(c[r] for r in REMOVAL_REASONS)
 
 
+def removed(report):
+    return {k: v for k, v in report["removed"].items() if v}
+
+
 # ---- filters ------------------------------------------------------------------------------------------
 
-EVAL = ["Compute 17 times 23 and explain."]
-ROWS = [
-    row("What is 2 + 2?", 0),
-    row("  what is 2 +   2? ", 1),  # duplicate of row 0 after whitespace folding and case folding
-    row("WHAT IS 2 + 2?", 2),  # duplicate
-    row("Name a prime above 10.", 3),  # used by an earlier round
-    row("compute 17 TIMES 23 and explain.", 4),  # an eval prompt: contaminated
-    row("Add 5 and 7.", 5),
-    row(None, 6),  # malformed
-    row("   \n ", 7),  # malformed: empty after normalisation
+EVAL = DecontamIndex({"heldout": ["Compute 17 times 23 and explain."]}, 8, 0.5)
+TEXTS = [
+    "What is 2 + 2?",
+    "  what is 2 +   2? ",  # duplicate of row 0 after whitespace folding and case folding
+    "WHAT IS 2 + 2?",  # duplicate
+    "Name a prime above 10.",  # used by an earlier round
+    "compute 17 TIMES 23 and explain.",  # an eval prompt: contaminated
+    "Add 5 and 7.",
 ]
-SEEN = {text_hash("Name a prime above 10.")}
+SEEN = EarlierPrompts({text_hash("Name a prime above 10.")}, ["Name a prime above 10."])
 
 
 def test_each_filter_counts_exactly():
-    cfg = cur([SourceConfig(name="pool", path="p.jsonl", license="cc-by-4.0")], prompts_per_round=10)
-    result = curate_prompts({"pool": ROWS}, cfg, 1, SEEN, EVAL)
+    cfg = cur([SourceConfig(name="pool", path="p.jsonl", license="cc-by-4.0", tags=["math"])], prompts_per_round=10)
+    sources = {"pool": rows_of(*TEXTS, quarantined=[bad("invalid_json", 6), bad("empty", 7)])}
+    result = curate(sources, cfg, 1, SEEN, EVAL)
     rep = result.report
     assert rep["rows_in"] == 8 and rep["rows_out"] == 2
-    assert rep["removed"] == {"malformed": 2, "too_short": 0, "too_long": 0, "keyword": 0, "duplicate_in_round": 2,
-                              "seen_in_earlier_round": 1, "contaminated": 1, "near_duplicate": 0,
-                              "not_drawn": 0}
+    assert removed(rep) == {"quarantined": 2, "duplicate_in_round": 2, "seen_in_earlier_round": 1, "contaminated": 1}
     assert rep["per_source"]["pool"] == {"rows_in": 8, "rows_out": 2, **rep["removed"]}
-    assert rep["contaminated_examples"] == ["compute 17 TIMES 23 and explain."]
+    assert rep["quarantine"] == {"invalid_json": 1, "empty": 1}
     assert_identity(rep)
     by_text = {p["prompt"]: p for p in result.prompts}
     assert set(by_text) == {"What is 2 + 2?", "Add 5 and 7."}  # first occurrence wins, normalised
-    p = by_text["What is 2 + 2?"]
-    assert p == {"prompt_id": prompt_id("What is 2 + 2?", "pool"), "text_hash": text_hash("what is 2 + 2?"),
-                 "prompt": "What is 2 + 2?", "answer": None, "source": "pool", "license": "cc-by-4.0",
-                 "provenance": '{"id":0}', "source_row": 0}
+    assert by_text["What is 2 + 2?"] == {
+        "prompt_id": prompt_id("What is 2 + 2?", "pool"), "text_hash": text_hash("what is 2 + 2?"),
+        "prompt": "What is 2 + 2?", "system": None, "answer": None, "source": "pool", "license": "cc-by-4.0",
+        "tags": ["math"], "provenance": '{"id":0}', "source_row": 0}
     assert [p["prompt_id"] for p in result.prompts] == sorted(p["prompt_id"] for p in result.prompts)
 
 
 def test_length_and_keyword_filters_count_exactly():
-    rows = [row("Hi", 0), row("What is 2 + 2?", 1), row("x" * 50, 2), row("Are you ChatGPT, really?", 3),
-            row("Ask claude-3 about it", 4), row("Claudette sings.", 5)]
+    sources = {"pool": rows_of("Hi", "What is 2 + 2?", "x" * 50, "Are you ChatGPT, really?", "Ask claude-3 about it",
+                               "Claudette sings.")}
     cfg = cur([SourceConfig(name="pool", path="p.jsonl")], prompts_per_round=10, min_chars=3, max_chars=40,
               blocked_keywords=["chatgpt", "Claude-3", " "])
-    rep = curate_prompts({"pool": rows}, cfg, 1, set(), []).report
+    rep = curate(sources, cfg).report
     # "Hi" is too short, the 50 x's too long, two rows name a model; "Claudette" is not "claude-3".
-    assert {k: v for k, v in rep["removed"].items() if v} == {"too_short": 1, "too_long": 1, "keyword": 2}
+    assert removed(rep) == {"too_short": 1, "too_long": 1, "keyword": 2}
     assert rep["rows_out"] == 2
     assert_identity(rep)
 
 
-def test_reuse_allowed_when_dedup_across_rounds_is_off():
-    cfg = cur([SourceConfig(name="pool", path="p.jsonl")], prompts_per_round=10, dedup_across_rounds=False)
-    rep = curate_prompts({"pool": ROWS}, cfg, 1, SEEN, EVAL).report
-    assert rep["removed"]["seen_in_earlier_round"] == 0 and rep["rows_out"] == 3
+def test_token_length_filter_uses_the_given_counter():
+    words = lambda texts: [len(t.split()) for t in texts]  # noqa: E731  # a tokenizer where a word is a token
+    sources = {"pool": rows_of("one", "one two", "one two three", "one two three four", "a b c d e f")}
+    cfg = cur([SourceConfig(name="pool", path="p.jsonl")], prompts_per_round=10, min_tokens=2, max_tokens=4)
+    result = curate(sources, cfg, count_tokens=words)
+    assert removed(result.report) == {"too_few_tokens": 1, "too_many_tokens": 1}
+    assert sorted(p["source_row"] for p in result.prompts) == [1, 2, 3]
+    with pytest.raises(CurationError, match="min_tokens/max_tokens are set but no tokenizer"):
+        curate(sources, cfg)
+
+
+def test_token_counter_counts_with_the_model_tokenizer(tiny_model):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    texts = ["What is 12 plus 7?", "", "a much longer prompt " * 20]
+    assert token_counter(str(tiny_model))(texts) == [len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    assert token_counter(str(tiny_model))(texts)[1] == 0
+
+
+def test_language_filter_keeps_configured_languages_and_unjudged_short_texts():
+    langs = {"Hello there, how are you": "en", "Bonjour, comment allez-vous": "fr", "12 + 7": None}
+    sources = {"pool": rows_of(*langs)}
+    cfg = cur([SourceConfig(name="pool", path="p.jsonl")], prompts_per_round=10, languages=["en", "de"])
+    result = curate(sources, cfg, detect_languages=lambda texts: [langs[t] for t in texts])
+    assert removed(result.report) == {"language": 1}
+    assert sorted(p["prompt"] for p in result.prompts) == ["12 + 7", "Hello there, how are you"]
+
+
+def test_detect_languages_with_py3langid():
+    texts = ["The weather is lovely today and we are going to the park.",
+             "Le temps est magnifique aujourd'hui et nous allons au parc.",
+             "Das Wetter ist heute schön und wir gehen in den Park.", "What is 12 + 7?"]
+    assert detect_languages(texts, min_letters=20) == ["en", "fr", "de", None]
+
+
+def test_reuse_after_k_rounds():
+    # A prompt drawn in round r0 is blocked in round r while r - r0 < K; None blocks forever, 1 never.
+    assert [reuse_blocked(r0, 5, None) for r0 in (1, 4)] == [True, True]
+    assert [reuse_blocked(r0, 5, 3) for r0 in (1, 2, 3, 4)] == [False, False, True, True]
+    assert [reuse_blocked(r0, 5, 1) for r0 in (1, 4)] == [False, False]
 
 
 def test_cross_source_duplicate_goes_to_the_first_configured_source():
     cfg = cur([SourceConfig(name="a", path="a.jsonl"), SourceConfig(name="b", path="b.jsonl")])
-    rows = {"b": [row("Same text"), row("Only in b", 1)], "a": [row("same   TEXT")]}  # dict order: b first
-    result = curate_prompts(rows, cfg, 1, set(), [])
+    sources = {"b": rows_of("Same text", "Only in b"), "a": rows_of("same   TEXT")}  # dict order: b first
+    result = curate(sources, cfg)
     assert {(p["source"], p["prompt"]) for p in result.prompts} == {("a", "same TEXT"), ("b", "Only in b")}
     assert result.report["per_source"]["b"]["duplicate_in_round"] == 1
     assert_identity(result.report)
 
 
-def test_contaminated_examples_capped_at_five():
-    cfg = cur([SourceConfig(name="pool", path="p.jsonl")], prompts_per_round=10)
-    rows = [row(f"eval item {i}", i) for i in range(7)] + [row("clean prompt", 7)]
-    rep = curate_prompts({"pool": rows}, cfg, 1, set(), [f"Eval item {i}" for i in range(7)]).report
-    assert rep["removed"]["contaminated"] == 7 and rep["rows_out"] == 1
-    assert rep["contaminated_examples"] == [f"eval item {i}" for i in range(5)]
+def test_near_duplicates_within_the_round_and_of_earlier_rounds():
+    sources = {"pool": rows_of(
+        "Explain how a rainbow forms after the rain stops",
+        "explain how a rainbow forms after the rain stops!!",  # not exact ("!!"), but nearly the same
+        "Explain how a rainbow forms after the rain stops, please",  # near: one word more
+        "Write a haiku about the sea at night and the moon",
+        "Name three prime numbers larger than one hundred")}
+    earlier = EarlierPrompts(set(), ["Write a haiku about the sea at night and the moon."])  # punctuation aside
+    cfg = cur([SourceConfig(name="pool", path="p.jsonl")], prompts_per_round=10, near_dup_threshold=0.6)
+    result = curate(sources, cfg, 2, earlier)
+    assert result.report["removed"]["near_duplicate"] == 3
+    assert sorted(p["source_row"] for p in result.prompts) == [0, 4]
+    assert_identity(result.report)
+    off = cur([SourceConfig(name="pool", path="p.jsonl")], prompts_per_round=10, near_dup_threshold=None)
+    assert curate(sources, off, 2, earlier).report["rows_out"] == 5
 
 
-def test_ngrams_short_texts_and_punctuation():
-    assert ngrams("Hello, World", 8) == {"hello , world"}  # shorter than n: the whole text is one gram
-    assert ngrams("", 3) == set() and ngrams("   ", 3) == set()
-    assert ngrams("a b c", 3) == {"a b c"}
-    assert ngrams("What is 2+2?", 3) == {"what is 2", "is 2 +", "2 + 2", "+ 2 ?"}
+# ---- decontamination ----------------------------------------------------------------------------------
+
+def test_planted_leaks_are_all_removed_and_reported_per_eval_set_and_source():
+    evals = {"gsm": ["Natalia sold clips to 48 of her friends in April, and then half as many in May.",
+                     "Weng earns 12 dollars an hour for babysitting. Yesterday she did 50 minutes."],
+             "arith": ["What is 37 plus 8 when you add them together carefully?"]}
+    index = DecontamIndex(evals, 8, 0.5)
+    leaks_a = ["natalia SOLD clips to 48 of her friends in april , and then half as many in may",  # case, spacing
+               "Weng earns 12 dollars an hour for babysitting.Yesterday she did 50 minutes!"]  # punctuation
+    leaks_b = ["What   is 37 plus 8 when you add them together carefully ?"]  # whitespace
+    clean = ["Natalia bought 3 apples.", "A question about babysitting rates in general, nothing more."]
+    cfg = cur([SourceConfig(name="a", path="a.jsonl"), SourceConfig(name="b", path="b.jsonl")], prompts_per_round=10)
+    result = curate({"a": rows_of(*leaks_a, *clean), "b": rows_of(*leaks_b)}, cfg, index=index)
+    assert removed(result.report) == {"contaminated": 3}
+    assert sorted(p["prompt"] for p in result.prompts) == sorted(clean)
+    d = result.decontamination
+    assert (d["stage"], d["ngram"], d["threshold"], d["checked"], d["removed"]) == ("prompts", 8, 0.5, 5, 3)
+    assert d["by_eval_set"] == {"gsm": {"a": 2}, "arith": {"b": 1}}
+    assert [(e["eval_set"], e["eval_index"], e["source"]) for e in d["examples"]] == [
+        ("gsm", 0, "a"), ("gsm", 1, "a"), ("arith", 0, "b")]
+    assert [e["overlap"] for e in d["examples"]] == [1.0, 0.875, 1.0]  # "!" for "." changes 1 of 8 grams
 
 
-def test_is_contaminated_threshold():
-    index = build_decontam_index(["x a b c d y"], 3)  # grams: x a b, a b c, b c d, c d y
-    # "a b c d e" has grams a b c, b c d, c d e: 2 of 3 in the index
-    assert is_contaminated("a b c d e", index, 3, 0.5)
-    assert is_contaminated("a b c d e", index, 3, 2 / 3)
-    assert not is_contaminated("a b c d e", index, 3, 0.7)
-    assert not is_contaminated("", index, 3, 0.1)
-    assert is_contaminated("What is 2+2 ?", build_decontam_index(["what is 2 + 2?"], 8), 8, 1.0)
+def test_decontamination_examples_capped_at_five_per_eval_set():
+    index = DecontamIndex({"e": [f"Eval item number {i}" for i in range(7)]}, 8, 0.5)
+    result = curate({"pool": rows_of(*(f"eval item number {i}" for i in range(7)), "clean prompt")}, pool(),
+                    index=index)
+    assert result.report["removed"]["contaminated"] == 7 and result.report["rows_out"] == 1
+    assert result.decontamination["by_eval_set"] == {"e": {"pool": 7}}
+    assert [e["text"] for e in result.decontamination["examples"]] == [f"eval item number {i}" for i in range(5)]
 
 
-# ---- weighted draw ------------------------------------------------------------------------------------
+# ---- quarantine ---------------------------------------------------------------------------------------
 
-def test_draw_follows_weights_3_to_1():
+def test_quarantine_fraction_stops_with_counts_per_reason():
+    cfg = cur([SourceConfig(name="good", path="g.jsonl"), SourceConfig(name="bad", path="b.jsonl")],
+              max_quarantine_fraction=0.25)
+    ok = rows_of("a", "b", "c", quarantined=[bad("empty", 3, "good")])  # 1 of 4: exactly 25 %, allowed
+    broken = rows_of("a", quarantined=[bad("invalid_json", 1, "bad"), bad("invalid_json", 2, "bad"),
+                                       bad("wrong_type", 3, "bad")])
+    assert quarantine_problem({"good": ok, "bad": rows_of("x")}, cfg) is None
+    assert quarantine_problem({"good": ok, "bad": broken}, cfg) == (
+        "source 'bad': 3 of 4 rows malformed (75.0% > curation.max_quarantine_fraction 25.0%; invalid_json 2, "
+        "wrong_type 1; first: line 2: invalid_json here)")
+    rows = quarantine_rows({"good": ok, "bad": broken})
+    assert [(q["source"], q["reason"]) for q in rows] == [("good", "empty"), ("bad", "invalid_json"),
+                                                          ("bad", "invalid_json"), ("bad", "wrong_type")]
+    assert set(rows[0]) == set(QUARANTINE_SCHEMA.names)
+
+
+# ---- weighted draw and mixture ------------------------------------------------------------------------
+
+def test_draw_follows_weights_3_to_1_and_reports_the_mixture():
     (a, ra), (b, rb) = src("a", 1000, weight=3), src("b", 1000, weight=1)
-    rep = curate_prompts({"a": ra, "b": rb}, cur([a, b], prompts_per_round=400), 1, set(), []).report
+    rep = curate({"a": ra, "b": rb}, cur([a, b], prompts_per_round=400)).report
     assert (rep["per_source"]["a"]["rows_out"], rep["per_source"]["b"]["rows_out"]) == (300, 100)
     assert rep["removed"]["not_drawn"] == 1600 and rep["rows_out"] == 400
+    assert rep["mixture"] == {
+        "a": {"weight": 3.0, "target_share": 0.75, "available": 1000, "drawn": 300, "drawn_share": 0.75},
+        "b": {"weight": 1.0, "target_share": 0.25, "available": 1000, "drawn": 100, "drawn_share": 0.25}}
     assert_identity(rep)
 
 
 def test_short_source_share_is_redistributed():
     (a, ra), (b, rb) = src("a", 1000), src("b", 10)
-    rep = curate_prompts({"a": ra, "b": rb}, cur([a, b], prompts_per_round=100), 1, set(), []).report
+    rep = curate({"a": ra, "b": rb}, cur([a, b], prompts_per_round=100)).report
     assert (rep["per_source"]["a"]["rows_out"], rep["per_source"]["b"]["rows_out"]) == (90, 10)
+    assert rep["mixture"]["b"]["target_share"] == 0.5 and rep["mixture"]["b"]["drawn_share"] == 0.1
     # 2:1:1 of 100 with b holding 5: b gives 5, then 95 split 2:1 -> 63.33/31.67 -> 63/32 by largest remainder
     assert allocate_draw({"a": 500, "b": 5, "c": 500}, {"a": 2, "b": 1, "c": 1}, 100) == {"a": 63, "b": 5, "c": 32}
     assert allocate_draw({"a": 3, "b": 2}, {"a": 1, "b": 1}, 10) == {"a": 3, "b": 2}  # too few: all of it
@@ -146,10 +252,11 @@ def test_draw_is_deterministic_and_changes_with_round_and_seed():
     cfg = cur([a, b], prompts_per_round=60, seed=7)
 
     def ids(rows_a, round_num, c=cfg):
-        return [p["prompt_id"] for p in curate_prompts({"a": rows_a, "b": rb}, c, round_num, set(), []).prompts]
+        return [p["prompt_id"] for p in curate({"a": rows_a, "b": rb}, c, round_num).prompts]
 
     first = ids(ra, 3)
-    assert first == ids(ra, 3) == ids(list(reversed(ra)), 3)  # same seed and round: same ids, whatever the order
+    reversed_a = SourceRows(rows=list(reversed(ra.rows)), quarantined=[])
+    assert first == ids(ra, 3) == ids(reversed_a, 3)  # same seed and round: same ids, whatever the order
     assert set(first) != set(ids(ra, 4))
     assert set(first) != set(ids(ra, 3, cur([a, b], prompts_per_round=60, seed=8)))
 
@@ -157,180 +264,52 @@ def test_draw_is_deterministic_and_changes_with_round_and_seed():
 # ---- errors and table ---------------------------------------------------------------------------------
 
 def test_nothing_left_raises_with_counts():
-    cfg = cur([SourceConfig(name="pool", path="p.jsonl")])
-    rows = [row("Old one"), row("old ONE", 1), row(None, 2)]
+    sources = {"pool": rows_of("Old one", "old ONE", quarantined=[bad("empty", 2)])}
     with pytest.raises(CurationError) as e:
-        curate_prompts({"pool": rows}, cfg, 3, {text_hash("old one")}, [])
+        curate(sources, pool(), 3, EarlierPrompts({text_hash("old one")}))
     assert str(e.value) == (
-        "round 3: no prompts left after curation (3 in, all removed: {'malformed': 1, 'duplicate_in_round': 1, "
-        "'seen_in_earlier_round': 1}); add sources, allow reuse with curation.dedup_across_rounds: false, "
-        "or lower prompts_per_round")
+        "round 3: no prompts left after curation (3 in, all removed: {'quarantined': 1, 'duplicate_in_round': 1, "
+        "'seen_in_earlier_round': 1}); add sources, allow reuse with curation.reuse_after_rounds, "
+        "or relax the filters")
 
 
 def test_rows_must_match_configured_sources():
     with pytest.raises(CurationError, match=r"missing: \['pool'\], not configured: \['other'\]"):
-        curate_prompts({"other": [row("x")]}, cur([SourceConfig(name="pool", path="p.jsonl")]), 1, set(), [])
+        curate({"other": rows_of("x")}, pool())
 
 
 def test_to_table_fixed_schema():
-    cfg = cur([SourceConfig(name="pool", path="p.jsonl")], prompts_per_round=10)
-    table = to_table(curate_prompts({"pool": ROWS}, cfg, 1, SEEN, EVAL).prompts)
+    result = curate({"pool": rows_of(*TEXTS)}, pool(tags=["a", "b"]), 1, SEEN, EVAL)
+    table = to_table(result.prompts)
     assert table.schema == PROMPT_SCHEMA and table.num_rows == 2
     assert {json.loads(p)["id"] for p in table.column("provenance").to_pylist()} == {0, 5}
+    assert table.column("tags").to_pylist() == [["a", "b"], ["a", "b"]]
     assert to_table([]).schema == PROMPT_SCHEMA
-
-
-# ---- reading sources ----------------------------------------------------------------------------------
-
-def write_jsonl(path, lines):
-    path.write_text("".join((ln if isinstance(ln, str) else json.dumps(ln)) + "\n" for ln in lines))
-    return str(path)
-
-
-RECORDS = [
-    {"question": "What is 6*7?", "solution": 42, "id": "q1", "url": "u1"},
-    {"question": "Half of 5?", "solution": 2.5, "id": "q2", "url": "u2"},
-    {"question": 123, "solution": "x", "id": "q3", "url": "u3"},  # not a string: prompt None, not an error
-    {"solution": "y", "id": "q4", "url": "u4"},  # no prompt at all
-]
-EXPECTED = [
-    {"prompt": "What is 6*7?", "answer": "42", "provenance": {"id": "q1"}, "source_row": 0},
-    {"prompt": "Half of 5?", "answer": "2.5", "provenance": {"id": "q2"}, "source_row": 1},
-    {"prompt": None, "answer": "x", "provenance": {"id": "q3"}, "source_row": 2},
-    {"prompt": None, "answer": "y", "provenance": {"id": "q4"}, "source_row": 3},
-]
-MAPPED = dict(prompt_field="question", answer_field="solution", keep_fields=["id"])
-
-
-def test_read_jsonl_maps_fields(tmp_path):
-    path = write_jsonl(tmp_path / "pool.jsonl", RECORDS[:2] + [""] + RECORDS[2:])  # a blank line is not a row
-    assert read_source(SourceConfig(name="pool", path=path, **MAPPED)) == EXPECTED
-    assert read_source(SourceConfig(name="pool", path=path, limit=2, **MAPPED)) == EXPECTED[:2]
-    nothing = read_source(SourceConfig(name="pool", path=path, prompt_field="question", answer_field=None))
-    assert [r["answer"] for r in nothing] == [None] * 4 and nothing[0]["provenance"] == {}
-
-
-def test_read_parquet_maps_fields(tmp_path):
-    path = tmp_path / "pool.parquet"
-    pq.write_table(pa.table({"question": ["What is 6*7?", "Half of 5?", None], "solution": [42, 3, None],
-                             "id": ["q1", "q2", "q3"]}), path)
-    rows = read_source(SourceConfig(name="pool", path=str(path), **MAPPED))
-    assert rows == [
-        {"prompt": "What is 6*7?", "answer": "42", "provenance": {"id": "q1"}, "source_row": 0},
-        {"prompt": "Half of 5?", "answer": "3", "provenance": {"id": "q2"}, "source_row": 1},
-        {"prompt": None, "answer": None, "provenance": {"id": "q3"}, "source_row": 2},
-    ]
-    assert len(read_source(SourceConfig(name="pool", path=str(path), limit=1, **MAPPED))) == 1
-
-
-def test_format_overrides_extension(tmp_path):
-    path = write_jsonl(tmp_path / "pool.txt", [{"prompt": "hi", "answer": "1"}])
-    assert read_source(SourceConfig(name="pool", path=path, format="jsonl"))[0]["prompt"] == "hi"
-
-
-def _source_error(cfg):
-    with pytest.raises(SourceError) as e:
-        read_source(cfg)
-    assert "\n" not in str(e.value)
-    return str(e.value)
-
-
-def test_source_errors(tmp_path):
-    missing = str(tmp_path / "x.jsonl")
-    assert _source_error(SourceConfig(name="pool", path=missing)) == (
-        f"source 'pool': file not found: {missing} (fix curation.sources[].path)")
-    assert "not a file" in _source_error(SourceConfig(name="pool", path=str(tmp_path)))
-    odd = write_jsonl(tmp_path / "pool.json", [{"prompt": "a"}])
-    assert "unknown file extension '.json'" in _source_error(SourceConfig(name="pool", path=odd))
-    bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "a"}, {"prompt": "b"}, '{"prompt": oops}'])
-    assert _source_error(SourceConfig(name="pool", path=bad)).startswith(
-        f"source 'pool': invalid JSON on line 3 of {bad}: ")
-    listy = write_jsonl(tmp_path / "list.jsonl", [{"prompt": "a"}, "[1, 2]"])
-    assert "line 2" in _source_error(SourceConfig(name="pool", path=listy))
-    empty = write_jsonl(tmp_path / "empty.jsonl", [""])
-    assert "has no rows" in _source_error(SourceConfig(name="pool", path=empty))
-    junk = tmp_path / "junk.parquet"
-    junk.write_bytes(b"not parquet at all")
-    assert "not a readable Parquet file" in _source_error(SourceConfig(name="pool", path=str(junk)))
-
-
-def test_missing_fields_name_the_columns(tmp_path):
-    path = write_jsonl(tmp_path / "pool.jsonl", [{"text": "a", "label": "1"}, {"text": "b", "extra": 2}])
-    assert _source_error(SourceConfig(name="pool", path=path)) == (
-        f"source 'pool': prompt_field 'prompt' not in {path}, which has columns: text, label, extra "
-        "(fix curation.sources[].prompt_field)")
-    assert "answer_field 'answer' not in" in _source_error(SourceConfig(name="pool", path=path, prompt_field="text"))
-    msg = _source_error(SourceConfig(name="pool", path=path, prompt_field="text", answer_field="label",
-                                     keep_fields=["extra", "url"]))
-    assert "keep_fields ['url']" in msg and msg.endswith("(fix curation.sources[].keep_fields)")
-    pq_path = tmp_path / "pool.parquet"
-    pq.write_table(pa.table({"text": ["a"], "answer": ["1"]}), pq_path)
-    assert "which has columns: text, answer (fix curation.sources[].prompt_field)" in _source_error(
-        SourceConfig(name="pool", path=str(pq_path)))
-
-
-def test_read_eval_set(tmp_path):
-    path = write_jsonl(tmp_path / "heldout.jsonl", [{"q": "1+1?", "a": 2}, {"q": "Half of 3?", "a": "1.5"}])
-    rows = read_eval_set(EvalSetConfig(path=path, prompt_field="q", answer_field="a"))
-    assert rows == [{"prompt": "1+1?", "answer": "2"}, {"prompt": "Half of 3?", "answer": "1.5"}]
-    bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "ok", "answer": "1"}, "", {"prompt": " ", "answer": "2"}])
-    with pytest.raises(SourceError, match=r"^eval set 'heldout': line 3 of .*'prompt' must be a non-empty string"):
-        read_eval_set(EvalSetConfig(path=bad))
-    pq_path = tmp_path / "heldout.parquet"
-    pq.write_table(pa.table({"prompt": ["a", "b"], "answer": ["1", None]}), pq_path)
-    with pytest.raises(SourceError, match=r"row 1 \(0-based\) of .*'answer' must be a non-empty string or a number"):
-        read_eval_set(EvalSetConfig(path=str(pq_path)))
-    with pytest.raises(SourceError, match=r"file not found: .* \(fix evaluation.eval_sets\[\].path\)$"):
-        read_eval_set(EvalSetConfig(path=str(tmp_path / "nope.jsonl")))
 
 
 def test_docstring_examples():
     import doctest
 
     import tasks.curate
+    import tasks.filters
+    import tasks.mixture
 
-    assert doctest.testmod(tasks.curate).failed == 0
-
-
-def test_near_duplicates_within_the_round_and_of_earlier_rounds():
-    rows = [row("Explain how a rainbow forms after the rain stops", 0),
-            row("explain how a rainbow forms after the rain stops!!", 1),  # exact after normalisation? no: "!!"
-            row("Explain how a rainbow forms after the rain stops, please", 2),  # near: one word more
-            row("Write a haiku about the sea at night and the moon", 3),
-            row("Name three prime numbers larger than one hundred", 4)]
-    earlier = ["Write a haiku about the sea at night and the moon."]  # round 1 used it, punctuation aside
-    cfg = cur([SourceConfig(name="pool", path="p.jsonl")], prompts_per_round=10, near_dup_threshold=0.6)
-    result = curate_prompts({"pool": rows}, cfg, 2, set(), [], earlier)
-    assert result.report["removed"]["near_duplicate"] == 3
-    assert sorted(p["source_row"] for p in result.prompts) == [0, 4]
-    assert_identity(result.report)
-    off = cur([SourceConfig(name="pool", path="p.jsonl")], prompts_per_round=10, near_dup_threshold=None)
-    assert curate_prompts({"pool": rows}, off, 2, set(), [], earlier).report["rows_out"] == 5
+    for module in (tasks.curate, tasks.mixture, tasks.filters):
+        assert doctest.testmod(module).failed == 0, module.__name__
 
 
-def test_csv_and_save_to_disk_sources(tmp_path):
-    """The same three rows as CSV and as a datasets.save_to_disk directory read alike."""
-    import csv
+def test_draw_keys_are_splitmix64_of_the_prompt_id():
+    """The vectorised keys equal a plain-Python splitmix64 finaliser (uint64 wrap-around included)."""
+    from storage.ids import hash_obj
+    from tasks.mixture import draw_keys
 
-    from datasets import Dataset, DatasetDict
+    mask = (1 << 64) - 1
 
-    rows = [{"q": "What is 1 plus 2?", "a": "3", "tag": "x"}, {"q": "What is 4 plus 4?", "a": "8", "tag": "y"},
-            {"q": "", "a": "0", "tag": "z"}]
-    with open(tmp_path / "s.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["q", "a", "tag"])
-        w.writeheader()
-        w.writerows(rows)
-    Dataset.from_list(rows).save_to_disk(str(tmp_path / "saved"))
-    DatasetDict({"test": Dataset.from_list(rows)}).save_to_disk(str(tmp_path / "dict"))
-    expected = [{"prompt": "What is 1 plus 2?", "answer": "3", "provenance": {"tag": "x"}, "source_row": 0},
-                {"prompt": "What is 4 plus 4?", "answer": "8", "provenance": {"tag": "y"}, "source_row": 1},
-                {"prompt": None, "answer": "0", "provenance": {"tag": "z"}, "source_row": 2}]
-    for path in (tmp_path / "s.csv", tmp_path / "saved"):
-        cfg = SourceConfig(name="s", path=str(path), prompt_field="q", answer_field="a", keep_fields=["tag"])
-        assert read_source(cfg) == expected, path
-    assert len(read_source(SourceConfig(name="s", path=str(tmp_path / "s.csv"), prompt_field="q", answer_field="a",
-                                        limit=2))) == 2
-    with pytest.raises(SourceError, match="DatasetDict without a 'train' split \\(splits: test\\)"):
-        read_source(SourceConfig(name="s", path=str(tmp_path / "dict"), prompt_field="q", answer_field="a"))
-    with pytest.raises(SourceError, match="prompt_field 'question' not in .*s.csv, which has columns: q, a, tag"):
-        read_source(SourceConfig(name="s", path=str(tmp_path / "s.csv"), prompt_field="question", answer_field="a"))
+    def reference(pid, seed, round_num):
+        x = int(pid[:16], 16) ^ int(hash_obj(["draw", seed, round_num], 16), 16)
+        x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & mask
+        return x ^ (x >> 31)
+
+    pids = [prompt_id(f"question {i}", "s") for i in range(200)] + ["ffffffffffffffffffff"]
+    assert [int(k) for k in draw_keys(pids, 3, 7)] == [reference(p, 3, 7) for p in pids]

@@ -11,7 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from demo.base_model import BUILD_FILE, build_base_model, build_tiny_model, build_tokenizer
-from demo.task import has_carry, make_problems, operands, write_demo_data
+from demo.task import MALFORMED_POOL_LINES, has_carry, make_problems, operands, write_demo_data
 
 
 def normalize(text: str) -> str:
@@ -65,7 +65,9 @@ def test_write_demo_data(tmp_path):
     assert set(paths) == {"pool", "extra", "heldout"}
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["extra.parquet", "heldout.jsonl", "pool.jsonl"]
 
-    pool_rows = [json.loads(line) for line in paths["pool"].read_text().splitlines()]
+    lines = paths["pool"].read_text().splitlines()
+    assert lines[-4:] == MALFORMED_POOL_LINES  # the planted malformed rows come last
+    pool_rows = [json.loads(line) for line in lines[:-4]]
     held_rows = [json.loads(line) for line in paths["heldout"].read_text().splitlines()]
     assert len(pool_rows) == 1470 and len(held_rows) == 150
     assert pool_rows[0] == {"prompt": "What is 10 plus 1?", "answer": "11", "template": "plus-v1"}

@@ -69,3 +69,16 @@ def test_architecture_key_changes_with_the_architecture(tiny_model, tmp_path, mi
     shutil.copytree(tiny_model, other)
     (other / missing).unlink()
     assert architecture_key(str(other)) != architecture_key(str(tiny_model))
+
+
+def test_conversations_render_with_the_chat_template_or_fail_clearly(tiny_model):
+    from transformers import AutoTokenizer
+
+    from tasks.engines import EngineError, render_prompts
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    user = [{"role": "user", "content": "What is 1 plus 2?"}]
+    assert render_prompts(tok, ["What is 1 plus 2?", user]) == ["<|user|>What is 1 plus 2?<|assistant|>"] * 2
+    # The demo template has no system role: one line naming the roles, not a Jinja traceback.
+    with pytest.raises(EngineError, match=r"cannot render a conversation with roles \['system', 'user'\]"):
+        render_prompts(tok, [[{"role": "system", "content": "Be brief."}, *user]])

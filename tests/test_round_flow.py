@@ -35,9 +35,24 @@ def test_one_round_end_to_end(make_config):
     # The gate's rule, checked against the recorded numbers.
     assert report.promoted == (m["eval/accuracy/candidate"] >= m["eval/accuracy/policy"])
     assert row["policy_out"] == (report.candidate if report.promoted else report.policy_in)
-    # Planted duplicates and eval leaks of the demo data are removed and counted.
+    # Planted duplicates and eval leaks of the demo data are removed and counted; its 4 malformed lines
+    # are quarantined, each with its reason, and the mixture drawn is recorded per source.
     assert m["curate/removed/contaminated"] == 10
     assert m["curate/removed/duplicate_in_round"] > 0
+    assert m["curate/removed/quarantined"] == 4
+    assert m["curate/drawn/pool"] + m["curate/drawn/extra"] == 48
+    outputs = {name: json.loads(s["outputs"]) for name, s in rt.catalog.steps_of(cfg.pipeline, 1).items()}
+    quarantine = rt.artifacts.get_table(outputs["curate"]["quarantine"]).to_pylist()
+    assert [(q["source"], q["location"], q["reason"]) for q in quarantine] == [
+        ("pool", "line 1471", "invalid_json"), ("pool", "line 1472", "wrong_type"), ("pool", "line 1473", "empty"),
+        ("pool", "line 1474", "missing_field")]
+    decontam = rt.artifacts.get_json(outputs["curate"]["decontamination"])
+    assert decontam["by_eval_set"] == {"heldout": {"extra": 10}} and len(decontam["examples"]) == 5
+    assert rt.artifacts.get_json(outputs["select"]["decontamination"])["stage"] == "training-data"
+    # Source, license and tags travel with every row into the training data.
+    sft = rt.artifacts.get_table(outputs["select"]["sft"]).to_pylist()
+    assert sft and {(r["source"], tuple(r["tags"])) for r in sft} <= {("pool", ("math", "synthetic")), ("extra", ())}
+    assert ("pool", ("math", "synthetic")) in {(r["source"], tuple(r["tags"])) for r in sft}
 
     # Every artifact is in S3 with its manifest; the round manifest is there too and names them.
     keys = rt.store.list("")
@@ -227,6 +242,10 @@ def test_round_publishes_its_report_to_prefect(make_config):
     md = markdown[0].data
     assert report.reason in md and report.candidate[:16] in md and "## Lineage of the candidate" in md
     assert "runs/reported/round-0001/metrics.png" in md and "](data:image/png;base64," in md  # the plot, inline
+    # The data-quality sections: mixture and filters per source, quarantine, decontamination of both stages.
+    assert "## Curation" in md and "| pool | 1474 |" in md and "4 malformed rows set aside" in md
+    assert "### Decontamination of prompts" in md and "| heldout | extra | 10 |" in md
+    assert "### Decontamination of SFT rows and DPO pairs" in md
 
 
 def test_round_of_a_killed_worker_is_resumed(make_config, monkeypatch):

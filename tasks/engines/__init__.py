@@ -14,6 +14,9 @@ from typing import Protocol
 
 from configs.schema import EngineConfig, SamplingConfig
 
+# A user message, or a conversation as chat messages ({"role", "content"}) ending in a user turn.
+Prompt = str | list[dict]
+
 
 @dataclass(frozen=True)
 class Generation:
@@ -28,11 +31,12 @@ class Engine(Protocol):
     def load(self, model_path: str) -> None:
         """Serve this checkpoint from now on (same architecture and tokenizer: weights reload in place)."""
 
-    def generate(self, prompts: list[str], params: SamplingConfig, seeds: list[int]) -> list[list[Generation]]:
-        """`params.n` completions for each user prompt (rendered with the model's chat template).
+    def generate(self, prompts: list[Prompt], params: SamplingConfig, seeds: list[int]) -> list[list[Generation]]:
+        """`params.n` completions for each prompt (rendered with the model's chat template).
 
         Args:
-            prompts: user messages, one per request.
+            prompts: one per request: a user message, or a conversation ending in a user turn
+                (e.g. a system message, then the user message).
             params: sampling parameters; temperature 0 means greedy.
             seeds: one seed per prompt, so a prompt's samples do not depend on batch composition.
         Returns:
@@ -105,9 +109,21 @@ def close_engines() -> None:
         engine.close()
 
 
-def render_prompts(tokenizer, prompts: list[str]) -> list[str]:
-    """User prompts rendered with the model's chat template, ready for generation."""
-    return [
-        tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
-        for p in prompts
-    ]
+def render_prompts(tokenizer, prompts: list[Prompt]) -> list[str]:
+    """Prompts rendered with the model's chat template, ready for generation.
+
+    Raises EngineError when the template rejects a conversation (e.g. a system message for a model
+    whose template has no system role), instead of a Jinja traceback.
+    """
+    out = []
+    for p in prompts:
+        messages = [{"role": "user", "content": p}] if isinstance(p, str) else p
+        try:
+            out.append(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+        except Exception as e:  # jinja2 raises TemplateError subclasses, templates may raise anything
+            roles = [m["role"] for m in messages]
+            raise EngineError(
+                f"the model's chat template cannot render a conversation with roles {roles}: {e} (use a model "
+                "whose template supports them, or a source without system prompts)"
+            ) from None
+    return out

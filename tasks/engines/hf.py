@@ -5,7 +5,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from configs.schema import EngineConfig, SamplingConfig
-from tasks.engines import Generation, render_prompts
+from tasks.engines import Generation, Prompt, render_prompts
 
 BATCH = 64
 
@@ -26,7 +26,7 @@ class HFEngine:
         self.model_path = model_path
 
     @torch.no_grad()
-    def generate(self, prompts: list[str], params: SamplingConfig, seeds: list[int]) -> list[list[Generation]]:
+    def generate(self, prompts: list[Prompt], params: SamplingConfig, seeds: list[int]) -> list[list[Generation]]:
         texts = render_prompts(self.tokenizer, prompts)
         results: list[list[Generation]] = []
         for start in range(0, len(texts), BATCH):

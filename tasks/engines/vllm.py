@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 from configs.schema import EngineConfig, SamplingConfig
-from tasks.engines import EngineError, Generation, render_prompts
+from tasks.engines import EngineError, Generation, Prompt, render_prompts
 
 
 def _retie_embeddings(model) -> None:
@@ -70,7 +70,7 @@ class VLLMEngine:
         self.llm.apply_model(_retie_embeddings)
         self.model_path = model_path
 
-    def generate(self, prompts: list[str], params: SamplingConfig, seeds: list[int]) -> list[list[Generation]]:
+    def generate(self, prompts: list[Prompt], params: SamplingConfig, seeds: list[int]) -> list[list[Generation]]:
         texts = render_prompts(self.tokenizer, prompts)
         sampling = [
             self._vllm.SamplingParams(

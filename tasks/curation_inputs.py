@@ -1,0 +1,76 @@
+"""What the curate task reads besides its config: the sources, the eval-set index, the filters that need a
+model or a library, and the prompts of earlier rounds (from the store, through the catalog).
+
+Kept apart from tasks/curate.py so the curation logic stays a pure function of these inputs.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from configs.schema import FlywheelConfig
+from storage.ids import hash_obj, sha256_file
+from tasks.curate import EarlierPrompts
+from tasks.decontam import DecontamIndex
+from tasks.sources import SourceRows, read_eval_set, read_source
+
+
+def read_sources(cfg: FlywheelConfig) -> dict[str, SourceRows]:
+    """Every configured source, malformed rows set aside (see tasks.sources)."""
+    return {s.name: read_source(s, cfg.curation.max_row_chars) for s in cfg.curation.sources}
+
+
+def eval_index(cfg: FlywheelConfig) -> DecontamIndex:
+    """The n-gram index of every configured eval set (prompts and training data are checked against it)."""
+    texts = {e.name: [r["prompt"] for r in read_eval_set(e)] for e in cfg.evaluation.eval_sets}
+    return DecontamIndex(texts, cfg.curation.decontam_ngram, cfg.curation.decontam_threshold)
+
+
+def prompt_filters(cfg: FlywheelConfig) -> dict:
+    """The token counter and language detector curate_prompts needs for this config (only those)."""
+    from functools import partial
+
+    from tasks.filters import detect_languages, token_counter
+
+    c = cfg.curation
+    out: dict = {}
+    if c.min_tokens is not None or c.max_tokens is not None:
+        out["count_tokens"] = token_counter(cfg.base_model)
+    if c.languages is not None:
+        out["detect_languages"] = partial(detect_languages, min_letters=c.language_min_chars)
+    return out
+
+
+def earlier_prompt_tables(catalog, cfg: FlywheelConfig, round_num: int) -> list[str]:
+    """Prompt tables of the earlier rounds whose prompts may not be drawn again this round.
+
+    With reuse_after_rounds K, a prompt drawn in round r0 is blocked while round_num - r0 < K.
+    """
+    k = cfg.curation.reuse_after_rounds
+    return [artifact_id for r0, artifact_id in catalog.prompt_tables_before(cfg.pipeline, round_num)
+            if reuse_blocked(r0, round_num, k)]
+
+
+def reuse_blocked(drawn_in: int, round_num: int, reuse_after: int | None) -> bool:
+    """Whether prompts drawn in round `drawn_in` are still barred from round `round_num`.
+
+    >>> [reuse_blocked(1, 4, None), reuse_blocked(1, 4, 3), reuse_blocked(2, 4, 3), reuse_blocked(3, 4, 1)]
+    [True, False, True, False]
+    """
+    return reuse_after is None or round_num - drawn_in < reuse_after
+
+
+def load_earlier_prompts(artifacts, table_ids: list[str]) -> EarlierPrompts:
+    """Text hashes and texts of the given stored prompt tables (read from the store, not from memory)."""
+    hashes: set[str] = set()
+    texts: list[str] = []
+    for artifact_id in table_ids:
+        table = artifacts.get_table(artifact_id, columns=["text_hash", "prompt"])
+        hashes.update(table.column("text_hash").to_pylist())
+        texts.extend(table.column("prompt").to_pylist())
+    return EarlierPrompts(hashes, texts)
+
+
+def tokenizer_hash(model_dir: str) -> str:
+    """Hash of the tokenizer files of a model directory: the token-length filter's input."""
+    files = sorted(p for p in Path(model_dir).glob("*token*") if p.is_file())
+    return hash_obj([[p.name, sha256_file(p)] for p in files])
