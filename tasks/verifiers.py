@@ -1,36 +1,61 @@
 r"""Verifiable reward for math-style prompts: pull the final answer out of free text, compare it exactly.
 
-Plain Python (fractions), no sympy: `"45" == "45.0" == "45.00"`, `"1,234" == "1234"`, `"1/20" == "0.05"`,
-`\frac{1}{20}` too. Numbers are compared as exact fractions, never as floats, so "0.1 + 0.2" style
-rounding cannot turn a wrong answer into a right one.
+`"45" == "45.0"`, `"1,234" == "1 234" == "1_234" == "1234"`, `"1/20" == "0.05" == ".05" == "5e-2" ==
+"5 \times 10^{-2}" == "\dfrac{1}{20}"`, and small expressions (`2^10`, `\sqrt{16}`, `3/4 + 1/4`) through
+sympy. Rational values are compared as exact fractions, never as floats, so rounding cannot turn a wrong
+answer into a right one ("0.33" != "1/3"); only irrational values (`\sqrt{2}`) use a 1e-6 relative
+tolerance. Plain numbers never import sympy.
+
+Percent: a "%" is part of the value. Without `allow_percent`, "5%" equals only "5%"; with it, a percent on
+one side may be read either as the percentage or as the fraction, so "5%" == "5" == "0.05" (but "5" is
+still != "0.05": with no "%" anywhere there is nothing to reinterpret).
 
 Run the doctests (from the repo root):  python -m pytest --doctest-modules tasks/verifiers.py
 """
 from __future__ import annotations
 
+import math
 import re
+import signal
+import threading
+from contextlib import contextmanager
 from fractions import Fraction
+from functools import lru_cache
+from typing import Union
 
-# A number as people write it: optional sign, thousands separators, decimals, an optional /denominator.
-# The sign counts only where it cannot be a binary minus ("10-3" ends in 3, not -3).
-_NUMBER = (
-    r"(?:(?<![\w)\]}])[-+\u2212])?"  # sign (\u2212 is the typographic minus)
-    r"(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)"  # 1,234,567 or 1234567
-    r"(?:\.\d+)?"  # decimals
-    r"(?:/\d+(?:\.\d+)?)?"  # fraction 1/20
+Number = Union[Fraction, float]  # Fraction when rational (exact), float only for irrational values
+_Value = tuple[Number, bool]  # (number as written, whether it carried a percent sign)
+
+_SIGN = r"(?:(?<![\w)\]}])[-+\u2212])?"  # a sign only where it cannot be a binary minus ("10-3" ends in 3)
+# Digit groups must use one separator throughout: "1,000,000", "1 000 000", "1_000_000".
+_DIGITS = r"(?:\d{1,3}(?P<sep>[,_ \u2009\u202f\u00a0])\d{3}(?:(?P=sep)\d{3})*(?!\d)|\d+)(?:\.\d+)?|\.\d+"
+_EXP_ARG = r"(?:\{\s*[-+\u2212]?\d+\s*\}|[-+\u2212]?\d+)"
+_SCALE = rf"(?:[eE][-+]?\d+|\s*(?:[x×·*]|\\times|\\cdot)\s*10\s*\^\s*{_EXP_ARG}|\^\s*{_EXP_ARG})"
+_LATEX = r"\\[dt]?frac(?:\{[^{}]+\}\{[^{}]+\}|\d\d)|\\sqrt\{[^{}]+\}|sqrt\([^()]+\)"
+# One quantity as written in prose: 45, -1,234.5, 1/20, 5e-2, 5 \times 10^{-2}, 2^10, \frac{1}{2}, 50%.
+_QUANTITY_RE = re.compile(rf"{_SIGN}(?:{_LATEX}|(?:{_DIGITS})(?:/\d+(?:\.\d+)?)?{_SCALE}?)(?:\s*\\?%)?")
+_PLAIN_RE = re.compile(rf"[-+\u2212]?(?:{_DIGITS})(?:[eE][-+]?\d+)?(?:/(?:{_DIGITS.replace('sep', 'sep2')}))?")
+_SEPARATOR_RE = re.compile(r"(?<=\d)[,_ \u2009\u202f\u00a0](?=\d{3})")
+_FRAC_RE = re.compile(r"\\[dt]?frac\{([^{}]+)\}\{([^{}]+)\}")
+_CUE_RE = re.compile(
+    r"(?:\bthe\s+(?:final\s+)?answer\s+is|\banswer\s*:)\s*:?\s*(.+?)(?=\.\s|\.?$|\n)", re.IGNORECASE
 )
-_NUMBER_RE = re.compile(_NUMBER)
-_FULL_NUMBER_RE = re.compile(rf"\s*({_NUMBER})\s*")
-_ANSWER_IS_RE = re.compile(r"\bthe\s+(?:final\s+)?answer\s+is\s*:?\s*(.+?)(?=\.\s|\.?$|\n)", re.IGNORECASE)
-_FRAC_RE = re.compile(r"^\\[dt]?frac\{([^{}]+)\}\{([^{}]+)\}$")
+_GSM8K_RE = re.compile(r"####\s*([^\n]+)")
+_UNWRAP_RE = re.compile(r"\\(?:text|textbf|mathrm|mbox|operatorname)\s*\{([^{}]*)\}")
+_DROP_RE = re.compile(r"\\[()\[\]]|\\[!,;: ]|\\left|\\right|\\displaystyle|\^\s*\{?\\circ\}?|°|\\\$|\$")
 _BOXED = "\\boxed"
+
+_MAX_EXPR_CHARS = 100  # longer "answers" are prose, and sympy's cost grows with length
+_MAX_EXPONENT_DIGITS = 3  # 10^999 is cheap; 10^(10^10) would hang in C where no signal can interrupt it
+_SYMPY_SECONDS = 2.0
 
 
 def extract_answer(text: str) -> str | None:
     r"""The final answer in free text, as written, or None.
 
-    In order of preference: the content of the last \boxed{...}; else what follows the last
-    "The answer is"; else the last number in the text.
+    In order of preference: the content of the last \boxed{...}; else what follows the last "#### "
+    (GSM8K); else what follows the last "The answer is" / "Answer:"; else the whole text when it is a
+    single short expression ("2^10", "(-3)"); else the last quantity in the text.
 
     >>> extract_answer(r"so x = \boxed{45}.")
     '45'
@@ -42,8 +67,8 @@ def extract_answer(text: str) -> str | None:
     'blue'
     >>> extract_answer("We owe -3.5 dollars, 10-3 = 7")
     '7'
-    >>> extract_answer("He lost -3")
-    '-3'
+    >>> extract_answer("He lost -3"), extract_answer("Natalia sold 72 clips #### 72"), extract_answer("Answer: 50%")
+    ('-3', '72', '50%')
     >>> extract_answer("no digits here") is None
     True
     """
@@ -52,69 +77,62 @@ def extract_answer(text: str) -> str | None:
     boxed = _last_boxed(text)
     if boxed is not None:
         return boxed or None  # an empty box is no answer, not a cue to go looking for some other number
-    said = _ANSWER_IS_RE.findall(text)
-    if said:
-        phrase = said[-1].strip().strip("$").strip()
-        number = _NUMBER_RE.search(phrase)
-        # "The answer is 45 apples" -> 45; "The answer is blue" -> blue
-        return number.group(0) if number else (phrase or None)
-    numbers = _NUMBER_RE.findall(text)
-    return numbers[-1] if numbers else None
+    for cue in (_GSM8K_RE, _CUE_RE):
+        said = cue.findall(text)
+        if said:
+            phrase = _clean(said[-1])
+            # "The answer is 45 apples" -> 45; "The answer is blue" -> blue
+            return _pick(phrase) or phrase or None
+    whole = _clean(text)
+    if len(whole) <= _MAX_EXPR_CHARS and _parse_answer(whole) is not None:
+        return whole
+    quantities = [m.group(0).strip() for m in _QUANTITY_RE.finditer(text)]
+    return quantities[-1] if quantities else None
 
 
-def math_equal(answer: str, reference: str) -> bool:
-    """Whether the final answer in `answer` (free text) equals `reference`.
+def math_equal(answer: str, reference: str, *, allow_percent: bool = False) -> bool:
+    """Whether the final answer in `answer` (free text) equals `reference` (a bare answer or free text).
 
-    Both sides as exact numbers when they parse as numbers; otherwise as case-folded text.
+    Both sides as numbers when they parse as numbers; otherwise as case-folded text. See the module
+    docstring for the percent rule.
 
-    >>> math_equal("The answer is 45.", "45.0")
-    True
-    >>> math_equal("1,234", "1234"), math_equal("1/20", "0.05"), math_equal("-3", "-3")
+    >>> math_equal("The answer is 45.", "45.0"), math_equal(r"\\boxed{\\dfrac{1}{20}}", "5e-2")
+    (True, True)
+    >>> math_equal("1,234", "1234"), math_equal("2^10", "1024"), math_equal("(-3)", "\u22123")
     (True, True, True)
-    >>> math_equal("45", "54"), math_equal("4", "45"), math_equal("", "45"), math_equal("-3", "3")
+    >>> math_equal("45", "54"), math_equal("12", "123"), math_equal("", "45"), math_equal("-3", "3")
     (False, False, False, False)
+    >>> math_equal("5%", "5"), math_equal("5%", "5", allow_percent=True), math_equal("5%", "0.05", allow_percent=True)
+    (False, True, True)
     """
     predicted = extract_answer(answer or "")
-    if predicted is None or reference is None:
+    if predicted is None or not reference or not reference.strip():
         return False
-    got, want = _as_number(predicted), parse_number(reference)
-    if want is None:
+    if _parse_answer(_clean(reference)) is None:
         # A reference may itself be worked text ending in its answer (e.g. GSM8K's "... #### 72").
-        want = _as_number(extract_answer(reference) or "")
-    if got is not None and want is not None:
-        return got == want
-    if got is None and want is None:
-        a, b = _norm_text(predicted), _norm_text(reference)
-        return bool(a) and a == b
-    return False
+        reference = extract_answer(reference) or reference
+    a, b = _norm_text(predicted), _norm_text(reference)
+    if a and a == b:
+        return True  # identical as written: equal even when neither side is a number ("2, 3", "blue")
+    got, want = _resolve(predicted), _resolve(reference)
+    if got is None or want is None:
+        return False  # a number against text, or two different texts
+    return _values_match(got, want, allow_percent)
 
 
-def parse_number(text: str) -> Fraction | None:
-    r"""`text` as an exact number when the whole of it is one, else None.
+def parse_number(text: str) -> Number | None:
+    r"""`text` as a number when the whole of it is one (a percent sign is dropped), else None.
 
-    Accepts signs, thousands separators, decimals, a/b, \frac{a}{b}, and surrounding $ or a trailing %
-    or period.
+    Accepts signs, digit-group separators, decimals, exponents, a/b, \frac{a}{b}, and expressions
+    such as 2^10 or \sqrt{2}; surrounding $ and a trailing period are ignored.
 
     >>> parse_number("45.00"), parse_number("-1,234"), parse_number(r"\dfrac{1}{20}"), parse_number("$7.")
     (Fraction(45, 1), Fraction(-1234, 1), Fraction(1, 20), Fraction(7, 1))
     >>> parse_number("45 apples") is None, parse_number("1/0") is None
     (True, True)
     """
-    s = text.strip().replace("\\$", "").replace("\\%", "").strip("$% ").rstrip(".").strip()
-    frac = _FRAC_RE.match(s)
-    if frac:
-        num, den = parse_number(frac.group(1)), parse_number(frac.group(2))
-        return num / den if num is not None and den else None
-    full = _FULL_NUMBER_RE.fullmatch(s)
-    if not full:
-        return None
-    value = full.group(1).replace(",", "").replace("\u2212", "-")
-    num_text, _, den_text = value.partition("/")
-    num = Fraction(num_text)
-    if not den_text:
-        return num
-    den = Fraction(den_text)
-    return num / den if den else None
+    value = _parse_answer(_clean(text))
+    return value[0] if value else None
 
 
 def math_answer_reward(completions: list[str], answer: list[str], **kwargs) -> list[float]:
@@ -123,16 +141,183 @@ def math_answer_reward(completions: list[str], answer: list[str], **kwargs) -> l
     >>> math_answer_reward(["so 2+2 = 4", "it is 5"], answer=["4", "4"])
     [1.0, 0.0]
     """
-    return [1.0 if math_equal(c, a) else 0.0 for c, a in zip(completions, answer, strict=True)]
+    allow_percent = bool(kwargs.get("allow_percent", False))
+    return [1.0 if math_equal(c, a, allow_percent=allow_percent) else 0.0
+            for c, a in zip(completions, answer, strict=True)]
 
 
-def _as_number(text: str) -> Fraction | None:
-    """The whole text as a number, else its last number (\\boxed{x = 5} -> 5), else None."""
-    value = parse_number(text)
-    if value is None:
-        numbers = _NUMBER_RE.findall(text)
-        value = parse_number(numbers[-1]) if numbers else None
-    return value
+def _values_match(got: _Value, want: _Value, allow_percent: bool) -> bool:
+    (x, x_pct), (y, y_pct) = got, want
+    if x_pct == y_pct:
+        return _close(x, y)
+    if not allow_percent:
+        return False
+    # exactly one side says "%": it may mean the percentage itself (5) or the fraction (0.05)
+    pct, other = (x, y) if x_pct else (y, x)
+    return _close(pct, other) or _close(pct / 100, other)
+
+
+def _close(x: Number, y: Number) -> bool:
+    if isinstance(x, Fraction) and isinstance(y, Fraction):
+        return x == y
+    try:
+        return math.isclose(float(x), float(y), rel_tol=1e-6, abs_tol=1e-12)
+    except OverflowError:
+        return False
+
+
+def _resolve(answer: str) -> _Value | None:
+    """The value of an extracted answer: the whole of it, else the part after "=", else its first quantity."""
+    picked = _pick(_clean(answer))
+    return _parse_answer(picked) if picked else None
+
+
+def _pick(phrase: str) -> str | None:
+    """The part of `phrase` that is the answer: all of it, the right side of its last "=", or its first quantity."""
+    if _parse_answer(phrase) is not None:
+        return phrase
+    if "=" in phrase:
+        phrase = _clean(phrase.rsplit("=", 1)[1])  # "x = 5" -> 5; "3 + 4 = 7" -> 7
+        if _parse_answer(phrase) is not None:
+            return phrase
+    quantity = _QUANTITY_RE.search(phrase)
+    return quantity.group(0).strip() if quantity else None
+
+
+def _parse_answer(text: str) -> _Value | None:
+    """`text` (already cleaned) as (number, has_percent), or None when it is not a single number/expression."""
+    s = text.strip()
+    percent = s.endswith("%")
+    if percent:
+        s = s[:-1].rstrip()
+    if not s:
+        return None
+    number = _parse_plain(s)
+    if number is None and not _PLAIN_RE.fullmatch(s):  # a plain x/0 stays None rather than going to sympy
+        frac = _FRAC_RE.fullmatch(s)
+        if frac:
+            num, den = _parse_plain(frac.group(1)), _parse_plain(frac.group(2))
+            number = num / den if num is not None and den else None
+        if number is None:
+            number = _parse_symbolic(s)
+    return (number, percent) if number is not None else None
+
+
+def _parse_plain(s: str) -> Fraction | None:
+    """Fast path without sympy: -1,234.5, .05, 5E-02, 1/20, (-3)."""
+    if s.startswith("(") and s.endswith(")"):
+        s = s[1:-1].strip()
+    if not _PLAIN_RE.fullmatch(s):
+        return None
+    num_text, _, den_text = _SEPARATOR_RE.sub("", s).replace("\u2212", "-").partition("/")
+    num = Fraction(num_text)
+    if not den_text:
+        return num
+    den = Fraction(den_text)
+    return num / den if den else None
+
+
+@lru_cache(maxsize=4096)
+def _parse_symbolic(s: str) -> Number | None:
+    """A short LaTeX/ASCII expression evaluated by sympy, or None; bounded in length, exponents and time."""
+    if len(s) > _MAX_EXPR_CHARS:
+        return None
+    code = _to_python(s)
+    # Only digits, arithmetic and sqrt/pi reach sympy: parse_expr evals its input, so nothing else may.
+    if code is None or not re.fullmatch(r"[\d\s.+\-*/()]*", re.sub(r"\b(?:sqrt|pi)\b", "", code)):
+        return None
+    if not re.search(r"\d|\bpi\b", code) or not _powers_are_small(code):
+        return None
+    import sympy  # deferred: plain numbers never pay for importing sympy
+    from sympy.parsing.sympy_parser import auto_number, parse_expr, rationalize
+
+    names = {"Integer": sympy.Integer, "Float": sympy.Float, "Rational": sympy.Rational,
+             "sqrt": sympy.sqrt, "pi": sympy.pi}
+    try:
+        with _time_limit(_SYMPY_SECONDS):
+            # rationalize turns 0.05 into 1/20, so decimals inside expressions stay exact
+            expr = parse_expr(code, local_dict={}, global_dict=names, transformations=(auto_number, rationalize))
+            if not getattr(expr, "is_number", False):
+                return None
+            if expr.is_Rational:
+                return Fraction(int(expr.p), int(expr.q))
+            value = float(expr)  # complex or infinite (zoo) values raise here
+    except Exception:  # noqa: BLE001 - any parse/eval failure (or the time limit) means "not a number"
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _to_python(s: str) -> str | None:
+    r"""LaTeX-ish math to Python syntax: \frac{a}{b} -> ((a)/(b)), \sqrt{x} -> sqrt(x), ^ -> **, 5 x 10 -> 5*10."""
+    s = s.replace("\u2212", "-").replace("×", "*").replace("·", "*").replace("π", "pi")
+    s = re.sub(r"\\(?:times|cdot)", "*", s)
+    s = re.sub(r"\\[dt]frac", r"\\frac", s)
+    s = re.sub(r"\\frac(\d)(\d)", r"\\frac{\1}{\2}", s)
+    s = s.replace("\\pi", "pi")
+    for _ in range(10):  # innermost first, so nested \frac{\sqrt{3}}{2} unwraps in a few rounds
+        before = s
+        s = re.sub(r"\\frac\{([^{}]*)\}\{([^{}]*)\}", r"((\1)/(\2))", s)
+        s = re.sub(r"\\sqrt\[(\d{1,2})\]\{([^{}]*)\}", r"((\2)**(1/\1))", s)
+        s = re.sub(r"\\sqrt\{([^{}]*)\}", r"sqrt(\1)", s)
+        if s == before:
+            break
+    if "\\" in s:
+        return None  # a LaTeX command we do not know
+    s = s.replace("{", "(").replace("}", ")").replace("^", "**")
+    s = re.sub(r"(?<=[\d.])\s*[xX]\s*(?=10\s*\*\*)", "*", s)  # "5 x 10^-2": x is a times sign only here
+    s = re.sub(r"(?<=[\d)])\s*(?=(?:sqrt|pi)\b)", "*", s)  # 2\sqrt{3}, 3\pi
+    return s
+
+
+def _powers_are_small(code: str) -> bool:
+    """Every ** has a literal exponent of at most 3 digits (p/q allowed) and a base without a power of its own."""
+    exponent = re.compile(r"\s*(?:\(\s*[-+]?\s*\d{1,%d}(?:\s*/\s*\d{1,2})?\s*\)|[-+]?\d{1,%d}(?![\d.]))"
+                          r"(?!\s*\*\*)" % (_MAX_EXPONENT_DIGITS, _MAX_EXPONENT_DIGITS))  # no towers: 2**10**10
+    for m in re.finditer(r"\*\*", code):
+        if not exponent.match(code, m.end()):
+            return False
+        base_end = m.start()
+        while base_end > 0 and code[base_end - 1].isspace():
+            base_end -= 1
+        if base_end and code[base_end - 1] == ")":  # (2**999)**999 would still be astronomically large
+            depth, i = 0, base_end - 1
+            while i >= 0:
+                depth += {")": 1, "(": -1}.get(code[i], 0)
+                if depth == 0:
+                    break
+                i -= 1
+            if "**" in code[max(i, 0):base_end]:
+                return False
+    return True
+
+
+class _Timeout(Exception):
+    pass
+
+
+@contextmanager
+def _time_limit(seconds: float):
+    """Raise _Timeout after `seconds` of wall time (SIGALRM), where that is possible.
+
+    Signals only reach the main thread, and an itimer already running belongs to someone else
+    (e.g. pytest-timeout), so elsewhere this is a no-op and the length/exponent caps are the guard.
+    """
+    usable = (hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+              and signal.getitimer(signal.ITIMER_REAL)[0] == 0)
+    if not usable:
+        yield
+        return
+
+    def on_alarm(signum, frame):
+        raise _Timeout(f"sympy took longer than {seconds}s")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _last_boxed(text: str) -> str | None:
@@ -152,5 +337,12 @@ def _last_boxed(text: str) -> str | None:
     return None
 
 
+def _clean(text: str) -> str:
+    r"""Drop math delimiters ($, \( \), \[ \]), spacing commands, \text{} wrappers, degrees and a final period."""
+    s = _UNWRAP_RE.sub(r"\1", text)
+    s = _DROP_RE.sub("", s).replace("\\%", "%")
+    return s.strip().strip("*").strip().rstrip(".").strip()
+
+
 def _norm_text(text: str) -> str:
-    return " ".join(text.strip().strip("$").rstrip(".").casefold().split())
+    return " ".join(_clean(text).casefold().split())

@@ -55,7 +55,6 @@ EQUAL = [
     ("The answer is $1,234.", "1234"),
     ("So 6 * 7 = 42. The answer is 42 apples.", "42"),
     ("48 + 24 = 72", "72"),
-    ("The answer is 50%", "50"),
     ("The answer is Blue.", "blue"),  # non-numeric answers compare as case-folded text
     ("45", "He had 45 left. #### 45"),  # a worked reference: its final answer counts
 ]
@@ -80,6 +79,7 @@ NOT_EQUAL = [
     ("45", ""),
     (r"\boxed{} 45", "45"),
     ("1/0", "0"),
+    ("The answer is 50%", "50"),  # a percent sign is part of the value unless allow_percent
 ]
 
 
@@ -121,3 +121,157 @@ def test_docstring_examples():
     import tasks.verifiers
 
     assert doctest.testmod(tasks.verifiers).failed == 0
+
+
+# --- equivalent forms, separators, expressions, near misses (the extended verifier) ---
+
+ONE_TWENTIETH = [
+    ".05", "0.05", "1/20", r"\frac{1}{20}", r"\dfrac{1}{20}", r"\tfrac{1}{20}", "5E-02", "5e-2", "5 x 10^-2",
+    r"5 \times 10^{-2}", "5·10^-2", "5 × 10^-2", "$0.05$", r"\(0.05\)", "0.05.", "#### 0.05", "Answer: .05",
+    r"\boxed{5 \times 10^{-2}}", r"The answer is 5 \times 10^{-2}.", "So we get 5·10^-2 overall",
+]
+
+
+@pytest.mark.parametrize("answer", ONE_TWENTIETH)
+@pytest.mark.parametrize("reference", ["0.05", r"\frac{1}{20}", "5e-2"])
+def test_forms_of_one_twentieth(answer, reference):
+    assert math_equal(answer, reference)
+
+
+MORE_EQUAL = [
+    ("1,000,000", "1000000"),
+    ("1 000 000", "1000000"),
+    ("1_000_000", "1,000,000"),
+    ("The total is 1 000 000 dollars", "1000000"),
+    ("(-3)", "-3"),
+    ("so x = (-3).", "\u22123"),
+    ("2^10", "1024"),
+    ("sqrt(16)", "4"),
+    (r"\sqrt{16}", "4"),
+    ("3/4 + 1/4", "1"),
+    ("The answer is 3/4 + 1/4.", "1"),
+    (r"The answer is 10^{-2}", "0.01"),
+    (r"\boxed{2\sqrt{3}}", r"\sqrt{12}"),  # both irrational: compared within 1e-6
+    ("3.4641016", r"2\sqrt{3}"),
+    (r"\pi", "3.14159265358979"),
+    (r"\boxed{\frac{\sqrt{3}}{2}}", r"\frac{1}{2}\sqrt{3}"),
+    (r"\boxed{5\text{ cm}^2}", "5"),  # units are not part of the answer
+    (r"90^\circ", "90"),
+    ("**Answer:** 42", "42"),
+    ("Final Answer: The final answer is $42$. I hope it is correct.", "42"),
+    ("The answer is 3 + 4 = 7", "7"),  # the right side of an equation
+    ("5%", "5%"),  # the same percentage, even without allow_percent
+    (r"\boxed{5\%}", "5%"),
+    ("2, 3", "2, 3"),  # identical as written, though not a single number
+]
+
+MORE_NOT_EQUAL = [
+    ("0.5", "0.05"),
+    ("1/2", "1/20"),
+    ("10", "100"),
+    ("-3", "3"),
+    ("(-3)", "3"),
+    ("1,000", "1000000"),
+    ("1 000", "1000000"),
+    ("12", "123"),
+    ("123", "12"),
+    ("", "5"),
+    ("no number at all", "5"),
+    ("5%", "5"),  # percent needs allow_percent
+    ("5", "5%"),
+    ("5%", "0.05"),
+    ("3.464", r"2\sqrt{3}"),  # outside the 1e-6 relative tolerance
+    ("0.333333", "1/3"),  # rationals are exact: no tolerance at all
+    ("2^10", "1000"),
+    (r"\boxed{1\frac{1}{2}}", "1.5"),  # mixed numbers are not read (safer than reading 1 * 1/2)
+    ("It is 10^{-2}", "-2"),  # the exponent's sign is not a negative answer
+]
+
+
+@pytest.mark.parametrize("answer,reference", MORE_EQUAL)
+def test_more_equivalent_forms(answer, reference):
+    assert math_equal(answer, reference)
+
+
+@pytest.mark.parametrize("answer,reference", MORE_NOT_EQUAL)
+def test_more_near_misses(answer, reference):
+    assert not math_equal(answer, reference)
+
+
+@pytest.mark.parametrize("answer,reference,expected", [
+    ("5%", "0.05", True),  # the percent side read as a fraction
+    ("5%", "5", True),  # ... or as the percentage itself (GSM8K writes "what percent" answers bare)
+    ("5", "5%", True),
+    ("0.05", "5%", True),
+    ("The answer is 50%", "50", True),
+    ("5%", "5%", True),
+    ("5", "0.05", False),  # no percent sign anywhere: nothing to reinterpret
+    ("5%", "0.5", False),
+    ("50%", "5", False),
+])
+def test_allow_percent(answer, reference, expected):
+    assert math_equal(answer, reference, allow_percent=True) is expected
+
+
+@pytest.mark.parametrize("text", [
+    "2^10^10",  # a tower: uninterruptible big-int arithmetic, refused before sympy
+    "((10^99)^999)^999",
+    "10^(10^10)",
+    "1+" * 60 + "1",  # long input: never handed to sympy
+    "__import__('os').system('echo hi')",  # parse_expr evals: only arithmetic may reach it
+    "sqrt(-1)",  # complex
+    "1/(1-1)",  # zoo
+])
+def test_hostile_or_degenerate_expressions_are_rejected_quickly(text):
+    import time
+
+    start = time.monotonic()
+    assert parse_number(text) is None
+    assert time.monotonic() - start < 1.0
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("#### 1,000", "1,000"),
+    ("Work: 48/2 = 24\n#### 72", "72"),
+    ("Answer: 50%", "50%"),
+    ("**Answer:** 42", "42"),
+    ("2^10", "2^10"),  # a bare expression is kept whole
+    ("(-3)", "(-3)"),
+    (r"The value is 5 \times 10^{-2} m", r"5 \times 10^{-2}"),
+])
+def test_extract_answer_cues_and_expressions(text, expected):
+    assert extract_answer(text) == expected
+
+
+def test_plain_numbers_do_not_import_sympy():
+    import subprocess
+    import sys
+
+    code = ("import sys; from tasks.verifiers import math_equal; "
+            "assert math_equal('The answer is 1,234.', '1234') and math_equal('1/20', '0.05'); "
+            "assert math_equal(r'\\boxed{\\frac{1}{20}}', '5e-2'); assert 'sympy' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_works_off_the_main_thread():
+    # SIGALRM is main-thread only: elsewhere the time limit is skipped, not an error
+    import threading
+
+    out = []
+    worker = threading.Thread(target=lambda: out.append(math_equal(r"\sqrt{16}", "4")))
+    worker.start()
+    worker.join()
+    assert out == [True]
+
+
+def test_time_limit_interrupts_python_code():
+    import time
+
+    from tasks.verifiers import _time_limit, _Timeout
+
+    start = time.monotonic()
+    with pytest.raises(_Timeout):
+        with _time_limit(0.1):
+            while True:
+                pass
+    assert time.monotonic() - start < 1.0
