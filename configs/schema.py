@@ -12,6 +12,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from configs.reward import RewardModelTrainConfig
+from configs.scoring import ScorerConfig, ScoringConfig  # noqa: F401  (re-exported: one schema module)
+
 
 class _Strict(BaseModel):
     # A typo in a YAML key must fail loudly instead of silently using a default.
@@ -180,21 +183,20 @@ class SamplingConfig(_Strict):
     seed: int = Field(0, description="Sampling seed (combined with the round number).")
 
 
+class CommitteeMemberConfig(_Strict):
+    """Another model that answers the round's prompts beside the policy (Apple's iTeC committee)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Name on its completion rows (`model`).")
+    model: str = Field(description="Local model directory (or a hub id where reachable).")
+    sampling: SamplingConfig | None = Field(None, description="Its own sampling parameters (None: the policy's).")
+
+
 class GenerationConfig(_Strict):
     engine: EngineConfig = Field(default_factory=EngineConfig, description="Engine that samples from the policy.")
     sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="Sampling parameters.")
-
-
-class ScorerConfig(_Strict):
-    kind: Literal["math_answer"] = Field(
-        "math_answer", description="Verifiable reward: extract the final number from the text and compare."
-    )
-    weight: float = Field(1.0, description="Weight of this scorer in the combined reward.")
-
-
-class ScoringConfig(_Strict):
-    scorers: list[ScorerConfig] = Field(
-        default_factory=lambda: [ScorerConfig()], min_length=1, description="Scorers combined by weighted sum."
+    committee: list[CommitteeMemberConfig] = Field(
+        default_factory=list, description="Other models sampled for the same prompts each round; selection "
+        "then picks the best completion across the policy and the committee.",
     )
 
 
@@ -235,6 +237,10 @@ class DPOConfig(_Strict):
 class TrainingConfig(_Strict):
     sft: SFTConfig = Field(default_factory=SFTConfig, description="Supervised fine-tuning on best-of-N rows.")
     dpo: DPOConfig = Field(default_factory=DPOConfig, description="Preference tuning on chosen/rejected pairs.")
+    reward_model: RewardModelTrainConfig = Field(
+        default_factory=RewardModelTrainConfig, description="Optional: train a reward model on the pipeline's "
+        "chosen/rejected pairs each round (TRL RewardTrainer); `model: trained` scorers use the latest one.",
+    )
     seed: int = Field(0, description="Training seed.")
     use_cpu: bool = Field(True, description="Train on CPU even where a GPU exists (the demo).")
     bf16: bool = Field(False, description="Train in bfloat16 (GPU).")
@@ -306,6 +312,12 @@ class FlywheelConfig(_Strict):
             raise ValueError(
                 f"DPO needs >= 2 completions per prompt to build pairs; generation.sampling.n is "
                 f"{self.generation.sampling.n} (raise it, or set training.dpo.enabled: false)"
+            )
+        trained = [s.id for s in self.scoring.scorers if s.kind == "reward_model" and s.model == "trained"]
+        if trained and not self.training.reward_model.enabled:
+            raise ValueError(
+                f"scoring.scorers {trained} use `model: trained`, but training.reward_model.enabled is false: "
+                "enable it, or give the reward model's path"
             )
         dpo = self.training.dpo
         if dpo.loss_weights is not None and len(dpo.loss_weights) != len(dpo.loss_types):

@@ -59,6 +59,25 @@ def preflight(cfg: FlywheelConfig, *, need_base_model: bool) -> None:
         read_eval_set(e)
     if need_base_model:
         check_model_dir(cfg.base_model, "base_model")
+    for i, m in enumerate(cfg.generation.committee):
+        check_model_dir(m.model, f"generation.committee[{i}] ({m.name})")
+    for i, s in enumerate(cfg.scoring.scorers):
+        check_scorer(s, f"scoring.scorers[{i}] ({s.id})")
+
+
+def check_scorer(s, what: str) -> None:
+    """A judge endpoint answers and a scorer's model directory exists, before hours of generation."""
+    if s.kind == "judge" and s.judge.backend == "openai":
+        from tasks.engines.openai import ChatClient, EndpointError
+
+        try:
+            ChatClient(s.judge.base_url, s.judge.model, s.judge.api_key_env, min(s.judge.timeout_s, 20.0), 1).check()
+        except EndpointError as e:
+            raise PreflightError(f"{what}: {e}") from None
+    elif s.kind == "judge":
+        check_model_dir(s.judge.model, f"{what} judge.model")
+    elif s.kind == "reward_model" and s.model.startswith(("/", "./", "../", "~")):  # a local path, not a hub id
+        check_model_dir(str(Path(s.model).expanduser()), f"{what} model")
 
 
 class QuietInputErrors:

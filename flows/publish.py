@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 from configs.schema import FlywheelConfig
-from flows.curation_report import curation_markdown
+from flows.quality_report import curation_markdown, scoring_markdown
 from flows.report import STAGE_LABELS, plot_rounds, round_rows
 from storage.runtime import Runtime
 
@@ -80,7 +80,7 @@ def publish_round_report(rt: Runtime, cfg: FlywheelConfig, r: int) -> str:
     uris = {a["id"]: a["uri"] for a in rt.catalog.artifacts_of_round(cfg.pipeline, r)}
     lineage = rt.catalog.lineage(rnd["candidate"]) if rnd["candidate"] else []
     lineage = [e for e in lineage if e["round"] == r or e["depth"] == 1]
-    quality = curation_markdown(*_data_quality_reports(rt, steps, uris))
+    quality = curation_markdown(*_data_quality_reports(rt, steps, uris)) + scoring_markdown(rnd["metrics"])
     create_table_artifact(key=f"{cfg.pipeline}-round-summary", table=summary_rows(rnd, steps),
                           description=f"{cfg.pipeline} round {r}: rows, yields, timings and the decision")
     create_markdown_artifact(key=f"{cfg.pipeline}-round-report",

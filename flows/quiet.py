@@ -17,5 +17,8 @@ DEFAULTS = {
 
 def apply_defaults() -> None:
     """Must run before transformers, datasets or vLLM are imported: they read these once."""
+    import logging
+
     for key, value in DEFAULTS.items():
         os.environ.setdefault(key, value)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per judge request otherwise

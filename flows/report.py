@@ -28,7 +28,8 @@ def _pct(m: dict, key: str) -> str:
     return f"{100 * m[key]:.1f}" if key in m else "-"
 
 
-STAGE_LABELS = {"curate": "curate", "generate": "gen", "score": "score", "select": "select", "train-sft": "sft",
+STAGE_LABELS = {"curate": "curate", "generate": "gen", "score": "score", "select": "select", "train-reward": "rm",
+                "train-sft": "sft",
                 "train-dpo": "dpo", "evaluate-policy": "eval pol", "evaluate-candidate": "eval cand"}
 
 

@@ -20,6 +20,7 @@ from storage.catalog import ArtifactRecord
 from storage.ids import hash_obj
 from storage.runtime import Runtime, open_runtime
 from tasks.curate import CurationError, curate_task
+from tasks.train_reward import reward_base_id, reward_model_context, reward_pairs_ids, train_reward_task
 from tasks.evaluate import evaluate_task
 from tasks.generate import generate_task
 from tasks.promote import Decision, gate_task
@@ -80,8 +81,11 @@ def _run_round(rt: Runtime, cfg: FlywheelConfig) -> RoundReport:
     try:
         prompts = curate_task(cfg, r)
         completions = generate_task(cfg, r, policy, prompts)
-        scores = score_task(cfg, r, completions)
+        scores = score_task(cfg, r, completions, reward_model_context(rt, cfg.pipeline, r))
         sft, pairs = select_task(cfg, r, completions, scores)
+        if cfg.training.reward_model.enabled:  # trained on this round's pairs, it scores the next rounds
+            pairs_ids = reward_pairs_ids(rt.catalog, cfg.pipeline, r, pairs, cfg.training.reward_model.rounds_of_pairs)
+            train_reward_task(cfg, r, pairs_ids, reward_base_id(rt, cfg, policy))
         sft_model = train_sft_task(cfg, r, policy, sft)
         candidate = train_dpo_task(cfg, r, sft_model, pairs)
         policy_metrics = evaluate_task(cfg, r, policy, "policy")

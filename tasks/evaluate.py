@@ -12,19 +12,20 @@ from configs.schema import FlywheelConfig, SamplingConfig
 from storage.runtime import open_runtime
 from tasks import common
 from tasks.engines import Engine, get_engine
-from tasks.score import MathAnswerScorer
+from configs.scoring import MathScorerConfig
+from tasks.scorers.verifiable import MathAnswerScorer
 from tasks.sources import read_eval_set
 
 
 def evaluate_model(engine: Engine, eval_sets: dict[str, list[dict]], max_tokens: int) -> tuple[list[dict], dict[str, float]]:
     """Greedy answers to every eval prompt; returns result rows and accuracy per eval set."""
     greedy = SamplingConfig(n=1, temperature=0.0, max_tokens=max_tokens, seed=0)
-    scorer = MathAnswerScorer()
+    scorer = MathAnswerScorer(MathScorerConfig())
     rows, accuracy = [], {}
     for name, items in eval_sets.items():
         gens = engine.generate([it["prompt"] for it in items], greedy, [0] * len(items))
         texts = [g[0].text for g in gens]
-        results = scorer(texts, [it["answer"] for it in items])
+        results = scorer([{"completion": t, "answer": it["answer"]} for t, it in zip(texts, items)])
         for it, text, res in zip(items, texts, results):
             rows.append({"eval_set": name, "prompt": it["prompt"], "answer": it["answer"], "completion": text,
                          "extracted": res.raw, "correct": res.value > 0})
@@ -53,7 +54,7 @@ def evaluate_task(cfg: FlywheelConfig, round_num: int, model_id: str, role: str)
         rt, pipeline=cfg.pipeline, round_num=round_num, step=f"evaluate-{role}", identity_step="evaluate",
         config={"evaluation": cfg.evaluation.model_dump(mode="json"), "gate_set": cfg.gate_eval_set,
                 "engine": cfg.generation.engine.backend},
-        inputs={"model": model_id}, compute=compute, code=common.code_version(__name__, "tasks.score", "tasks.verifiers"),
+        inputs={"model": model_id}, compute=compute, code=common.code_version(__name__, "tasks.scorers.verifiable", "tasks.verifiers"),
         metric_name=lambda n: f"eval/{n}/{role}",
     )
     return {k: float(v) for k, v in result.summary["metrics"].items()}

@@ -18,11 +18,24 @@ from tasks import common
 
 
 def combined_rewards(score_rows: list[dict]) -> dict[str, float]:
-    """completion_id -> weighted sum of its scorers' values."""
-    total: dict[str, float] = defaultdict(float)
+    """completion_id -> its combined reward, as the score stage computed it (scoring.combine)."""
+    if score_rows and "reward" not in score_rows[0]:  # tables of rounds scored before rewards were stored
+        total: dict[str, float] = defaultdict(float)
+        for s in score_rows:
+            total[s["completion_id"]] += s["weight"] * s["value"]
+        return dict(total)
+    return {s["completion_id"]: s["reward"] for s in score_rows}
+
+
+def tie_breakers(score_rows: list[dict], scorers: list[str]) -> dict[str, tuple[float, ...]]:
+    """completion_id -> the values of the tie-break scorers, in order (missing: -inf, ranks last)."""
+    if not scorers:
+        return {}
+    values: dict[str, dict[str, float]] = defaultdict(dict)
     for s in score_rows:
-        total[s["completion_id"]] += s["weight"] * s["value"]
-    return dict(total)
+        if s["scorer"] in scorers:
+            values[s["completion_id"]][s["scorer"]] = s["value"]
+    return {cid: tuple(v.get(name, float("-inf")) for name in scorers) for cid, v in values.items()}
 
 
 def _group(completions: list[dict]) -> dict[str, list[dict]]:
@@ -32,31 +45,40 @@ def _group(completions: list[dict]) -> dict[str, list[dict]]:
     return groups
 
 
-def _best_first(group: list[dict], rewards: dict[str, float]) -> list[dict]:
-    """Highest reward first; ties go to the answer the policy gave most often (its most confident
-    answer), then to the shorter text, then to the completion id, so the order is deterministic."""
+def _best_first(group: list[dict], rewards: dict[str, float], ties: dict[str, tuple] | None = None) -> list[dict]:
+    """Highest reward first; ties go to the configured tie-break scorers (scoring.tie_break), then to the
+    answer the models gave most often (their most confident answer), then to the shorter text, then to
+    the completion id, so the order is deterministic."""
     counts = Counter(c["completion"].strip() for c in group)
-    return sorted(group, key=lambda c: (-rewards[c["completion_id"]], -counts[c["completion"].strip()],
-                                        len(c["completion"].strip()), c["completion_id"]))
+    ties = ties or {}
+    return sorted(group, key=lambda c: (-rewards[c["completion_id"]],
+                                        tuple(-v for v in ties.get(c["completion_id"], ())),
+                                        -counts[c["completion"].strip()], len(c["completion"].strip()),
+                                        c["completion_id"]))
 
 
-def select_sft(completions: list[dict], rewards: dict[str, float], min_reward: float) -> list[dict]:
-    """Best-of-N: per prompt, the highest-reward completion (ties: see `_best_first`) if it reaches `min_reward`."""
+def select_sft(completions: list[dict], rewards: dict[str, float], min_reward: float,
+               ties: dict[str, tuple] | None = None) -> list[dict]:
+    """Best-of-N: per prompt, the highest-reward completion (ties: see `_best_first`) if it reaches `min_reward`.
+
+    With a generation committee the N completions come from several models: the best of all wins (iTeC).
+    """
     rows = []
     for prompt_id, group in sorted(_group(completions).items()):
-        best = _best_first(group, rewards)[0]
+        best = _best_first(group, rewards, ties)[0]
         if rewards[best["completion_id"]] < min_reward:
             continue
         rows.append({
             "row_id": ids.hash_obj(["sft", best["completion_id"]], ids.ROW_ID_LEN),
             "messages": [*_prompt_messages(best), {"role": "assistant", "content": best["completion"].strip()}],
             "prompt_id": prompt_id, "completion_id": best["completion_id"], "reward": rewards[best["completion_id"]],
-            **_origin(best),
+            "model": best.get("model") or "policy", **_origin(best),
         })
     return rows
 
 
-def select_pairs(completions: list[dict], rewards: dict[str, float], min_margin: float, per_prompt: int) -> list[dict]:
+def select_pairs(completions: list[dict], rewards: dict[str, float], min_margin: float, per_prompt: int,
+                 ties: dict[str, tuple] | None = None) -> list[dict]:
     """DPO pairs: the best completion against the worst ones, when their reward margin is large enough.
 
     Among equally bad completions the most frequent wrong answer is rejected first: it is the
@@ -65,7 +87,7 @@ def select_pairs(completions: list[dict], rewards: dict[str, float], min_margin:
     rows = []
     for prompt_id, group in sorted(_group(completions).items()):
         counts = Counter(c["completion"].strip() for c in group)
-        chosen = _best_first(group, rewards)[0]
+        chosen = _best_first(group, rewards, ties)[0]
         worst_first = sorted(group, key=lambda c: (rewards[c["completion_id"]], -counts[c["completion"].strip()], c["completion_id"]))
         seen_texts: set[str] = set()
         for rejected in worst_first:
@@ -82,7 +104,8 @@ def select_pairs(completions: list[dict], rewards: dict[str, float], min_margin:
                 "chosen": [{"role": "assistant", "content": chosen["completion"].strip()}],
                 "rejected": [{"role": "assistant", "content": text}],
                 "prompt_id": prompt_id, "chosen_id": chosen["completion_id"], "rejected_id": rejected["completion_id"],
-                "margin": margin, **_origin(chosen),
+                "margin": margin, "chosen_model": chosen.get("model") or "policy",
+                "rejected_model": rejected.get("model") or "policy", **_origin(chosen),
             })
     return rows
 
@@ -112,6 +135,8 @@ def selection_summary(n_prompts: int, sft: list[dict], pairs: list[dict]) -> dic
         "metrics": {
             "select/sft_rows": len(sft), "select/pairs": len(pairs),
             "select/sft_yield": len(sft) / n, "select/pair_yield": len({p["prompt_id"] for p in pairs}) / n,
+            # With a committee: which model wrote the kept answers (iTeC keeps the best across models).
+            **{f"select/sft_from/{m}": k for m, k in Counter(r.get("model", "policy") for r in sft).items()},
         },
     }
 
@@ -128,9 +153,11 @@ def select_task(cfg: FlywheelConfig, round_num: int, completions_id: str, scores
 
     def compute() -> common.StepOutput:
         completions = rt.artifacts.get_table(completions_id).to_pylist()
-        rewards = combined_rewards(rt.artifacts.get_table(scores_id).to_pylist())
-        sft = select_sft(completions, rewards, sel.sft_min_reward)
-        pairs = select_pairs(completions, rewards, sel.pair_min_margin, sel.pairs_per_prompt)
+        score_rows = rt.artifacts.get_table(scores_id).to_pylist()
+        rewards = combined_rewards(score_rows)
+        ties = tie_breakers(score_rows, cfg.scoring.tie_break)
+        sft = select_sft(completions, rewards, sel.sft_min_reward, ties)
+        pairs = select_pairs(completions, rewards, sel.pair_min_margin, sel.pairs_per_prompt, ties)
         n_prompts = len({c["prompt_id"] for c in completions})
         outputs, decontam_metrics = {}, {}
         if sel.decontaminate:
@@ -155,7 +182,7 @@ def select_task(cfg: FlywheelConfig, round_num: int, completions_id: str, scores
     inputs = {"completions": completions_id, "scores": scores_id}
     if sel.decontaminate:
         inputs.update({f"eval:{e.name}": sha256_file(Path(e.path)) for e in cfg.evaluation.eval_sets})
-    config = {"selection": sel.model_dump(mode="json"),
+    config = {"selection": sel.model_dump(mode="json"), "tie_break": cfg.scoring.tie_break,
               "decontam": [cfg.curation.decontam_ngram, cfg.curation.decontam_threshold]}
     result = common.run_step(
         rt, pipeline=cfg.pipeline, round_num=round_num, step="select", config=config, inputs=inputs,
@@ -184,12 +211,13 @@ def training_decontam_report(cfg: FlywheelConfig, sft_rep: dict, pair_rep: dict)
 _MSG = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
 SFT_SCHEMA = pa.schema([
     ("row_id", pa.string()), ("messages", _MSG), ("prompt_id", pa.string()), ("completion_id", pa.string()),
-    ("reward", pa.float64()), ("source", pa.string()), ("license", pa.string()), ("tags", pa.list_(pa.string())),
+    ("reward", pa.float64()), ("model", pa.string()), ("source", pa.string()), ("license", pa.string()),
+    ("tags", pa.list_(pa.string())),
 ])
 PAIR_SCHEMA = pa.schema([
     ("row_id", pa.string()), ("prompt", _MSG), ("chosen", _MSG), ("rejected", _MSG), ("prompt_id", pa.string()),
-    ("chosen_id", pa.string()), ("rejected_id", pa.string()), ("margin", pa.float64()), ("source", pa.string()),
-    ("license", pa.string()), ("tags", pa.list_(pa.string())),
+    ("chosen_id", pa.string()), ("rejected_id", pa.string()), ("margin", pa.float64()), ("chosen_model", pa.string()),
+    ("rejected_model", pa.string()), ("source", pa.string()), ("license", pa.string()), ("tags", pa.list_(pa.string())),
 ])
 
 

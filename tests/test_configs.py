@@ -215,8 +215,10 @@ FIELDS = [(m, name) for m in MODELS.values() for name in m.model_fields]
 
 
 def test_models_are_found_recursively():
-    assert {"FlywheelConfig", "CurationConfig", "SourceConfig", "EngineConfig", "SamplingConfig", "ScorerConfig",
+    assert {"FlywheelConfig", "CurationConfig", "SourceConfig", "EngineConfig", "SamplingConfig", "MathScorerConfig",
             "SFTConfig", "DPOConfig", "EvalSetConfig", "PromotionConfig", "StorageConfig"} <= set(MODELS)
+    assert {"JudgeScorerConfig", "JudgeEndpointConfig", "RewardModelScorerConfig", "RewardModelTrainConfig",
+            "CommitteeMemberConfig", "IFEvalScorerConfig", "CodeScorerConfig"} <= set(MODELS)
     assert len(FIELDS) > 60
 
 

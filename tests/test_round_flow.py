@@ -155,6 +155,13 @@ def _nothing_registered(cfg) -> None:
         ({"curation__sources": [{"name": "pool", "path": "/nonexistent/pool.jsonl"}]}, PreflightError,
          "curation.sources[0] (pool): file not found: /nonexistent/pool.jsonl"),
         ({"base_model": "/nonexistent/model"}, PreflightError, "base_model: no model directory at /nonexistent/model"),
+        ({"generation__committee": [{"name": "other", "model": "/nonexistent/other"}]}, PreflightError,
+         "generation.committee[0] (other): no model directory at /nonexistent/other"),
+        ({"scoring": {"scorers": [{"kind": "math_answer"}, {"kind": "judge", "judge": {
+            "backend": "openai", "model": "m", "base_url": "http://127.0.0.1:9/v1"}}]}}, PreflightError,
+         "scoring.scorers[1] (judge): the OpenAI-compatible server at http://127.0.0.1:9/v1 (model 'm') cannot be reached"),
+        ({"scoring": {"scorers": [{"kind": "reward_model", "model": "/nonexistent/rm"}]}}, PreflightError,
+         "scoring.scorers[0] (reward_model) model: no model directory at /nonexistent/rm"),
     ],
 )
 def test_bad_input_stops_before_work(make_config, overrides, error, message):

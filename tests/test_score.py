@@ -1,12 +1,16 @@
-"""Scorers and long-format score rows: literal completions, hand-computed values and combined rewards."""
+"""Scorers, combination rules and reliability metrics: literal completions, hand-computed values."""
 import doctest
+import json
 from dataclasses import dataclass
 
 import pytest
 
 import tasks.score
-from configs.schema import ScorerConfig
-from tasks.score import MathAnswerScorer, ScoreResult, build_scorer, score_completions
+import tasks.scorers.verifiable
+from configs.scoring import MathScorerConfig, ScoringConfig
+from tasks.score import agreement, combine, reliability_metrics, score_completions
+from tasks.scorers import ScoreResult, SkippedScorer, build_scorer
+from tasks.scorers.verifiable import CodeScorer, IFEvalScorer, MathAnswerScorer
 
 MATH = [
     # (completion, reference, expected ScoreResult)
@@ -15,48 +19,51 @@ MATH = [
     ("The answer is 1,234.", "1234", ScoreResult(1.0, "1,234", "ok")),
     (r"first 3 then \boxed{0.5}", "1/2", ScoreResult(1.0, "0.5", "ok")),
     ("The answer is 45 apples. Then 12 more", "45", ScoreResult(1.0, "45", "ok")),
-    ("The answer is blue.", "45", ScoreResult(0.0, "blue", "ok")),  # an answer, just not a number
     ("no idea", "45", ScoreResult(0.0, "", "no_answer")),
     ("", "45", ScoreResult(0.0, "", "no_answer")),
-    (r"\boxed{}", "45", ScoreResult(0.0, "", "no_answer")),
     ("it is 7", None, ScoreResult(0.0, "7", "no_reference")),  # raw answer kept even without a reference
-    ("no idea", None, ScoreResult(0.0, "", "no_reference")),
+    (r"so \boxed{\frac{1}{20}}", "0.05", ScoreResult(1.0, r"\frac{1}{20}", "ok")),
+    ("The answer is 5%", "0.05", ScoreResult(0.0, "5%", "ok")),  # percent only when the config allows it
 ]
+
+
+def math(**kw):
+    return MathAnswerScorer(MathScorerConfig(**kw))
 
 
 @pytest.mark.parametrize("text,ref,expected", MATH)
 def test_math_answer_scorer(text, ref, expected):
-    assert MathAnswerScorer()([text], [ref]) == [expected]
+    assert math()([{"completion": text, "answer": ref}]) == [expected]
 
 
-
-@pytest.mark.parametrize(
-    "text,ref,expected",
-    [
-        pytest.param(r"so \boxed{\frac{1}{20}}", "1/20", ScoreResult(1.0, r"\frac{1}{20}", "ok")),
-        pytest.param(r"\boxed{\dfrac{3}{4}}", "0.75", ScoreResult(1.0, r"\dfrac{3}{4}", "ok")),
-        pytest.param("The answer is blue.", "Blue", ScoreResult(1.0, "blue", "ok")),
-    ],
-)
-def test_math_answer_scorer_agrees_with_math_equal(text, ref, expected):
-    # the verifier itself gets these right: the scorer must give the same verdict
-    from tasks.verifiers import math_equal
-
-    assert math_equal(text, ref)
-    assert MathAnswerScorer()([text], [ref]) == [expected]
+def test_math_answer_scorer_percent_is_opt_in():
+    row = {"completion": "The answer is 5%", "answer": "0.05"}
+    assert math(allow_percent=True)([row]) == [ScoreResult(1.0, "5%", "ok")]
 
 
-def test_math_answer_scorer_batch_keeps_order():
-    texts = [t for t, _, _ in MATH]
-    refs = [r for _, r, _ in MATH]
-    assert MathAnswerScorer()(texts, refs) == [e for _, _, e in MATH]
-    assert MathAnswerScorer()([], []) == []
+def test_ifeval_scorer_reads_constraints_from_the_source_fields():
+    from configs.scoring import IFEvalScorerConfig
+
+    constraints = [{"type": "max_words", "value": 5}, {"type": "all_lowercase"}]
+    rows = [{"completion": "short and lower", "provenance": json.dumps({"constraints": constraints})},
+            {"completion": "Too Many Words In This Answer Here", "provenance": json.dumps({"constraints": constraints})},
+            {"completion": "anything", "provenance": "{}"},
+            {"completion": "x", "provenance": json.dumps({"constraints": [{"type": "no_such_check"}]})}]
+    res = IFEvalScorer(IFEvalScorerConfig())(rows)
+    assert [(r.value, r.status) for r in res] == [(1.0, "ok"), (0.0, "ok"), (0.0, "no_reference"), (0.0, "parse_error")]
+    assert [r.value for r in IFEvalScorer(IFEvalScorerConfig(value="all"))(rows[:2])] == [1.0, 0.0]
 
 
-def test_math_answer_scorer_satisfies_the_protocol():
-    s = build_scorer(ScorerConfig(kind="math_answer", weight=3.0))
-    assert isinstance(s, MathAnswerScorer)
-    assert (s.id, s.version) == ("math_answer", "1")
+def test_code_scorer_runs_the_tests_in_the_sandbox():
+    from configs.scoring import CodeScorerConfig
+
+    tests = "assert add(2, 3) == 5"
+    rows = [{"completion": "```python\ndef add(a, b):\n    return a + b\n```", "provenance": json.dumps({"tests": tests})},
+            {"completion": "def add(a, b):\n    return a - b", "provenance": json.dumps({"tests": tests})},
+            {"completion": "def add(a, b):\n    while True: pass", "provenance": json.dumps({"tests": tests})},
+            {"completion": "def add(a, b): return 0", "provenance": "{}"}]
+    res = CodeScorer(CodeScorerConfig(timeout_s=1.0))(rows)
+    assert [(r.value, r.status) for r in res] == [(1.0, "ok"), (0.0, "ok"), (0.0, "timeout"), (0.0, "no_reference")]
 
 
 @dataclass
@@ -67,8 +74,8 @@ class ConstScorer:
     id: str = "const"
     version: str = "7"
 
-    def __call__(self, completions, answers):
-        return [ScoreResult(self.value, f"const={self.value}", "ok") for _ in completions]
+    def __call__(self, rows):
+        return [ScoreResult(self.value, f"const={self.value}", "ok") for _ in rows]
 
 
 ROWS = [
@@ -77,53 +84,66 @@ ROWS = [
     {"completion_id": "c3", "prompt_id": "p2", "completion": "no idea", "answer": "15"},
     {"completion_id": "c4", "prompt_id": "p3", "completion": "It is 9"},  # no answer column: no reference
 ]
+SUM = ScoringConfig(scorers=[{"kind": "math_answer"}, {"kind": "math_answer", "name": "const"}])
 
 
-def test_score_completions_one_scorer():
-    score_rows, rewards = score_completions(ROWS, [(MathAnswerScorer(), 1.0)])
-    assert rewards == [1.0, 0.0, 0.0, 0.0]
-    assert score_rows == [
-        {"completion_id": "c1", "prompt_id": "p1", "scorer": "math_answer", "scorer_version": "1", "value": 1.0,
-         "raw": "5", "status": "ok", "weight": 1.0},
-        {"completion_id": "c2", "prompt_id": "p1", "scorer": "math_answer", "scorer_version": "1", "value": 0.0,
-         "raw": "6", "status": "ok", "weight": 1.0},
-        {"completion_id": "c3", "prompt_id": "p2", "scorer": "math_answer", "scorer_version": "1", "value": 0.0,
-         "raw": "", "status": "no_answer", "weight": 1.0},
-        {"completion_id": "c4", "prompt_id": "p3", "scorer": "math_answer", "scorer_version": "1", "value": 0.0,
-         "raw": "9", "status": "no_reference", "weight": 1.0},
-    ]
-
-
-def test_score_completions_two_scorers_long_format_and_weighted_sum():
-    score_rows, rewards = score_completions(ROWS, [(MathAnswerScorer(), 2.0), (ConstScorer(0.5), 0.2)])
-    # one row per completion x scorer
-    assert len(score_rows) == 8
-    assert sorted((r["completion_id"], r["scorer"]) for r in score_rows) == sorted(
-        (c, s) for c in ("c1", "c2", "c3", "c4") for s in ("math_answer", "const"))
+def test_score_completions_long_format_and_weighted_sum():
+    score_rows, rewards, _ = score_completions(ROWS, [(math(), 2.0), (ConstScorer(0.5), 0.2)], SUM)
+    assert rewards == pytest.approx([2.1, 0.1, 0.1, 0.1])  # 2.0 * math + 0.2 * 0.5
+    assert len(score_rows) == 8  # one row per completion x scorer, each with the completion's reward
+    assert score_rows[0] == {"completion_id": "c1", "prompt_id": "p1", "scorer": "math_answer",
+                             "scorer_version": "2", "value": 1.0, "raw": "5", "status": "ok", "weight": 2.0,
+                             "reward": pytest.approx(2.1)}
     const = [r for r in score_rows if r["scorer"] == "const"]
     assert [(r["completion_id"], r["value"], r["raw"], r["weight"], r["scorer_version"]) for r in const] == [
         ("c1", 0.5, "const=0.5", 0.2, "7"), ("c2", 0.5, "const=0.5", 0.2, "7"),
         ("c3", 0.5, "const=0.5", 0.2, "7"), ("c4", 0.5, "const=0.5", 0.2, "7")]
-    # 2.0 * math + 0.2 * 0.5
-    assert rewards == pytest.approx([2.1, 0.1, 0.1, 0.1])
 
 
-def test_score_completions_negative_weight_penalises():
-    _, rewards = score_completions(ROWS[:2], [(MathAnswerScorer(), 1.0), (ConstScorer(1.0), -0.25)])
-    assert rewards == pytest.approx([0.75, -0.25])
+def test_gated_combination_counts_the_others_only_past_the_gate():
+    cfg = ScoringConfig(scorers=[{"kind": "math_answer"}, {"kind": "math_answer", "name": "const"}],
+                        combine="gated", gate="math_answer")
+    _, rewards, _ = score_completions(ROWS, [(math(), 1.0), (ConstScorer(0.5), 0.2)], cfg)
+    assert rewards == pytest.approx([1.1, 0.0, 0.0, 0.0])
+    assert combine({"g": 0.4, "x": 1.0}, {"g": 2.0, "x": 1.0},
+                   ScoringConfig(scorers=[{"kind": "math_answer", "name": "g"}, {"kind": "math_answer", "name": "x"}],
+                                 combine="gated", gate="g", gate_threshold=0.5)) == pytest.approx(0.8)
 
 
-def test_score_completions_no_rows():
-    assert score_completions([], [(MathAnswerScorer(), 1.0)]) == ([], [])
+def test_scoring_config_checks_names():
+    with pytest.raises(ValueError, match="distinct names"):
+        ScoringConfig(scorers=[{"kind": "math_answer"}, {"kind": "math_answer"}])
+    with pytest.raises(ValueError, match="scoring.gate \\('rm'\\) must name one of the scorers"):
+        ScoringConfig(scorers=[{"kind": "math_answer"}], combine="gated", gate="rm")
+    with pytest.raises(ValueError, match="tie_break names unknown scorers \\['judge'\\]"):
+        ScoringConfig(scorers=[{"kind": "math_answer"}], tie_break=["judge"])
 
 
-def test_build_scorer_rejects_unknown_kind():
-    cfg = ScorerConfig.model_construct(kind="llm_judge", weight=1.0)
-    with pytest.raises(ValueError, match="unknown scorer kind 'llm_judge'"):
-        build_scorer(cfg)
+def test_agreement_hand_computed():
+    # p: a says c0 > c1 and c0 > c2 (c1 = c2 is not told apart); b agrees on (0,1), ties (0,2). q: a ties.
+    a, b = [1, 0, 0, 5, 5], [0.9, 0.1, 0.9, 1, 2]
+    assert agreement(a, b, ["p", "p", "p", "q", "q"]) == (0.75, 2)
+    assert agreement([1, 1], [0, 1], ["p", "p"]) == (pytest.approx(float("nan"), nan_ok=True), 0)
+
+
+def test_reliability_metrics_per_scorer_and_pair():
+    scorers = [(math(), 1.0), (ConstScorer(0.5), 1.0)]
+    _, _, results = score_completions(ROWS, scorers, SUM)
+    m = reliability_metrics(ROWS, scorers, results)
+    assert m["score/math_answer/mean"] == 0.5  # c1 right, c2 wrong; c3, c4 not scored
+    assert m["score/math_answer/no_answer_rate"] == 0.25 and m["score/math_answer/no_reference_rate"] == 0.25
+    assert m["score/agreement/math_answer~const"] == 0.5 and m["score/agreement/math_answer~const/pairs"] == 1
+
+
+def test_trained_reward_model_is_skipped_visibly_before_one_exists():
+    from configs.scoring import RewardModelScorerConfig
+
+    scorer = build_scorer(RewardModelScorerConfig(model="trained"), {})
+    assert isinstance(scorer, SkippedScorer)
+    assert [r.status for r in scorer(ROWS)] == ["no_reference"] * 4
 
 
 def test_doctests():
-    result = doctest.testmod(tasks.score)
-    assert result.attempted >= 1
-    assert result.failed == 0
+    for module in (tasks.score, tasks.scorers.verifiable):
+        result = doctest.testmod(module)
+        assert result.attempted >= 1 and result.failed == 0, module.__name__

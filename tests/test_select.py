@@ -4,8 +4,11 @@ import hashlib
 import pyarrow as pa
 import pytest
 
-from tasks.score import MathAnswerScorer, score_completions
-from tasks.select import PAIR_SCHEMA, SFT_SCHEMA, combined_rewards, select_pairs, select_sft, selection_summary
+from configs.scoring import MathScorerConfig, ScoringConfig
+from tasks.score import score_completions
+from tasks.scorers.verifiable import MathAnswerScorer
+from tasks.select import (PAIR_SCHEMA, SFT_SCHEMA, combined_rewards, select_pairs, select_sft, selection_summary,
+                          tie_breakers)
 
 PROMPTS = {"p1": ("What is 2+3?", "pool", "cc0"), "p2": ("What is 7+8?", "pool", "cc0"), "p3": ("What is 9+9?", "extra", "mit")}
 
@@ -50,7 +53,7 @@ def test_combined_rewards_is_a_weighted_sum_across_scorers():
 def test_combined_rewards_match_score_completions():
     # select reads the long-format rows that score writes: both must agree on the combined reward
     rows = [{**comp, "answer": "5"} for comp in COMPLETIONS[:4]]
-    score_rows, rewards = score_completions(rows, [(MathAnswerScorer(), 2.0)])
+    score_rows, rewards, _ = score_completions(rows, [(MathAnswerScorer(MathScorerConfig()), 2.0)], ScoringConfig())
     assert combined_rewards(score_rows) == {"c1a": 2.0, "c1b": 2.0, "c1c": 2.0, "c1d": 0.0}
     assert rewards == [2.0, 2.0, 2.0, 0.0]
 
@@ -197,8 +200,30 @@ def test_selection_summary():
     pairs = select_pairs(COMPLETIONS, REWARDS, 0.5, 3)  # 3 pairs from 2 prompts
     assert selection_summary(3, sft, pairs) == {
         "rows_in": 3, "rows_out": 5,
-        "metrics": {"select/sft_rows": 2, "select/pairs": 3, "select/sft_yield": 2 / 3, "select/pair_yield": 2 / 3},
+        "metrics": {"select/sft_rows": 2, "select/pairs": 3, "select/sft_yield": 2 / 3, "select/pair_yield": 2 / 3,
+                    "select/sft_from/policy": 2},
     }
+
+
+def test_committee_best_answer_wins_and_tie_break_scorers_decide_ties():
+    group = [
+        {"completion_id": "a", "prompt_id": "p", "prompt": "q", "completion": "41", "model": "policy",
+         "source": "s", "license": "l"},
+        {"completion_id": "b", "prompt_id": "p", "prompt": "q", "completion": "42", "model": "teacher",
+         "source": "s", "license": "l"},
+        {"completion_id": "c", "prompt_id": "p", "prompt": "q", "completion": "The answer is 42", "model": "policy",
+         "source": "s", "license": "l"},
+    ]
+    rewards = {"a": 0.0, "b": 1.0, "c": 1.0}
+    (row,) = select_sft(group, rewards, 1.0)
+    assert (row["completion_id"], row["model"]) == ("b", "teacher")  # tie on reward: the shorter answer
+    ties = tie_breakers([{"completion_id": "b", "scorer": "rm", "value": 0.1},
+                         {"completion_id": "c", "scorer": "rm", "value": 0.7}], ["rm"])
+    (row,) = select_sft(group, rewards, 1.0, ties)
+    assert (row["completion_id"], row["model"]) == ("c", "policy")  # the reward model breaks the tie
+    (pair,) = select_pairs(group, rewards, 0.5, 1, ties)
+    assert (pair["chosen_model"], pair["rejected_model"]) == ("policy", "policy")
+    assert selection_summary(1, [row], [pair])["metrics"]["select/sft_from/policy"] == 1
 
 
 def test_selection_summary_of_nothing():

@@ -1,5 +1,6 @@
 """The data-quality part of a round's report: mixture drawn, rows removed by each filter, quarantine,
-decontamination of prompts and of training data. Markdown for the Prefect UI, from the stored JSON reports.
+decontamination of prompts and of training data, and how reliable the scorers were. Markdown for the
+Prefect UI, from the stored JSON reports and the round's metrics.
 """
 from __future__ import annotations
 
@@ -65,3 +66,37 @@ def _cell(text: str, limit: int = 120) -> str:
     """Text safe inside a markdown table cell: one line, pipes escaped, shortened."""
     text = " ".join(text.split()).replace("|", "\\|")
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def scoring_markdown(metrics: dict[str, float]) -> list[str]:
+    """Per scorer: mean value, shares of rows it could not score, its own reliability figures (e.g. a
+    judge's position-swap agreement); then how often two scorers rank a prompt's completions alike."""
+    per: dict[str, dict[str, float]] = {}
+    agree: dict[str, dict[str, float]] = {}
+    for name, value in metrics.items():
+        parts = name.split("/")
+        if len(parts) < 3 or parts[0] != "score":
+            continue
+        if parts[1] == "agreement":
+            agree.setdefault(parts[2], {})["pairs" if parts[-1] == "pairs" else "value"] = value
+        else:
+            per.setdefault(parts[1], {})["/".join(parts[2:])] = value
+    if not per:
+        return []
+    lines = ["", "## Scoring", "", "| scorer | figure | value |", "|---|---|---|"]
+    for scorer, figures in per.items():
+        for fig, value in sorted(figures.items()):
+            lines.append(f"| {scorer} | {fig} | {_num(value)} |")
+    if agree:
+        lines += ["", "Agreement: of the pairs of a prompt's completions the first scorer tells apart, the share "
+                  "the second orders the same way (a tie counts half).", "",
+                  "| scorers | agreement | pairs |", "|---|---|---|"]
+        for pair, v in agree.items():
+            lines.append(f"| {pair.replace('~', ' vs ')} | {_num(v.get('value'))} | {int(v.get('pairs', 0))} |")
+    return lines
+
+
+def _num(x: float | None) -> str:
+    if x is None or x != x:
+        return ""
+    return f"{x:.3f}" if abs(x) < 1000 else f"{x:,.0f}"

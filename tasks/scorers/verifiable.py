@@ -1,0 +1,105 @@
+"""Verifiable rewards (RLVR, Tulu 3): math answers, instruction-following constraints, Python tests.
+
+Each scorer reads the completion and what the prompt's data declares (reference answer, constraints,
+tests) and returns one ScoreResult per row; a row it cannot check gets a status saying why.
+"""
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+from tasks.scorers import ScoreResult
+from tasks.verifiers import extract_answer, math_equal
+
+
+def _provenance(row: dict) -> dict:
+    """The source's keep_fields of a completion row (stored as a JSON string, or already a dict)."""
+    p = row.get("provenance")
+    if isinstance(p, str):
+        try:
+            p = json.loads(p)
+        except json.JSONDecodeError:
+            return {}
+    return p if isinstance(p, dict) else {}
+
+
+class MathAnswerScorer:
+    """1.0 when the completion's final answer equals the reference (tasks.verifiers.math_equal), else 0.0.
+
+    >>> from configs.scoring import MathScorerConfig
+    >>> rows = [{"completion": "so it is 45", "answer": "45"}, {"completion": "no idea", "answer": "45"}]
+    >>> MathAnswerScorer(MathScorerConfig())(rows)[0]
+    ScoreResult(value=1.0, raw='45', status='ok')
+    """
+
+    version = "2"  # 2: equivalent forms (fractions, scientific notation, sympy expressions); percent is opt-in
+
+    def __init__(self, cfg):
+        self.id, self.allow_percent = cfg.id, cfg.allow_percent
+
+    def __call__(self, rows: list[dict]) -> list[ScoreResult]:
+        out = []
+        for row in rows:
+            text, ref = row.get("completion") or "", row.get("answer")
+            extracted = extract_answer(text)
+            if ref is None:
+                out.append(ScoreResult(0.0, extracted or "", "no_reference"))
+            elif extracted is None:
+                out.append(ScoreResult(0.0, "", "no_answer"))
+            else:
+                ok = math_equal(text, ref, allow_percent=self.allow_percent)
+                out.append(ScoreResult(1.0 if ok else 0.0, extracted, "ok"))
+        return out
+
+
+class IFEvalScorer:
+    """Fraction (or all) of the prompt's declared constraints that the completion meets (tasks.ifeval)."""
+
+    version = "1"
+
+    def __init__(self, cfg):
+        self.id, self.field, self.mode = cfg.id, cfg.constraints_field, cfg.value
+
+    def __call__(self, rows: list[dict]) -> list[ScoreResult]:
+        from tasks.ifeval import check_constraints
+
+        out = []
+        for row in rows:
+            constraints = _provenance(row).get(self.field)
+            if constraints is None:
+                out.append(ScoreResult(0.0, "", "no_reference"))
+                continue
+            res = check_constraints(row.get("completion") or "", constraints)
+            raw = json.dumps({"results": res.results, "errors": res.errors})
+            if res.errors:  # a constraint the data declares badly is the data's fault: say so, do not score
+                out.append(ScoreResult(0.0, raw, "parse_error"))
+            else:
+                out.append(ScoreResult(res.fraction if self.mode == "fraction" else float(res.passed), raw, "ok"))
+        return out
+
+
+class CodeScorer:
+    """1.0 when the completion's Python code passes the prompt's tests in the sandbox (tasks.sandbox)."""
+
+    version = "1"
+
+    def __init__(self, cfg):
+        self.id, self.cfg = cfg.id, cfg
+
+    def _one(self, row: dict) -> ScoreResult:
+        from tasks.sandbox import extract_code, run_python_tests
+
+        tests = _provenance(row).get(self.cfg.tests_field)
+        if not isinstance(tests, str) or not tests.strip():
+            return ScoreResult(0.0, "", "no_reference")
+        code = extract_code(row.get("completion") or "")
+        if not code.strip():
+            return ScoreResult(0.0, "", "no_answer")
+        res = run_python_tests(code, tests, timeout_s=self.cfg.timeout_s, memory_mb=self.cfg.memory_mb)
+        status = {"passed": "ok", "failed": "ok", "error": "ok"}.get(res.status, res.status)
+        return ScoreResult(1.0 if res.passed else 0.0, f"{res.status}: {res.detail}"[:2000], status)
+
+    def __call__(self, rows: list[dict]) -> list[ScoreResult]:
+        # Each run is a subprocess that mostly waits: threads are enough to keep `workers` of them busy.
+        with ThreadPoolExecutor(max_workers=self.cfg.workers) as pool:
+            return list(pool.map(self._one, rows))
