@@ -12,8 +12,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from configs.averaging import AveragingConfig
+from configs.launcher import LauncherConfig
 from configs.reward import RewardModelTrainConfig
-from configs.scoring import ScorerConfig, ScoringConfig  # noqa: F401  (re-exported: one schema module)
+from configs.scoring import JudgeEndpointConfig, ScorerConfig, ScoringConfig  # noqa: F401  (re-exported)
+from configs.training import DPOConfig, LoraConfig, SFTConfig  # noqa: F401  (re-exported)
 
 
 class _Strict(BaseModel):
@@ -96,10 +99,30 @@ class SourceConfig(_Strict):
 class EvalSetConfig(_Strict):
     """A held-out eval set: never trained on, decontaminated against."""
 
-    name: str = Field("heldout", description="Name of the eval set, used in metric names.")
-    path: str = Field(description="Path to a .jsonl or .parquet file with prompts and reference answers.")
+    name: str = Field("heldout", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+                      description="Name of the eval set, used in metric names.")
+    path: str = Field(description="Path to a .jsonl or .parquet file with prompts (and reference answers).")
     prompt_field: str = Field("prompt", description="Column holding the prompt text.")
-    answer_field: str = Field("answer", description="Column holding the reference answer.")
+    answer_field: str | None = Field(
+        "answer", description="Column holding the reference answer (needed by `metric: accuracy` only)."
+    )
+    metric: Literal["accuracy", "reward", "win_rate"] = Field(
+        "accuracy", description="accuracy: greedy answers checked by the math verifier; reward: mean score of "
+        "`reward_model`; win_rate: the `judge` compares candidate and policy answers, each pair in both orders.",
+    )
+    reward_model: str | None = Field(
+        None, description="metric reward: a reward model directory, or `trained` (the pipeline's latest one)."
+    )
+    judge: JudgeEndpointConfig | None = Field(None, description="metric win_rate: the judge model and where it runs.")
+
+    @model_validator(mode="after")
+    def _check_metric(self) -> EvalSetConfig:
+        needs = {"accuracy": ("answer_field", self.answer_field), "reward": ("reward_model", self.reward_model),
+                 "win_rate": ("judge", self.judge)}
+        field, value = needs[self.metric]
+        if value is None:
+            raise ValueError(f"evaluation.eval_sets[{self.name}]: metric {self.metric} needs `{field}`")
+        return self
 
 
 class CurationConfig(_Strict):
@@ -210,33 +233,17 @@ class SelectionConfig(_Strict):
     )
 
 
-class SFTConfig(_Strict):
-    enabled: bool = Field(True, description="Run TRL SFTTrainer this round.")
-    learning_rate: float = Field(1e-4, gt=0, description="Peak learning rate.")
-    epochs: float = Field(1.0, gt=0, description="Passes over the SFT set.")
-    batch_size: int = Field(16, ge=1, description="Per-device batch size.")
-    max_length: int = Field(256, ge=8, description="Longest training sequence, in tokens.")
-    completion_only_loss: bool = Field(True, description="Loss on the assistant turn only.")
-
-
-class DPOConfig(_Strict):
-    enabled: bool = Field(True, description="Run TRL DPOTrainer this round (after SFT).")
-    learning_rate: float = Field(5e-6, gt=0, description="Peak learning rate.")
-    epochs: float = Field(1.0, gt=0, description="Passes over the pairs.")
-    batch_size: int = Field(16, ge=1, description="Per-device batch size.")
-    beta: float = Field(0.1, gt=0, description="DPO temperature: strength of the pull towards the reference.")
-    loss_types: list[Literal["sigmoid", "sigmoid_norm", "ipo", "hinge", "robust", "apo_zero", "sft"]] = Field(
-        default_factory=lambda: ["sigmoid"], min_length=1,
-        description="TRL DPO loss types, summed with `loss_weights` (e.g. [sigmoid, sft] adds an NLL term on "
-        "the chosen answer, as RPO; sigmoid_norm is the length-normalised DPO of Tulu 3).",
-    )
-    loss_weights: list[float] | None = Field(None, description="Weight of each loss type (None: all 1.0).")
-    max_length: int = Field(256, ge=8, description="Longest prompt + answer, in tokens.")
-
-
 class TrainingConfig(_Strict):
     sft: SFTConfig = Field(default_factory=SFTConfig, description="Supervised fine-tuning on best-of-N rows.")
     dpo: DPOConfig = Field(default_factory=DPOConfig, description="Preference tuning on chosen/rejected pairs.")
+    launcher: LauncherConfig = Field(
+        default_factory=LauncherConfig, description="Where training runs: in this process (local) or an "
+        "accelerate launch job (DDP, DeepSpeed ZeRO, FSDP).",
+    )
+    averaging: AveragingConfig = Field(
+        default_factory=AveragingConfig, description="Optional: the candidate is the weighted average of the newly "
+        "trained weights and the policy (or the last K promoted policies), as in Llama 3, before evaluation.",
+    )
     reward_model: RewardModelTrainConfig = Field(
         default_factory=RewardModelTrainConfig, description="Optional: train a reward model on the pipeline's "
         "chosen/rejected pairs each round (TRL RewardTrainer); `model: trained` scorers use the latest one.",
@@ -245,20 +252,49 @@ class TrainingConfig(_Strict):
     use_cpu: bool = Field(True, description="Train on CPU even where a GPU exists (the demo).")
     bf16: bool = Field(False, description="Train in bfloat16 (GPU).")
 
+    @model_validator(mode="after")
+    def _check_launcher(self) -> TrainingConfig:
+        # use_cpu defaults to True: without this check a GPU launcher would quietly train N processes on CPU.
+        if self.launcher.kind == "accelerate" and self.launcher.cpu != self.use_cpu:
+            raise ValueError(f"training.launcher.cpu ({self.launcher.cpu}) and training.use_cpu ({self.use_cpu}) "
+                             "disagree: set both to true for CPU jobs, both to false for GPUs")
+        return self
+
 
 class EvaluationConfig(_Strict):
     eval_sets: list[EvalSetConfig] = Field(min_length=1, description="Held-out eval sets.")
     max_tokens: int = Field(32, ge=1, description="Longest answer generated during evaluation (greedy).")
 
 
+class GuardConfig(_Strict):
+    """Another eval metric that must not get much worse for the candidate to be promoted."""
+
+    eval_set: str = Field(description="Eval set whose metric is guarded (its own `metric`).")
+    max_drop: float = Field(0.0, ge=0, description="Largest allowed drop, candidate vs policy, in metric units.")
+
+
 class PromotionConfig(_Strict):
     metric: str = Field(
-        "eval/accuracy", description="Metric the gate compares: `<metric>/<eval set>` of candidate vs policy."
+        "eval/accuracy", description="Primary metric the gate compares: the `metric` of `eval_set` (accuracy, "
+        "reward or win_rate), candidate vs policy. Kept for older configs; the eval set's own metric is used.",
     )
-    eval_set: str | None = Field(None, description="Eval set of the metric (None: the first configured).")
+    eval_set: str | None = Field(None, description="Eval set of the primary metric (None: the first configured).")
+    min_improvement: float = Field(
+        0.0, ge=0, description="The primary metric must improve by at least this (absolute, metric units)."
+    )
     tolerance: float = Field(
-        0.0, ge=0, description="Promote when candidate >= policy - tolerance (absolute, in metric units)."
+        0.0, ge=0, description="Or: the primary metric may drop by at most this (set one of the two)."
     )
+    guards: list[GuardConfig] = Field(
+        default_factory=list, description="Other eval sets that may not regress by more than their max_drop."
+    )
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> PromotionConfig:
+        if self.min_improvement and self.tolerance:
+            raise ValueError(f"promotion.min_improvement ({self.min_improvement}) and promotion.tolerance "
+                             f"({self.tolerance}) are both set: require an improvement, or tolerate a drop")
+        return self
 
 
 class StorageConfig(_Strict):
@@ -305,6 +341,13 @@ class FlywheelConfig(_Strict):
             raise ValueError(f"evaluation.eval_sets names must be unique, got {names}")
         if self.promotion.eval_set is not None and self.promotion.eval_set not in names:
             raise ValueError(f"promotion.eval_set ({self.promotion.eval_set!r}) must be one of {names}")
+        unknown = [g.eval_set for g in self.promotion.guards if g.eval_set not in names]
+        if unknown:
+            raise ValueError(f"promotion.guards name eval sets {unknown} that are not in evaluation.eval_sets {names}")
+        trained_eval = [e.name for e in self.evaluation.eval_sets if e.reward_model == "trained"]
+        if trained_eval and not self.training.reward_model.enabled:
+            raise ValueError(f"evaluation.eval_sets {trained_eval} use `reward_model: trained`, but "
+                             "training.reward_model.enabled is false")
         sources = [s.name for s in self.curation.sources]
         if len(set(sources)) != len(sources):
             raise ValueError(f"curation.sources names must be unique, got {sources}")

@@ -3,6 +3,7 @@
   flywheel demo [--rounds 3]                         build the tiny demo model and data, run rounds
   flywheel run --config configs/demo.yaml [--rounds N]  run N more rounds of a pipeline
   flywheel rounds [--pipeline P] [--json]            one row per round
+  flywheel promote --pipeline P --round N --reason R  roll the pipeline back (or forward) to round N's candidate
   flywheel lineage <artifact-or-row-id> [--json]     where an artifact or a training row came from
   flywheel server [--port 4200]                      a local Prefect server + UI
   flywheel serve --config configs/demo.yaml          serve the round-now and nightly deployments
@@ -227,6 +228,22 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_promote(args) -> int:
+    """Roll a pipeline back (or forward) to an earlier round's candidate by hand, recorded with who/when/why."""
+    import getpass
+
+    cat = _catalog(args)
+    who = os.environ.get("FLYWHEEL_USER") or getpass.getuser()
+    try:
+        row = cat.record_promotion(args.pipeline, args.round, args.which, who, args.reason)
+    except ValueError as e:
+        print(f"flywheel: {e}", file=sys.stderr)
+        return 2
+    print(f"{args.pipeline}: the next round starts from {row['policy']} (round {args.round}'s {args.which}); "
+          f"recorded by {who} at {row['promoted_at']:%Y-%m-%d %H:%M:%S %Z}: {args.reason}")
+    return 0
+
+
 def cmd_validate(args) -> int:
     from configs import load_config
 
@@ -269,6 +286,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="where to write it (default: the home's catalog.duckdb)")
     s.add_argument("--force", action="store_true", help="replace an existing catalog file")
     s.set_defaults(fn=cmd_catalog_rebuild)
+    s = sub.add_parser("promote", help="make an earlier round's candidate the pipeline's policy (rollback)")
+    s.add_argument("--pipeline", required=True)
+    s.add_argument("--round", type=int, required=True, help="the round whose model becomes the policy")
+    s.add_argument("--which", choices=["candidate", "policy"], default="candidate",
+                   help="that round's candidate (default), or the policy it ended with")
+    s.add_argument("--reason", required=True, help="why, recorded in the catalog with who and when")
+    s.set_defaults(fn=cmd_promote)
     s = sub.add_parser("validate", help="check a config file")
     s.add_argument("config")
     s.set_defaults(fn=cmd_validate)

@@ -29,8 +29,8 @@ def _pct(m: dict, key: str) -> str:
 
 
 STAGE_LABELS = {"curate": "curate", "generate": "gen", "score": "score", "select": "select", "train-reward": "rm",
-                "train-sft": "sft",
-                "train-dpo": "dpo", "evaluate-policy": "eval pol", "evaluate-candidate": "eval cand"}
+                "train-sft": "sft", "train-dpo": "dpo", "average": "avg", "evaluate-policy": "eval pol",
+                "evaluate-candidate": "eval cand", "compare": "judge"}
 
 
 def print_rounds(rows: list[dict[str, Any]], console: Console | None = None) -> None:

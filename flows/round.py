@@ -21,6 +21,8 @@ from storage.ids import hash_obj
 from storage.runtime import Runtime, open_runtime
 from tasks.curate import CurationError, curate_task
 from tasks.train_reward import reward_base_id, reward_model_context, reward_pairs_ids, train_reward_task
+from tasks.average import average_task
+from tasks.compare import compare_task
 from tasks.evaluate import evaluate_task
 from tasks.generate import generate_task
 from tasks.promote import Decision, gate_task
@@ -88,8 +90,11 @@ def _run_round(rt: Runtime, cfg: FlywheelConfig) -> RoundReport:
             train_reward_task(cfg, r, pairs_ids, reward_base_id(rt, cfg, policy))
         sft_model = train_sft_task(cfg, r, policy, sft)
         candidate = train_dpo_task(cfg, r, sft_model, pairs)
+        candidate = average_task(cfg, r, candidate, policy)  # the trained model itself when averaging is off
         policy_metrics = evaluate_task(cfg, r, policy, "policy")
         candidate_metrics = evaluate_task(cfg, r, candidate, "candidate")
+        if any(e.metric == "win_rate" for e in cfg.evaluation.eval_sets) and candidate != policy:
+            candidate_metrics = {**candidate_metrics, **compare_task(cfg, r, policy, candidate)}
         decision = gate_task(cfg, r, policy, candidate, policy_metrics, candidate_metrics)
         manifest_uri = write_manifest(rt, cfg, r, policy, candidate, decision)
         rt.catalog.finish_round(cfg.pipeline, r, candidate=candidate, policy_out=decision.policy_out,

@@ -39,6 +39,9 @@ CREATE TABLE IF NOT EXISTS edges (
 CREATE TABLE IF NOT EXISTS metrics (
     pipeline TEXT, round INTEGER, step TEXT, name TEXT, value DOUBLE, PRIMARY KEY (pipeline, round, name));
 CREATE TABLE IF NOT EXISTS row_edges (row_id TEXT, parent_id TEXT, artifact_id TEXT);
+CREATE TABLE IF NOT EXISTS promotions (
+    pipeline TEXT, after_round INTEGER, policy TEXT, from_round INTEGER, which TEXT, who TEXT,
+    promoted_at TIMESTAMPTZ, why TEXT);
 CREATE INDEX IF NOT EXISTS row_edges_row ON row_edges (row_id);
 """
 
@@ -173,12 +176,45 @@ class Catalog:
         return int(rows[0]["r"]) + 1
 
     def current_policy(self, pipeline: str) -> str | None:
-        """Policy after the last completed round (None before round 1: the base model)."""
+        """Policy the next round starts from: the last completed round's, unless a manual promotion
+        (`flywheel promote`) came after that round (None before round 1: the base model)."""
         rows = self._query(
-            "SELECT policy_out FROM rounds WHERE pipeline = ? AND status = 'completed' ORDER BY round DESC LIMIT 1",
+            "SELECT round, policy_out FROM rounds WHERE pipeline = ? AND status = 'completed' ORDER BY round DESC LIMIT 1",
             [pipeline],
         )
+        last_round = rows[0]["round"] if rows else 0
+        manual = self._query(
+            "SELECT policy FROM promotions WHERE pipeline = ? AND after_round >= ? ORDER BY promoted_at DESC LIMIT 1",
+            [pipeline, last_round],
+        )
+        if manual:
+            return manual[0]["policy"]
         return rows[0]["policy_out"] if rows else None
+
+    def record_promotion(self, pipeline: str, from_round: int, which: str, who: str, why: str) -> dict[str, Any]:
+        """Make round `from_round`'s candidate (or its kept policy) the pipeline's policy by hand.
+
+        Recorded with who, when and why; the next round starts from it. Raises ValueError when the round
+        does not exist or has no such model.
+        """
+        rnd = self._query("SELECT * FROM rounds WHERE pipeline = ? AND round = ?", [pipeline, from_round])
+        if not rnd:
+            known = [r["round"] for r in self._query("SELECT round FROM rounds WHERE pipeline = ? ORDER BY round",
+                                                     [pipeline])]
+            raise ValueError(f"pipeline {pipeline!r} has no round {from_round} (rounds: {known or 'none'})")
+        policy = rnd[0]["candidate"] if which == "candidate" else rnd[0]["policy_out"]
+        if not policy:
+            raise ValueError(f"round {from_round} of {pipeline!r} has no {which} (status {rnd[0]['status']})")
+        after = self._query("SELECT max(round) AS r FROM rounds WHERE pipeline = ? AND status = 'completed'",
+                            [pipeline])[0]["r"] or 0
+        row = {"pipeline": pipeline, "after_round": after, "policy": policy, "from_round": from_round,
+               "which": which, "who": who, "promoted_at": _now(), "why": why}
+        with self._tx() as con:
+            con.execute("INSERT INTO promotions VALUES (?, ?, ?, ?, ?, ?, ?, ?)", list(row.values()))
+        return row
+
+    def promotions(self, pipeline: str) -> list[dict[str, Any]]:
+        return self._query("SELECT * FROM promotions WHERE pipeline = ? ORDER BY promoted_at", [pipeline])
 
     def rounds(self, pipeline: str | None = None) -> list[dict[str, Any]]:
         where, params = ("WHERE pipeline = ?", [pipeline]) if pipeline else ("", [])

@@ -34,6 +34,13 @@ def get_logger() -> logging.Logger | logging.LoggerAdapter:
         return logging.getLogger("flywheel")
 
 
+def step_outputs(step_row: dict) -> dict[str, str]:
+    """{output name: artifact id} of a catalog steps row."""
+    import json
+
+    return json.loads(step_row.get("outputs") or "{}")
+
+
 def code_version(*modules: str) -> str:
     """Version of the code a step runs: package version + hash of the named modules' source."""
     sources = [inspect.getsource(importlib.import_module(m)) for m in modules]

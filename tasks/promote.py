@@ -1,7 +1,9 @@
-"""The promotion gate: the candidate becomes the policy only if it does not regress.
+"""The promotion gate: the candidate becomes the policy only if the configured rule over its metrics holds.
 
-Rule: candidate[metric] >= policy[metric] - tolerance, on the configured eval set. The decision and
-its reason are stored with the round; round r+1 starts from whichever model the gate kept.
+Rule (configs.schema.PromotionConfig): the primary metric (the gate eval set's own metric: accuracy,
+reward or judge win rate) must reach policy + min_improvement - tolerance, and every guarded eval set may
+drop by at most its max_drop. The decision lists every check with its numbers; round r+1 starts from
+whichever model the gate kept. `flywheel promote` overrides it by hand (recorded with who, when, why).
 """
 from __future__ import annotations
 
@@ -21,30 +23,56 @@ class Decision:
     reason: str
 
 
-def decide(gate: PromotionConfig, gate_set: str, policy: dict[str, float], candidate: dict[str, float],
-           policy_id: str, candidate_id: str) -> Decision:
-    """Compare the gate metric of candidate and policy.
+def _fmt(key: str, x: float) -> str:
+    """Accuracy and win rates as percentages, rewards as plain numbers."""
+    return f"{100 * x:.2f} %" if key.startswith(("accuracy/", "win_rate/")) else f"{x:.4f}"
 
-    >>> decide(PromotionConfig(tolerance=0.01), "h", {"accuracy": .50}, {"accuracy": .495}, "p", "c").promoted
+
+def decide(gate: PromotionConfig, metric_of: dict[str, str], gate_set: str, policy: dict[str, float],
+           candidate: dict[str, float], policy_id: str, candidate_id: str) -> Decision:
+    """Apply the gate's rule to the two models' metrics.
+
+    Args:
+        metric_of: {eval set: its metric} (accuracy, reward or win_rate); keys of the dicts are
+            "<metric>/<eval set>".
+        policy, candidate: each model's metrics (the policy's win rate is 0.5: itself against itself).
+
+    >>> m = {"h": "accuracy", "chat": "reward"}
+    >>> decide(PromotionConfig(tolerance=0.01), m, "h", {"accuracy/h": .50}, {"accuracy/h": .495}, "p", "c").promoted
     True
-    >>> decide(PromotionConfig(), "h", {"accuracy": .50}, {"accuracy": .40}, "p", "c").reason
-    'kept policy: accuracy on h 40.00 % < policy 50.00 % - tolerance 0.00'
+    >>> g = PromotionConfig(min_improvement=0.02, guards=[{"eval_set": "chat", "max_drop": 0.1}])
+    >>> decide(g, m, "h", {"accuracy/h": .5, "reward/chat": 1.0}, {"accuracy/h": .6, "reward/chat": .8}, "p", "c").reason
+    'kept policy: accuracy/h 60.00 % >= 50.00 % + 2.00 (ok); reward/chat 0.8000 < 1.0000 - 0.1000 (regressed)'
     """
     if candidate_id == policy_id:
         return Decision(False, policy_id, "kept policy: training produced no new model")
-    name = gate.metric.removeprefix("eval/")
-    key = name if name in candidate else f"{name}/{gate_set}"
-    c, p = candidate[key], policy[key]
-    if c >= p - gate.tolerance:
-        return Decision(True, candidate_id, f"promoted: {name} on {gate_set} {100 * c:.2f} % >= policy {100 * p:.2f} % - tolerance {100 * gate.tolerance:.2f}")
-    return Decision(False, policy_id, f"kept policy: {name} on {gate_set} {100 * c:.2f} % < policy {100 * p:.2f} % - tolerance {100 * gate.tolerance:.2f}")
+    checks = []
+    key = f"{metric_of[gate_set]}/{gate_set}"
+    c, p = candidate[key], policy.get(key, 0.5 if key.startswith("win_rate/") else float("nan"))
+    margin = gate.min_improvement - gate.tolerance
+    ok = c >= p + margin
+    sign = "+" if margin >= 0 else "-"
+    unit = 100 if key.startswith(("accuracy/", "win_rate/")) else 1
+    checks.append((ok, f"{key} {_fmt(key, c)} {'>=' if ok else '<'} {_fmt(key, p)} {sign} "
+                       f"{unit * abs(margin):.2f} ({'ok' if ok else 'not enough'})"))
+    for guard in gate.guards:
+        gk = f"{metric_of[guard.eval_set]}/{guard.eval_set}"
+        gc, gp = candidate[gk], policy.get(gk, 0.5 if gk.startswith("win_rate/") else float("nan"))
+        g_ok = gc >= gp - guard.max_drop
+        checks.append((g_ok, f"{gk} {_fmt(gk, gc)} {'>=' if g_ok else '<'} {_fmt(gk, gp)} - "
+                             f"{guard.max_drop:.4f} ({'ok' if g_ok else 'regressed'})"))
+    promoted = all(ok for ok, _ in checks)
+    reason = ("promoted: " if promoted else "kept policy: ") + "; ".join(text for _, text in checks)
+    return Decision(promoted, candidate_id if promoted else policy_id, reason)
 
 
 @task(name="promotion-gate")
 def gate_task(cfg: FlywheelConfig, round_num: int, policy_id: str, candidate_id: str,
               policy_metrics: dict[str, float], candidate_metrics: dict[str, float]) -> Decision:
     rt = open_runtime(cfg)
-    decision = decide(cfg.promotion, cfg.gate_eval_set, policy_metrics, candidate_metrics, policy_id, candidate_id)
+    metric_of = {e.name: e.metric for e in cfg.evaluation.eval_sets}
+    decision = decide(cfg.promotion, metric_of, cfg.gate_eval_set, policy_metrics, candidate_metrics, policy_id,
+                      candidate_id)
     common.get_logger().info("round %d: %s", round_num, decision.reason)
 
     def compute() -> common.StepOutput:

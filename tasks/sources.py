@@ -103,15 +103,15 @@ def read_source(cfg: SourceConfig, max_row_chars: int | None = None) -> SourceRo
 
 
 def read_eval_set(cfg: EvalSetConfig) -> list[dict]:
-    """Read a held-out eval set: [{"prompt": str, "answer": str}], in file order.
+    """Read a held-out eval set: [{"prompt": str, "answer": str | None}], in file order.
 
-    Every row must have a non-empty prompt and an answer (string or number); a bad row is a SourceError
-    naming its line (JSONL, CSV) or row (Parquet).
+    Every row must have a non-empty prompt, and an answer (string or number) when `answer_field` is set;
+    a bad row is a SourceError naming its line (JSONL, CSV) or row (Parquet).
     """
     where = Where(f"eval set {cfg.name!r}", "evaluation.eval_sets[]", cfg.path)
     path, fmt = check_file(where, "auto")
     with reading(where):
-        columns, stream = open_file(where, path, fmt, [cfg.prompt_field, cfg.answer_field], None)
+        columns, stream = open_file(where, path, fmt, [f for f in (cfg.prompt_field, cfg.answer_field) if f], None)
         records = list(stream)
     for i, (line, rec) in enumerate(records):
         if rec.__class__ is Bad:
@@ -124,17 +124,19 @@ def read_eval_set(cfg: EvalSetConfig) -> list[dict]:
     if columns is None:
         columns = list(dict.fromkeys(k for _, rec in records for k in rec))
     _require_field(where, columns, cfg.prompt_field, "prompt_field")
-    _require_field(where, columns, cfg.answer_field, "answer_field")
+    if cfg.answer_field:
+        _require_field(where, columns, cfg.answer_field, "answer_field")
     rows = []
     for i, (line, rec) in enumerate(records):
-        prompt, answer = rec.get(cfg.prompt_field), _answer_str(rec.get(cfg.answer_field))
+        prompt = rec.get(cfg.prompt_field)
+        answer = _answer_str(rec.get(cfg.answer_field)) if cfg.answer_field else "-"
         if not (isinstance(prompt, str) and prompt.strip()):
             raise where.error(f"{_location(line, i)} of {cfg.path}: field {cfg.prompt_field!r} must be a non-empty "
                               f"string, got {_short(prompt)}", "fix the file")
         if answer is None or not answer.strip():
             raise where.error(f"{_location(line, i)} of {cfg.path}: field {cfg.answer_field!r} must be a non-empty "
                               f"string or a number, got {_short(rec.get(cfg.answer_field))}", "fix the file")
-        rows.append({"prompt": prompt, "answer": answer})
+        rows.append({"prompt": prompt, "answer": answer if cfg.answer_field else None})
     return rows
 
 

@@ -346,3 +346,25 @@ def test_round_with_a_judge_records_its_reliability(server, make_config, prefect
     with get_client(sync_client=True) as client:
         (md,) = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["judged-round-report"])))
     assert "## Scoring" in md.data and "| judge | swap_agreement |" in md.data
+
+
+def test_round_gated_on_judge_win_rate_against_the_policy(server, make_config, demo_data, prefect_harness):
+    """An eval set whose metric is the judge's win rate of candidate vs policy (both orders asked)."""
+    from flows.round import round_flow
+
+    endpoint = judge_cfg(server).judge.model_dump(mode="json")
+    cfg = make_config(
+        pipeline="arena", curation__prompts_per_round=16,
+        evaluation__eval_sets=[{"name": "heldout", "path": str(demo_data["heldout"])},
+                               {"name": "arena", "path": str(demo_data["heldout"]), "answer_field": None,
+                                "metric": "win_rate", "judge": endpoint}],
+        promotion={"eval_set": "arena", "min_improvement": 0.0},
+    )
+    report = round_flow(cfg)
+    m = report.metrics
+    assert m["eval/win_rate/arena/policy"] == 0.5
+    assert 0.0 <= m["eval/win_rate/arena/candidate"] <= 1.0
+    assert m["eval/judge/arena/prompts"] == 150 and m["eval/judge/arena/parse_failure_rate"] == 0.0
+    assert 0.0 <= m["eval/judge/arena/swap_agreement"] <= 1.0
+    assert report.reason.split(": ")[1].startswith("win_rate/arena")
+    assert report.promoted == (m["eval/win_rate/arena/candidate"] >= 0.5)

@@ -1,4 +1,5 @@
-"""The promotion gate, table-driven: promote unless the candidate regresses beyond the tolerance."""
+"""The promotion gate, table-driven (primary metric with improvement or tolerance, guards on other eval
+sets, win rates against the 0.5 baseline), and the manual promotion recorded in the catalog."""
 import doctest
 
 import pytest
@@ -7,62 +8,76 @@ import tasks.promote
 from configs.schema import PromotionConfig
 from tasks.promote import Decision, decide
 
+METRIC_OF = {"heldout": "accuracy", "gsm": "accuracy", "chat": "reward", "arena": "win_rate"}
+
 CASES = [
-    # (tolerance, policy accuracy, candidate accuracy, promoted, reason)
-    pytest.param(0.0, 0.50, 0.60, True, "promoted: accuracy on heldout 60.00 % >= policy 50.00 % - tolerance 0.00",
-                 id="improve"),
-    pytest.param(0.0, 0.50, 0.50, True, "promoted: accuracy on heldout 50.00 % >= policy 50.00 % - tolerance 0.00",
-                 id="equal"),
-    pytest.param(0.02, 0.50, 0.49, True, "promoted: accuracy on heldout 49.00 % >= policy 50.00 % - tolerance 2.00",
-                 id="within-tolerance"),
-    pytest.param(0.01, 0.50, 0.49, True, "promoted: accuracy on heldout 49.00 % >= policy 50.00 % - tolerance 1.00",
-                 id="at-tolerance"),
-    pytest.param(0.0, 0.50, 0.4975, False,
-                 "kept policy: accuracy on heldout 49.75 % < policy 50.00 % - tolerance 0.00", id="tiny-regress"),
-    pytest.param(0.01, 0.50, 0.45, False,
-                 "kept policy: accuracy on heldout 45.00 % < policy 50.00 % - tolerance 1.00", id="regress-beyond"),
-    pytest.param(0.0, 0.0, 0.0, True, "promoted: accuracy on heldout 0.00 % >= policy 0.00 % - tolerance 0.00",
-                 id="both-zero"),
+    # (gate settings, policy metrics, candidate metrics, promoted, reason)
+    pytest.param({}, {"accuracy/heldout": .50}, {"accuracy/heldout": .60}, True,
+                 "promoted: accuracy/heldout 60.00 % >= 50.00 % + 0.00 (ok)", id="improve"),
+    pytest.param({}, {"accuracy/heldout": .50}, {"accuracy/heldout": .50}, True,
+                 "promoted: accuracy/heldout 50.00 % >= 50.00 % + 0.00 (ok)", id="equal-passes"),
+    pytest.param({"tolerance": .02}, {"accuracy/heldout": .50}, {"accuracy/heldout": .49}, True,
+                 "promoted: accuracy/heldout 49.00 % >= 50.00 % - 2.00 (ok)", id="within-tolerance"),
+    pytest.param({}, {"accuracy/heldout": .50}, {"accuracy/heldout": .4975}, False,
+                 "kept policy: accuracy/heldout 49.75 % < 50.00 % + 0.00 (not enough)", id="tiny-regress"),
+    pytest.param({"min_improvement": .02}, {"accuracy/heldout": .50}, {"accuracy/heldout": .51}, False,
+                 "kept policy: accuracy/heldout 51.00 % < 50.00 % + 2.00 (not enough)", id="improvement-too-small"),
+    pytest.param({"min_improvement": .02}, {"accuracy/heldout": .50}, {"accuracy/heldout": .53}, True,
+                 "promoted: accuracy/heldout 53.00 % >= 50.00 % + 2.00 (ok)", id="improvement-enough"),
+    pytest.param({"guards": [{"eval_set": "chat", "max_drop": 0.1}]},
+                 {"accuracy/heldout": .5, "reward/chat": 1.0}, {"accuracy/heldout": .6, "reward/chat": .95}, True,
+                 "promoted: accuracy/heldout 60.00 % >= 50.00 % + 0.00 (ok); reward/chat 0.9500 >= 1.0000 - 0.1000 (ok)",
+                 id="guard-holds"),
+    pytest.param({"guards": [{"eval_set": "chat", "max_drop": 0.1}, {"eval_set": "gsm"}]},
+                 {"accuracy/heldout": .5, "reward/chat": 1.0, "accuracy/gsm": .3},
+                 {"accuracy/heldout": .6, "reward/chat": 1.2, "accuracy/gsm": .29}, False,
+                 "kept policy: accuracy/heldout 60.00 % >= 50.00 % + 0.00 (ok); reward/chat 1.2000 >= 1.0000 - "
+                 "0.1000 (ok); accuracy/gsm 29.00 % < 30.00 % - 0.0000 (regressed)", id="one-guard-regresses"),
+    pytest.param({"eval_set": "arena", "min_improvement": .05}, {}, {"win_rate/arena": .58}, True,
+                 "promoted: win_rate/arena 58.00 % >= 50.00 % + 5.00 (ok)", id="win-rate-against-0.5"),
+    pytest.param({"eval_set": "arena", "min_improvement": .05}, {}, {"win_rate/arena": .54}, False,
+                 "kept policy: win_rate/arena 54.00 % < 50.00 % + 5.00 (not enough)", id="win-rate-too-low"),
 ]
 
 
-@pytest.mark.parametrize("tolerance,policy_acc,candidate_acc,promoted,reason", CASES)
-def test_decide(tolerance, policy_acc, candidate_acc, promoted, reason):
-    gate = PromotionConfig(metric="eval/accuracy", tolerance=tolerance)
-    d = decide(gate, "heldout", {"accuracy/heldout": policy_acc}, {"accuracy/heldout": candidate_acc}, "pol", "cand")
+@pytest.mark.parametrize("gate,policy,candidate,promoted,reason", CASES)
+def test_decide(gate, policy, candidate, promoted, reason):
+    g = PromotionConfig(**gate)
+    d = decide(g, METRIC_OF, g.eval_set or "heldout", policy, candidate, "pol", "cand")
     assert d == Decision(promoted=promoted, policy_out="cand" if promoted else "pol", reason=reason)
 
 
-@pytest.mark.parametrize("candidate_acc", [0.40, 0.50, 0.90])
-def test_same_model_is_never_promoted(candidate_acc):
-    d = decide(PromotionConfig(), "heldout", {"accuracy": 0.5}, {"accuracy": candidate_acc}, "m1", "m1")
-    assert d == Decision(False, "m1", "kept policy: training produced no new model")
+def test_same_model_is_never_promoted():
+    d = decide(PromotionConfig(), METRIC_OF, "heldout", {"accuracy/heldout": .5}, {"accuracy/heldout": .9}, "m", "m")
+    assert d == Decision(False, "m", "kept policy: training produced no new model")
 
 
-def test_metric_key_of_the_gate_set():
-    # evaluate writes "accuracy/<set>" per eval set: the gate reads the configured set's value
-    policy = {"accuracy/heldout": 0.9, "accuracy/gsm": 0.30}
-    candidate = {"accuracy/heldout": 0.1, "accuracy/gsm": 0.35}
-    d = decide(PromotionConfig(), "gsm", policy, candidate, "p", "c")
-    assert (d.promoted, d.reason) == (True, "promoted: accuracy on gsm 35.00 % >= policy 30.00 % - tolerance 0.00")
-    d = decide(PromotionConfig(), "heldout", policy, candidate, "p", "c")
-    assert (d.promoted, d.policy_out) == (False, "p")
+def test_gate_settings_are_checked():
+    with pytest.raises(ValueError, match=r"min_improvement \(0.01\) and promotion.tolerance \(0.02\) are both set"):
+        PromotionConfig(min_improvement=0.01, tolerance=0.02)
 
 
-def test_plain_metric_key_wins_and_prefix_is_optional():
-    # the plain "accuracy" key (evaluate sets it to the gate set's value) is used when present
-    policy = {"accuracy": 0.5, "accuracy/other": 0.9}
-    candidate = {"accuracy": 0.6, "accuracy/other": 0.1}
-    assert decide(PromotionConfig(metric="accuracy"), "other", policy, candidate, "p", "c").promoted is True
-    assert decide(PromotionConfig(metric="eval/accuracy"), "other", policy, candidate, "p", "c").promoted is True
+def test_manual_promotion_changes_the_next_policy(tmp_path):
+    from storage.catalog import Catalog
 
-
-def test_missing_metric_is_an_error():
-    with pytest.raises(KeyError):
-        decide(PromotionConfig(metric="eval/f1"), "heldout", {"accuracy": 0.5}, {"accuracy": 0.6}, "p", "c")
+    cat = Catalog(tmp_path / "c.duckdb")
+    for r, (cand, out) in enumerate([("c1", "c1"), ("c2", "c1"), ("c3", "c3")], start=1):
+        cat.start_round("p", r, "h", "in", "flow")
+        cat.finish_round("p", r, candidate=cand, policy_out=out, promoted=cand == out, reason="x", manifest_uri="u")
+    assert cat.current_policy("p") == "c3"
+    row = cat.record_promotion("p", 2, "candidate", "alice", "c3 fails the safety suite")
+    assert (row["policy"], row["after_round"], row["who"], row["why"]) == ("c2", 3, "alice", "c3 fails the safety suite")
+    assert cat.current_policy("p") == "c2"
+    assert cat.record_promotion("p", 1, "policy", "bob", "back to round 1")["policy"] == "c1"
+    assert cat.current_policy("p") == "c1" and [x["who"] for x in cat.promotions("p")] == ["alice", "bob"]
+    # A round completed after the manual promotion takes over again.
+    cat.start_round("p", 4, "h", "c1", "flow")
+    cat.finish_round("p", 4, candidate="c4", policy_out="c4", promoted=True, reason="x", manifest_uri="u")
+    assert cat.current_policy("p") == "c4"
+    with pytest.raises(ValueError, match=r"pipeline 'p' has no round 9 \(rounds: \[1, 2, 3, 4\]\)"):
+        cat.record_promotion("p", 9, "candidate", "alice", "?")
 
 
 def test_doctests():
     result = doctest.testmod(tasks.promote)
-    assert result.attempted >= 2
-    assert result.failed == 0
+    assert result.attempted >= 2 and result.failed == 0

@@ -280,3 +280,42 @@ def test_round_of_a_killed_worker_is_resumed(make_config, monkeypatch):
     (done,) = rt.catalog.rounds(cfg.pipeline)
     assert done["status"] == "completed"
     assert {"curate", "generate", "score", "select"} <= {n for n, s in done["steps"].items() if s["reused"]}
+
+
+def test_rollback_sets_the_policy_of_the_next_round(make_config):
+    from flows.cli import main
+
+    cfg = make_config(pipeline="rollback")
+    r1, r2 = pipeline_flow(cfg, 2)
+    home = str(cfg.resolve_home())
+    assert main(["--home", home, "promote", "--pipeline", "rollback", "--round", "1", "--reason", "r2 is worse"]) == 0
+    rt = open_runtime(cfg)
+    (promo,) = rt.catalog.promotions("rollback")
+    assert (promo["policy"], promo["from_round"], promo["after_round"], promo["why"]) == (r1.candidate, 1, 2, "r2 is worse")
+    r3 = round_flow(cfg)
+    assert r3.round == 3 and r3.policy_in == r1.candidate
+    assert main(["--home", home, "promote", "--pipeline", "rollback", "--round", "7", "--reason", "x"]) == 2
+
+
+def test_eval_sets_with_their_own_metrics_and_a_guarded_gate(make_config, small_model, demo_data, tmp_path):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    rm_dir = tmp_path / "rm"
+    torch.manual_seed(0)
+    AutoModelForSequenceClassification.from_pretrained(small_model, num_labels=1).save_pretrained(rm_dir)
+    AutoTokenizer.from_pretrained(small_model).save_pretrained(rm_dir)
+    cfg = make_config(
+        pipeline="multi-eval",
+        evaluation__eval_sets=[{"name": "heldout", "path": str(demo_data["heldout"])},
+                               {"name": "chat", "path": str(demo_data["heldout"]), "answer_field": None,
+                                "metric": "reward", "reward_model": str(rm_dir)}],
+        promotion={"guards": [{"eval_set": "chat", "max_drop": 100.0}]},
+    )
+    report = round_flow(cfg)
+    m = report.metrics
+    for role in ("policy", "candidate"):
+        assert 0.0 <= m[f"eval/accuracy/heldout/{role}"] <= 1.0
+        assert m[f"eval/reward/chat/{role}"] == m[f"eval/reward/chat/{role}"]  # a number, not NaN
+    assert "accuracy/heldout" in report.reason and "reward/chat" in report.reason
+    assert report.promoted == (m["eval/accuracy/heldout/candidate"] >= m["eval/accuracy/heldout/policy"])

@@ -1,11 +1,19 @@
-"""Preference tuning of the policy on chosen/rejected pairs with TRL's DPOTrainer.
+"""Preference tuning of the policy on chosen/rejected pairs: TRL's DPOTrainer, or CPOTrainer when reference-free.
 
-The reference model is a frozen copy of the model DPO starts from (the SFT checkpoint of this round),
-which TRL builds itself when no `ref_model` is given.
+`cfg.reference` picks the trainer (see configs/training.py):
+  policy  DPOTrainer. The reference is a frozen copy of the model the stage starts from (the SFT checkpoint
+          of this round), which TRL builds itself when no `ref_model` is given; with LoRA it is the same model
+          with its adapters switched off. `precompute_ref_log_probs` scores all pairs with it once, up front.
+  none    CPOTrainer (trl.experimental.cpo): one of sigmoid / hinge / ipo / simpo on the policy's own
+          log-probs, and `sft` in loss_types becomes its NLL term (cpo_alpha = the sft weight, else 0).
+          trl.experimental may change between minor releases: tests/test_trainers.py trains every route.
+
+Optional LoRA (`cfg.lora`): adapters are merged into the weights before saving (see trainers/lora.py).
 """
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 from datasets import Dataset
@@ -13,30 +21,56 @@ from transformers import PrinterCallback
 from trl import DPOConfig as TRLDPOConfig
 from trl import DPOTrainer
 
-from configs.schema import DPOConfig
-from trainers.common import LossLogger, check_finite, common_args, load_policy, save_checkpoint
+from configs.training import DPOConfig
+from trainers.common import LossLogger, finish_stage, load_policy, stage_args
+from trainers.lora import peft_config
+
+
+def _to_pairs(pairs: list[dict]) -> Dataset:
+    return Dataset.from_list([{"prompt": [dict(m) for m in p["prompt"]], "chosen": [dict(m) for m in p["chosen"]],
+                               "rejected": [dict(m) for m in p["rejected"]]} for p in pairs])
+
+
+def _dpo_trainer(model, tokenizer, data: Dataset, cfg: DPOConfig, base: dict, callbacks: list) -> DPOTrainer:
+    args = TRLDPOConfig(
+        **base, beta=cfg.beta, loss_type=list(cfg.loss_types), loss_weights=cfg.loss_weights,
+        label_smoothing=cfg.label_smoothing, precompute_ref_log_probs=cfg.precompute_ref_log_probs,
+        max_length=cfg.max_length,
+    )
+    return DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer, callbacks=callbacks,
+                      peft_config=peft_config(cfg.lora))
+
+
+def _cpo_trainer(model, tokenizer, data: Dataset, cfg: DPOConfig, base: dict, callbacks: list):
+    with warnings.catch_warnings():  # the "trl.experimental is unstable" notice: the tests pin what we use
+        warnings.simplefilter("ignore")
+        from trl.experimental.cpo import CPOConfig, CPOTrainer
+
+    (loss,) = [t for t in cfg.loss_types if t != "sft"]  # the config validator allows exactly one
+    weights = cfg.loss_weights or [1.0] * len(cfg.loss_types)
+    cpo_alpha = weights[cfg.loss_types.index("sft")] if "sft" in cfg.loss_types else 0.0
+    args = CPOConfig(
+        **base, beta=cfg.beta, loss_type=loss, cpo_alpha=cpo_alpha, simpo_gamma=cfg.simpo_gamma,
+        label_smoothing=cfg.label_smoothing, max_length=cfg.max_length,
+        remove_unused_columns=False,  # its pair collator needs every column (it would reset this with a warning)
+    )
+    return CPOTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer, callbacks=callbacks,
+                      peft_config=peft_config(cfg.lora))
 
 
 def train_dpo(
     model_path: str, pairs: list[dict], cfg: DPOConfig, out_dir: Path, *, seed: int, use_cpu: bool, bf16: bool,
     logger: logging.Logger | logging.LoggerAdapter,
 ) -> tuple[Path, dict]:
-    """DPO from `model_path` on conversational `prompt/chosen/rejected` rows; returns checkpoint and summary."""
+    """Tune `model_path` on conversational `prompt/chosen/rejected` rows; returns checkpoint and summary."""
     model, tokenizer = load_policy(model_path, bf16)
-    args = TRLDPOConfig(
-        **common_args(out_dir / "trainer", lr=cfg.learning_rate, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                      seed=seed, use_cpu=use_cpu, bf16=bf16),
-        beta=cfg.beta, loss_type=list(cfg.loss_types), loss_weights=cfg.loss_weights, max_length=cfg.max_length,
-    )
-    data = [{"prompt": [dict(m) for m in p["prompt"]], "chosen": [dict(m) for m in p["chosen"]],
-             "rejected": [dict(m) for m in p["rejected"]]} for p in pairs]
     callback = LossLogger(logger, "dpo")
-    trainer = DPOTrainer(
-        model=model, args=args, train_dataset=Dataset.from_list(data), processing_class=tokenizer, callbacks=[callback],
-    )
+    base = stage_args(cfg, out_dir / "trainer", seed=seed, use_cpu=use_cpu, bf16=bf16)
+    build = _dpo_trainer if cfg.reference == "policy" else _cpo_trainer
+    trainer = build(model, tokenizer, _to_pairs(pairs), cfg, base, [callback])
     trainer.remove_callback(PrinterCallback)  # its raw dicts on stdout duplicate LossLogger's lines
     result = trainer.train()
-    check_finite(callback.history, "dpo")
-    info = {"stage": "dpo", "config": cfg.model_dump(), "rows": len(pairs), "base": model_path, "seed": seed}
-    ckpt = save_checkpoint(trainer.model, tokenizer, out_dir / "model", info)
-    return ckpt, {"steps": result.global_step, "train_loss": result.training_loss, "history": callback.history}
+    info = {"stage": "dpo", "config": cfg.model_dump(mode="json"), "loss_types": list(cfg.loss_types),
+            "loss_weights": cfg.loss_weights or [1.0] * len(cfg.loss_types), "reference": cfg.reference,
+            "rows": len(pairs), "base": model_path, "seed": seed}
+    return finish_stage(trainer, tokenizer, result, callback, out_dir, info)

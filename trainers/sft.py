@@ -2,6 +2,14 @@
 
 Rows arrive as TRL `messages` conversations; they are split into conversational prompt/completion
 pairs so that, with `completion_only_loss`, only the assistant answer is learned (not the question).
+
+Packing and completion-only loss together: TRL 1.16 builds the labels (prompt tokens at -100) before it
+packs rows with best-fit decreasing, so the mask survives packing; BFD packing is padding-free and passes
+each row's `position_ids`, from which transformers' attention (sdpa, eager, flash) keeps rows from seeing
+each other. Both options are therefore passed through unchanged; tests/test_trainers.py checks the packed
+labels still mask the prompts.
+
+Optional LoRA (`cfg.lora`): adapters are merged into the weights before saving (see trainers/lora.py).
 """
 from __future__ import annotations
 
@@ -13,8 +21,9 @@ from transformers import PrinterCallback
 from trl import SFTConfig as TRLSFTConfig
 from trl import SFTTrainer
 
-from configs.schema import SFTConfig
-from trainers.common import LossLogger, check_finite, common_args, load_policy, save_checkpoint
+from configs.training import SFTConfig
+from trainers.common import LossLogger, finish_stage, load_policy, stage_args
+from trainers.lora import peft_config
 
 
 def to_prompt_completion(rows: list[dict]) -> list[dict]:
@@ -28,25 +37,33 @@ def to_prompt_completion(rows: list[dict]) -> list[dict]:
     return out
 
 
+def build_sft_trainer(
+    model_path: str, rows: list[dict], cfg: SFTConfig, out_dir: Path, *, seed: int, use_cpu: bool, bf16: bool,
+    callbacks: list,
+) -> tuple[SFTTrainer, object]:
+    """The SFTTrainer `train_sft` runs (exposed so tests can look at its prepared data); returns it and the tokenizer."""
+    model, tokenizer = load_policy(model_path, bf16)
+    args = TRLSFTConfig(
+        **stage_args(cfg, out_dir / "trainer", seed=seed, use_cpu=use_cpu, bf16=bf16),
+        max_length=cfg.max_length, completion_only_loss=cfg.completion_only_loss, packing=cfg.packing,
+    )
+    trainer = SFTTrainer(
+        model=model, args=args, train_dataset=Dataset.from_list(to_prompt_completion(rows)),
+        processing_class=tokenizer, callbacks=callbacks, peft_config=peft_config(cfg.lora),
+    )
+    trainer.remove_callback(PrinterCallback)  # its raw dicts on stdout duplicate LossLogger's lines
+    return trainer, tokenizer
+
+
 def train_sft(
     model_path: str, rows: list[dict], cfg: SFTConfig, out_dir: Path, *, seed: int, use_cpu: bool, bf16: bool,
     logger: logging.Logger | logging.LoggerAdapter,
 ) -> tuple[Path, dict]:
     """Fine-tune `model_path` on `rows`; returns the saved checkpoint dir and a summary (losses, steps)."""
-    model, tokenizer = load_policy(model_path, bf16)
-    args = TRLSFTConfig(
-        **common_args(out_dir / "trainer", lr=cfg.learning_rate, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                      seed=seed, use_cpu=use_cpu, bf16=bf16),
-        max_length=cfg.max_length, completion_only_loss=cfg.completion_only_loss,
-    )
     callback = LossLogger(logger, "sft")
-    trainer = SFTTrainer(
-        model=model, args=args, train_dataset=Dataset.from_list(to_prompt_completion(rows)),
-        processing_class=tokenizer, callbacks=[callback],
-    )
-    trainer.remove_callback(PrinterCallback)  # its raw dicts on stdout duplicate LossLogger's lines
+    trainer, tokenizer = build_sft_trainer(model_path, rows, cfg, out_dir, seed=seed, use_cpu=use_cpu, bf16=bf16,
+                                           callbacks=[callback])
     result = trainer.train()
-    check_finite(callback.history, "sft")
-    info = {"stage": "sft", "config": cfg.model_dump(), "rows": len(rows), "base": model_path, "seed": seed}
-    ckpt = save_checkpoint(trainer.model, tokenizer, out_dir / "model", info)
-    return ckpt, {"steps": result.global_step, "train_loss": result.training_loss, "history": callback.history}
+    info = {"stage": "sft", "config": cfg.model_dump(mode="json"), "loss_types": ["nll"], "rows": len(rows),
+            "base": model_path, "seed": seed}
+    return finish_stage(trainer, tokenizer, result, callback, out_dir, info)
