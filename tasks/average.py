@@ -26,8 +26,9 @@ STEP = "average"
 
 
 def policy_history(rounds: list[dict[str, Any]], before_round: int) -> list[str]:
-    """Policies a pipeline held before round `before_round`, newest first: each promoted candidate of a
-    completed round, then the base model (the policy the first round started from).
+    """Policies a pipeline held before round `before_round`, newest first: per earlier round, newest first,
+    its promoted candidate, then the policy it started from. Starting policies include manual promotions
+    (`flywheel promote` sets the next round's starting policy); the oldest is the base model.
 
     >>> rounds = [{"round": 1, "status": "completed", "policy_in": "base", "policy_out": "c1", "promoted": True},
     ...           {"round": 2, "status": "completed", "policy_in": "c1", "policy_out": "c1", "promoted": False},
@@ -35,11 +36,17 @@ def policy_history(rounds: list[dict[str, Any]], before_round: int) -> list[str]
     ...           {"round": 4, "status": "running", "policy_in": "c3", "policy_out": None, "promoted": None}]
     >>> policy_history(rounds, 4)
     ['c3', 'c1', 'base']
+    >>> rounds[3] = {"round": 4, "status": "completed", "policy_in": "c1m", "policy_out": "c1m", "promoted": False}
+    >>> policy_history(rounds, 5)  # round 4 started from a manually promoted c1m
+    ['c1m', 'c3', 'c1', 'base']
     """
-    earlier = sorted((r for r in rounds if r["round"] < before_round), key=lambda r: r["round"], reverse=True)
-    promoted = [r["policy_out"] for r in earlier if r["status"] == "completed" and r["promoted"] and r["policy_out"]]
-    base = [r["policy_in"] for r in sorted(rounds, key=lambda r: r["round"])[:1] if r["policy_in"]]
-    return list(dict.fromkeys(promoted + base))
+    out: list[str] = []
+    for r in sorted((r for r in rounds if r["round"] < before_round), key=lambda r: r["round"], reverse=True):
+        if r["status"] == "completed" and r["promoted"] and r["policy_out"]:
+            out.append(r["policy_out"])
+        if r["policy_in"]:
+            out.append(r["policy_in"])
+    return list(dict.fromkeys(out))
 
 
 def choose_parents(cfg: AveragingConfig, policy_id: str, history: list[str]) -> list[str]:
