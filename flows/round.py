@@ -20,7 +20,8 @@ from storage.catalog import ArtifactRecord
 from storage.ids import hash_obj
 from storage.runtime import Runtime, open_runtime
 from tasks.curate import CurationError, curate_task
-from tasks.train_reward import reward_base_id, reward_model_context, reward_pairs_ids, train_reward_task
+from tasks.train_reward import (reward_base_id, reward_model_context, reward_pairs_ids, train_reward_task,
+                                 uses_trained_reward_model)
 from tasks.average import average_task
 from tasks.compare import compare_task
 from tasks.evaluate import evaluate_task
@@ -83,7 +84,9 @@ def _run_round(rt: Runtime, cfg: FlywheelConfig) -> RoundReport:
     try:
         prompts = curate_task(cfg, r)
         completions = generate_task(cfg, r, policy, prompts)
-        scores = score_task(cfg, r, completions, reward_model_context(rt, cfg.pipeline, r))
+        # The reward model is fetched only when something reads it (it can be as large as the policy).
+        rm_context = reward_model_context(rt, cfg.pipeline, r) if uses_trained_reward_model(cfg) else {}
+        scores = score_task(cfg, r, completions, rm_context)
         sft, pairs = select_task(cfg, r, completions, scores)
         if cfg.training.reward_model.enabled:  # trained on this round's pairs, it scores the next rounds
             pairs_ids = reward_pairs_ids(rt.catalog, cfg.pipeline, r, pairs, cfg.training.reward_model.rounds_of_pairs)

@@ -74,8 +74,10 @@ def evaluate_task(cfg: FlywheelConfig, round_num: int, model_id: str, role: str)
 
     rt = open_runtime(cfg)
     log = common.get_logger()
-    context = reward_model_context(rt, cfg.pipeline, round_num + 1)  # this round's reward model counts too
     reward_sets = [e for e in cfg.evaluation.eval_sets if e.metric == "reward"]
+    # This round's reward model counts too; fetched only when an eval set reads it.
+    trained = any(e.reward_model == "trained" for e in reward_sets)
+    context = reward_model_context(rt, cfg.pipeline, round_num + 1) if trained else {}
 
     def compute() -> common.StepOutput:
         from tasks.scorers.reward_model import RewardModelScorer
@@ -94,7 +96,7 @@ def evaluate_task(cfg: FlywheelConfig, round_num: int, model_id: str, role: str)
         return common.StepOutput({"results": ref}, {"rows_in": len(rows), "rows_out": len(rows), "metrics": metrics})
 
     inputs = {"model": model_id}
-    if reward_sets and context.get("reward_model_id"):
+    if context.get("reward_model_id"):
         inputs["reward_model"] = context["reward_model_id"]
     result = common.run_step(
         rt, pipeline=cfg.pipeline, round_num=round_num, step=f"evaluate-{role}", identity_step="evaluate",

@@ -129,14 +129,14 @@ def read_eval_set(cfg: EvalSetConfig) -> list[dict]:
     rows = []
     for i, (line, rec) in enumerate(records):
         prompt = rec.get(cfg.prompt_field)
-        answer = _answer_str(rec.get(cfg.answer_field)) if cfg.answer_field else "-"
+        answer = _answer_str(rec.get(cfg.answer_field)) if cfg.answer_field else None
         if not (isinstance(prompt, str) and prompt.strip()):
             raise where.error(f"{_location(line, i)} of {cfg.path}: field {cfg.prompt_field!r} must be a non-empty "
                               f"string, got {_short(prompt)}", "fix the file")
-        if answer is None or not answer.strip():
+        if cfg.answer_field and (answer is None or not answer.strip()):
             raise where.error(f"{_location(line, i)} of {cfg.path}: field {cfg.answer_field!r} must be a non-empty "
                               f"string or a number, got {_short(rec.get(cfg.answer_field))}", "fix the file")
-        rows.append({"prompt": prompt, "answer": answer if cfg.answer_field else None})
+        rows.append({"prompt": prompt, "answer": answer})
     return rows
 
 

@@ -74,6 +74,12 @@ def reward_base_id(rt: Runtime, cfg: FlywheelConfig, policy_id: str) -> str:
     return ref.id
 
 
+def uses_trained_reward_model(cfg: FlywheelConfig) -> bool:
+    """Whether a scorer or an eval set of this pipeline reads the latest trained reward model."""
+    return (any(s.kind == "reward_model" and s.model == "trained" for s in cfg.scoring.scorers)
+            or any(e.metric == "reward" and e.reward_model == "trained" for e in cfg.evaluation.eval_sets))
+
+
 def reward_model_context(rt: Runtime, pipeline: str, round_num: int) -> dict:
     """Scorer context for round `round_num`: the latest earlier reward model's directory and id ({} if none).
 

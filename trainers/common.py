@@ -50,10 +50,15 @@ def save_checkpoint(model, tokenizer, out_dir: Path, training_info: dict) -> Pat
     model.config.use_cache = True  # trainers switch the KV cache off; generation wants it back
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
+    write_training_info(out_dir, training_info)
+    return out_dir
+
+
+def write_training_info(out_dir: Path, training_info: dict) -> None:
+    """flywheel_training.json beside the weights: what made the checkpoint, with the library versions."""
     info = {**training_info, "trl_version": trl.__version__, "transformers_version": transformers.__version__,
             "peft_version": peft_version(), "torch_version": torch.__version__}
     (out_dir / "flywheel_training.json").write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
-    return out_dir
 
 
 def check_finite(history: list[dict], name: str) -> None:
@@ -124,8 +129,6 @@ def _save_sharded(trainer, tokenizer, out_dir: Path, info: dict) -> Path:
     trainer.save_model(str(out_dir))
     if trainer.accelerator.is_main_process:
         tokenizer.save_pretrained(out_dir)
-        info = {**info, "trl_version": trl.__version__, "transformers_version": transformers.__version__,
-                "peft_version": peft_version(), "torch_version": torch.__version__}
-        (out_dir / "flywheel_training.json").write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
+        write_training_info(out_dir, info)
     trainer.accelerator.wait_for_everyone()
     return out_dir
