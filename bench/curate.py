@@ -3,13 +3,14 @@
 Measures, in one run and side by side:
   - normalise + exact dedup + decontamination (the curate stage with near-dup off) vs a straightforward
     baseline (a Python set of n-gram tuples per row, no shared index tricks);
-  - near-duplicate detection (tasks.neardup) vs a pure-Python MinHash baseline (one hash call per
+  - near-duplicate detection (tasks.curation.neardup) vs a pure-Python MinHash baseline (one hash call per
     shingle and permutation), timed on a sample and reported per row.
 
 Run:  .venv/bin/python bench/curate.py --rows 1000000
 Last line: one JSON object with rows, exact_decontam_rows_per_s, near_dup_rows_per_s, the baseline_*
 figures, the ratios, and peak_rss_mb.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,15 +26,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from configs.schema import CurationConfig, SourceConfig  # noqa: E402
 from storage.ids import normalize_text  # noqa: E402
-from tasks.curate import EarlierPrompts, curate_prompts  # noqa: E402
-from tasks.decontam import DecontamIndex  # noqa: E402
-from tasks.neardup import near_duplicates  # noqa: E402
-from tasks.sources import SourceRows  # noqa: E402
+from tasks.curation.decontam import DecontamIndex  # noqa: E402
+from tasks.curation.neardup import near_duplicates  # noqa: E402
+from tasks.curation.prompts import EarlierPrompts, curate_prompts  # noqa: E402
+from tasks.curation.sources import SourceRows  # noqa: E402
 
-WORDS = ("the of and to in is that for it as was with be by on not he this are or his from at which but have an "
-         "they you were her she there been one all we their has would when what so if no more out up about who "
-         "can time them some could into than then its only other new like two may first way also any these "
-         "how our over such most after where many well even back made through much before must right").split()
+WORDS = (
+    "the of and to in is that for it as was with be by on not he this are or his from at which but have an "
+    "they you were her she there been one all we their has would when what so if no more out up about who "
+    "can time them some could into than then its only other new like two may first way also any these "
+    "how our over such most after where many well even back made through much before must right"
+).split()
 
 
 def synthetic(rows: int, seed: int = 0) -> tuple[list[dict], list[str], dict[str, int]]:
@@ -79,7 +82,9 @@ def baseline_exact_decontam(rows: list[dict], evals: list[str], n: int = 8) -> i
 
 def baseline_minhash(texts: list[str], num_perm: int = 64, threshold: float = 0.8) -> int:
     """Pure-Python MinHash + LSH buckets: one hash per shingle and permutation."""
-    perms = [(random.Random(p).randrange(1, 1 << 31), random.Random(p + 999).randrange(1 << 31)) for p in range(num_perm)]
+    perms = [
+        (random.Random(p).randrange(1, 1 << 31), random.Random(p + 999).randrange(1 << 31)) for p in range(num_perm)
+    ]
     buckets: dict = {}
     dups = 0
     for t in texts:
@@ -104,8 +109,9 @@ def main() -> None:
     rows, evals, planted = synthetic(args.rows)
     print(f"{args.rows} rows; planted {planted}", flush=True)
 
-    cfg = CurationConfig(sources=[SourceConfig(name="s", path="s.jsonl")], prompts_per_round=args.rows,
-                         near_dup_threshold=None)
+    cfg = CurationConfig(
+        sources=[SourceConfig(name="s", path="s.jsonl")], prompts_per_round=args.rows, near_dup_threshold=None
+    )
     t0 = time.perf_counter()  # the eval index is built inside the timed span: it is part of the stage
     index = DecontamIndex({"bench": evals}, cfg.decontam_ngram, cfg.decontam_threshold)
     rep = curate_prompts({"s": SourceRows(rows=rows, quarantined=[])}, cfg, 1, EarlierPrompts(), index).report
@@ -126,10 +132,16 @@ def main() -> None:
     base_near_rate = len(sample) / (time.perf_counter() - t0)
 
     result = {
-        "rows": args.rows, "planted": planted, "removed": rep["removed"], "near_dup_flagged": sum(flags),
-        "exact_decontam_rows_per_s": round(args.rows / exact_s), "baseline_exact_decontam_rows_per_s": round(args.rows / base_exact_s),
-        "near_dup_rows_per_s": round(args.rows / near_s), "baseline_near_dup_rows_per_s": round(base_near_rate),
-        "exact_decontam_ratio": round(base_exact_s / exact_s, 2), "near_dup_ratio": round((args.rows / near_s) / base_near_rate, 2),
+        "rows": args.rows,
+        "planted": planted,
+        "removed": rep["removed"],
+        "near_dup_flagged": sum(flags),
+        "exact_decontam_rows_per_s": round(args.rows / exact_s),
+        "baseline_exact_decontam_rows_per_s": round(args.rows / base_exact_s),
+        "near_dup_rows_per_s": round(args.rows / near_s),
+        "baseline_near_dup_rows_per_s": round(base_near_rate),
+        "exact_decontam_ratio": round(base_exact_s / exact_s, 2),
+        "near_dup_ratio": round((args.rows / near_s) / base_near_rate, 2),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     }
     print(json.dumps(result))

@@ -7,6 +7,7 @@ Run:  .venv/bin/python bench/dpo_ablation.py [--rounds 3] [--seeds 0,1,2] [--var
 Each seed changes the prompt draw, the sampling and the training order (the base model stays the same).
 Last line: one JSON object {variant: {seed: [candidate accuracy per round]}, ...}.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from flows.quiet import apply_defaults  # noqa: E402
+from configs.quiet import apply_defaults  # noqa: E402
 
 apply_defaults()
 
@@ -30,11 +31,26 @@ VARIANTS: dict[str, dict] = {
     "dpo-sigmoid-lr5e-5": {"dpo": {"loss_types": ["sigmoid"], "learning_rate": 5e-5}},
     "dpo-ipo": {"dpo": {"loss_types": ["ipo"], "learning_rate": 5e-6}},
     "sft-1e-4-only": {"sft": {"learning_rate": 1e-4}, "dpo": {"enabled": False}},
-    "sft-1e-4-dpo-rpo": {"sft": {"learning_rate": 1e-4}, "dpo": {"loss_types": ["sigmoid", "sft"], "learning_rate": 5e-6}},
-    "sft-1e-4-dpo-rpo-lr2e-5": {"sft": {"learning_rate": 1e-4}, "dpo": {"loss_types": ["sigmoid", "sft"], "learning_rate": 2e-5}},
-    "sft-1e-4-dpo-rpo-lr1e-5": {"sft": {"learning_rate": 1e-4}, "dpo": {"loss_types": ["sigmoid", "sft"], "learning_rate": 1e-5}},
-    "sft-1e-4-1ep-dpo-rpo-lr2e-5": {"sft": {"learning_rate": 1e-4, "epochs": 1}, "dpo": {"loss_types": ["sigmoid", "sft"], "learning_rate": 2e-5}},
-    "sft-1e-4-dpo-sigmoid-lr2e-5": {"sft": {"learning_rate": 1e-4}, "dpo": {"loss_types": ["sigmoid"], "learning_rate": 2e-5}},
+    "sft-1e-4-dpo-rpo": {
+        "sft": {"learning_rate": 1e-4},
+        "dpo": {"loss_types": ["sigmoid", "sft"], "learning_rate": 5e-6},
+    },
+    "sft-1e-4-dpo-rpo-lr2e-5": {
+        "sft": {"learning_rate": 1e-4},
+        "dpo": {"loss_types": ["sigmoid", "sft"], "learning_rate": 2e-5},
+    },
+    "sft-1e-4-dpo-rpo-lr1e-5": {
+        "sft": {"learning_rate": 1e-4},
+        "dpo": {"loss_types": ["sigmoid", "sft"], "learning_rate": 1e-5},
+    },
+    "sft-1e-4-1ep-dpo-rpo-lr2e-5": {
+        "sft": {"learning_rate": 1e-4, "epochs": 1},
+        "dpo": {"loss_types": ["sigmoid", "sft"], "learning_rate": 2e-5},
+    },
+    "sft-1e-4-dpo-sigmoid-lr2e-5": {
+        "sft": {"learning_rate": 1e-4},
+        "dpo": {"loss_types": ["sigmoid"], "learning_rate": 2e-5},
+    },
 }
 
 
@@ -53,13 +69,15 @@ def main() -> None:
     from demo.task import write_demo_data
     from flows.pipeline import pipeline_flow
     from storage.runtime import close_runtimes
-    from tasks.engines import close_engines
+    from tasks.generation import close_engines
 
     p = argparse.ArgumentParser()
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--seeds", default="0")
-    p.add_argument("--home", default=os.environ.get("FLYWHEEL_HOME", ".flywheel"), help="where the demo base model is cached")
+    p.add_argument(
+        "--home", default=os.environ.get("FLYWHEEL_HOME", ".flywheel"), help="where the demo base model is cached"
+    )
     args = p.parse_args()
     home = Path(args.home).resolve()
     base = build_base_model(home / "demo" / "base-model")
@@ -71,10 +89,20 @@ def main() -> None:
         for name in args.variants.split(","):
             for seed in [int(x) for x in args.seeds.split(",")]:
                 run_home = Path(tmp) / f"{name}-{seed}"
-                seeds = {"training": {**VARIANTS[name], "seed": seed}, "curation": {"seed": seed},
-                         "generation": {"sampling": {"seed": seed}}}
-                cfg_dict = _merge(raw, {**seeds, "pipeline": name, "base_model": str(base),
-                                        "storage": {"uri": f"file://{run_home}/store"}})
+                seeds = {
+                    "training": {**VARIANTS[name], "seed": seed},
+                    "curation": {"seed": seed},
+                    "generation": {"sampling": {"seed": seed}},
+                }
+                cfg_dict = _merge(
+                    raw,
+                    {
+                        **seeds,
+                        "pipeline": name,
+                        "base_model": str(base),
+                        "storage": {"uri": f"file://{run_home}/store"},
+                    },
+                )
                 cfg = parse_config(cfg_dict, f"variant {name}", home=str(home))
                 cfg = cfg.model_copy(update={"home": str(run_home)})
                 t0 = time.perf_counter()
@@ -84,8 +112,11 @@ def main() -> None:
                 final = last["eval/accuracy/candidate"] if reports[-1].promoted else last["eval/accuracy/policy"]
                 results.setdefault(name, {})[seed] = acc
                 finals.setdefault(name, []).append(final)
-                print(f"{name:24s} seed {seed}  candidate accuracy per round {acc}  policy after: {final:.3f}"
-                      f"  ({time.perf_counter() - t0:.0f} s)", flush=True)
+                print(
+                    f"{name:24s} seed {seed}  candidate accuracy per round {acc}  policy after: {final:.3f}"
+                    f"  ({time.perf_counter() - t0:.0f} s)",
+                    flush=True,
+                )
     print("\nvariant                   policy accuracy after the last round (mean over seeds, min-max)")
     for name, values in finals.items():
         mean = sum(values) / len(values)

@@ -1,4 +1,5 @@
 """Load a pipeline config from YAML into the pydantic schema, with one clear line per mistake."""
+
 from __future__ import annotations
 
 from pathlib import Path

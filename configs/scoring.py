@@ -3,9 +3,10 @@
 Each scorer kind has its own small model (a discriminated union on `kind`), so a YAML typo in a field that
 kind does not have fails validation instead of being ignored.
 """
+
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -24,15 +25,18 @@ class _ScorerBase(_Strict):
 
 
 class MathScorerConfig(_ScorerBase):
-    kind: Literal["math_answer"] = Field("math_answer", description="Verifiable reward: final answer equals the reference.")
+    kind: Literal["math_answer"] = Field(
+        "math_answer", description="Verifiable reward: final answer equals the reference."
+    )
     allow_percent: bool = Field(False, description="Read '5%' as 0.05 (or 5) when comparing with the reference.")
 
 
 class IFEvalScorerConfig(_ScorerBase):
     kind: Literal["ifeval"] = Field("ifeval", description="Instruction-following constraints declared per prompt.")
     constraints_field: str = Field(
-        "constraints", description="Provenance field (list it in the source's keep_fields) holding the JSON list "
-        "of constraints, e.g. [{\"type\": \"max_words\", \"value\": 50}].",
+        "constraints",
+        description="Provenance field (list it in the source's keep_fields) holding the JSON list "
+        'of constraints, e.g. [{"type": "max_words", "value": 50}].',
     )
     value: Literal["fraction", "all"] = Field(
         "fraction", description="Reward: fraction of constraints met, or 1.0 only when all are met."
@@ -79,7 +83,8 @@ class JudgeEndpointConfig(_Strict):
 class JudgeScorerConfig(_ScorerBase):
     kind: Literal["judge"] = Field("judge", description="LLM-as-a-judge.")
     mode: Literal["pointwise", "pairwise"] = Field(
-        "pointwise", description="pointwise: a 1-10 rubric rating per completion; pairwise: completions of a "
+        "pointwise",
+        description="pointwise: a 1-10 rubric rating per completion; pairwise: completions of a "
         "prompt compared two at a time, each pair asked in both orders (win rate as the value).",
     )
     judge: JudgeEndpointConfig = Field(description="Which model judges, and where it runs.")
@@ -93,7 +98,7 @@ class JudgeScorerConfig(_ScorerBase):
 
 
 ScorerConfig = Annotated[
-    Union[MathScorerConfig, IFEvalScorerConfig, CodeScorerConfig, RewardModelScorerConfig, JudgeScorerConfig],
+    MathScorerConfig | IFEvalScorerConfig | CodeScorerConfig | RewardModelScorerConfig | JudgeScorerConfig,
     Field(discriminator="kind"),
 ]
 
@@ -103,7 +108,8 @@ class ScoringConfig(_Strict):
         default_factory=lambda: [MathScorerConfig()], min_length=1, description="Scorers, each with a weight."
     )
     combine: Literal["weighted_sum", "gated"] = Field(
-        "weighted_sum", description="weighted_sum: sum of weight x value; gated: as weighted_sum, but only for "
+        "weighted_sum",
+        description="weighted_sum: sum of weight x value; gated: as weighted_sum, but only for "
         "completions that pass the `gate` scorer (the others get the gate's value times its weight).",
     )
     gate: str | None = Field(None, description="gated: the scorer (name) that must pass, e.g. math_answer.")

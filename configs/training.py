@@ -12,6 +12,7 @@ Reference handling of the preference stage:
                      weighted by its loss weight (cpo_alpha): [sigmoid, sft] is CPO, [simpo, sft] is CPO-SimPO.
 DPOTrainer has no SimPO and no reference-free switch in TRL 1.16, hence the routing on `reference`.
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -25,13 +26,30 @@ class _Strict(BaseModel):
 
 
 # transformers' schedulers that need no extra kwargs (cosine_with_min_lr, warmup_stable_decay do).
-LRScheduler = Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
-                      "inverse_sqrt"]
+LRScheduler = Literal[
+    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt"
+]
 
 # Exactly the loss types of trl 1.16's DPOTrainer (tests/test_trainers.py compares them with TRL's help text),
 # plus `simpo`, which only CPOTrainer has.
-DPOLoss = Literal["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
-                  "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm", "simpo"]
+DPOLoss = Literal[
+    "sigmoid",
+    "hinge",
+    "ipo",
+    "exo_pair",
+    "nca_pair",
+    "robust",
+    "bco_pair",
+    "sppo_hard",
+    "aot",
+    "aot_unpaired",
+    "apo_zero",
+    "apo_down",
+    "discopop",
+    "sft",
+    "sigmoid_norm",
+    "simpo",
+]
 # The preference losses of CPOTrainer (reference: none); `sft` may join one of them as the NLL term.
 REFERENCE_FREE_LOSSES = ("sigmoid", "hinge", "ipo", "simpo")
 
@@ -44,7 +62,8 @@ class LoraConfig(_Strict):
     alpha: int = Field(32, ge=1, description="LoRA scaling numerator: the update is scaled by alpha / r.")
     dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapter input during training.")
     target_modules: list[str] | Literal["all-linear"] = Field(
-        "all-linear", description="Module names to adapt, e.g. [q_proj, v_proj], or `all-linear` (every linear "
+        "all-linear",
+        description="Module names to adapt, e.g. [q_proj, v_proj], or `all-linear` (every linear "
         "layer but the output head).",
     )
 
@@ -56,7 +75,9 @@ class _Optimizer(_Strict):
         1, ge=1, description="Batches summed into one optimizer step (effective batch = batch_size x this x devices)."
     )
     lr_scheduler_type: LRScheduler = Field("cosine", description="Learning-rate schedule after warm-up.")
-    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Fraction of all steps spent warming the learning rate up.")
+    warmup_ratio: float = Field(
+        0.1, ge=0, lt=1, description="Fraction of all steps spent warming the learning rate up."
+    )
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
 
 
@@ -68,12 +89,15 @@ class SFTConfig(_Optimizer):
         16, ge=1, description="Per-device batch size: rows, or with packing, packed blocks of max_length tokens."
     )
     max_length: int = Field(
-        256, ge=8, description="Longest training sequence, in tokens (longer rows are cut); with packing, the "
+        256,
+        ge=8,
+        description="Longest training sequence, in tokens (longer rows are cut); with packing, the "
         "length of each packed block.",
     )
     completion_only_loss: bool = Field(True, description="Loss on the assistant turn only (not on the prompt).")
     packing: bool = Field(
-        False, description="Pack rows into blocks of max_length tokens (TRL best-fit decreasing, padding-free). "
+        False,
+        description="Pack rows into blocks of max_length tokens (TRL best-fit decreasing, padding-free). "
         "Works with completion_only_loss: TRL 1.16 masks the prompt before packing, and attention stays within "
         "each row (sequence boundaries come from position_ids).",
     )
@@ -86,26 +110,34 @@ class DPOConfig(_Optimizer):
     epochs: float = Field(1.0, gt=0, description="Passes over the pairs.")
     batch_size: int = Field(16, ge=1, description="Per-device batch size, in pairs.")
     beta: float = Field(
-        0.1, gt=0, description="DPO temperature: strength of the pull towards the reference (IPO: its tau; SimPO: "
+        0.1,
+        gt=0,
+        description="DPO temperature: strength of the pull towards the reference (IPO: its tau; SimPO: "
         "the reward scale, ~2 in the SimPO paper).",
     )
     loss_types: list[DPOLoss] = Field(
-        default_factory=lambda: ["sigmoid"], min_length=1,
+        default_factory=lambda: ["sigmoid"],
+        min_length=1,
         description="TRL loss types, summed with `loss_weights` (e.g. [sigmoid, sft] adds an NLL term on the chosen "
         "answer, as RPO; sigmoid_norm is the length-normalised DPO of Tulu 3; simpo needs reference: none).",
     )
     loss_weights: list[float] | None = Field(None, description="Weight of each loss type (None: all 1.0).")
     reference: Literal["policy", "none"] = Field(
-        "policy", description="`policy`: DPO against a frozen copy of the starting model. `none`: reference-free "
+        "policy",
+        description="`policy`: DPO against a frozen copy of the starting model. `none`: reference-free "
         "(TRL CPOTrainer) with one of sigmoid, hinge, ipo, simpo, optionally plus sft.",
     )
     precompute_ref_log_probs: bool = Field(
-        False, description="Compute the reference log-probs of all pairs once before training, so the reference "
+        False,
+        description="Compute the reference log-probs of all pairs once before training, so the reference "
         "model is not kept in memory (reference: policy only).",
     )
     simpo_gamma: float = Field(0.5, ge=0, description="SimPO's target reward margin (loss type simpo only).")
     label_smoothing: float = Field(
-        0.0, ge=0, lt=0.5, description="Probability that a preference label is flipped: robust DPO and the "
+        0.0,
+        ge=0,
+        lt=0.5,
+        description="Probability that a preference label is flipped: robust DPO and the "
         "sigmoid/simpo losses of reference: none use it; exo_pair needs it > 0 (its paper: 1e-3).",
     )
     max_length: int = Field(256, ge=8, description="Longest prompt + answer, in tokens.")

@@ -10,6 +10,7 @@ Build it (about two minutes on 2 idle CPU cores; returns at once when already bu
     python -m demo.base_model --out /tmp/base
 On cores busy with other work, OMP_NUM_THREADS=1 is faster than two threads waiting on each other.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -203,8 +204,15 @@ def build_base_model(
         flywheel_build.json), returns at once without building.
     """
     out_dir = Path(out_dir)
-    params = dict(version=BUILD_VERSION, steps=steps, batch_size=batch_size, lr=lr, error_rate=error_rate,
-                  layers=layers, seed=seed)
+    params = dict(
+        version=BUILD_VERSION,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        error_rate=error_rate,
+        layers=layers,
+        seed=seed,
+    )
     existing = _read_build(out_dir)
     if existing is not None and existing.get("params") == params:
         return out_dir
@@ -216,8 +224,17 @@ def build_base_model(
     pool, heldout = make_problems(seed)
     tokenizer = build_tokenizer([r["prompt"] for r in pool])
     model = make_model(tokenizer, layers)
-    loss = pretrain(model, tokenizer, pool, steps=steps, batch_size=batch_size, lr=lr, error_rate=error_rate,
-                    seed=seed, progress=progress)
+    loss = pretrain(
+        model,
+        tokenizer,
+        pool,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        error_rate=error_rate,
+        seed=seed,
+        progress=progress,
+    )
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
@@ -225,9 +242,14 @@ def build_base_model(
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     heldout_sha = hashlib.sha256("\n".join(sorted(r["prompt"] for r in heldout)).encode()).hexdigest()
-    record = dict(params=params, final_loss=round(loss, 4), build_seconds=round(time.perf_counter() - started, 1),
-                  n_params=sum(p.numel() for p in model.parameters()), vocab_size=len(tokenizer),
-                  heldout_prompts_sha256=heldout_sha)
+    record = dict(
+        params=params,
+        final_loss=round(loss, 4),
+        build_seconds=round(time.perf_counter() - started, 1),
+        n_params=sum(p.numel() for p in model.parameters()),
+        vocab_size=len(tokenizer),
+        heldout_prompts_sha256=heldout_sha,
+    )
     (tmp / BUILD_FILE).write_text(json.dumps(record, indent=2) + "\n")
     # Swap in the new directory; an older build with other arguments is moved aside, then deleted.
     old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
@@ -263,7 +285,14 @@ if __name__ == "__main__":
     parser.add_argument("--seed", type=int, default=0, help="Seed of the held-out split and of training.")
     args = parser.parse_args()
     t0 = time.perf_counter()
-    path = build_base_model(args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                            error_rate=args.error_rate, layers=args.layers, seed=args.seed)
+    path = build_base_model(
+        args.out,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        error_rate=args.error_rate,
+        layers=args.layers,
+        seed=args.seed,
+    )
     print(f"{path} ({time.perf_counter() - t0:.1f} s)")
     print((path / BUILD_FILE).read_text())

@@ -8,6 +8,7 @@ base model's pretraining and the flywheel rounds draw from.
 
 Write the demo's data files:  python -m demo.task --out data/demo [--seed 0]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -104,8 +105,10 @@ def make_extra_rows(pool: list[dict], heldout: list[dict], seed: int = 0) -> lis
     variants, copies = picked[:N_EXTRA_VARIANTS], picked[N_EXTRA_VARIANTS:]
     leaks = rng.sample(heldout, N_EXTRA_LEAKS)
     rows = (
-        [{"question": _variant(r["prompt"], k), "solution": r["answer"], "origin": "case-whitespace-variant"}
-         for k, r in enumerate(variants)]
+        [
+            {"question": _variant(r["prompt"], k), "solution": r["answer"], "origin": "case-whitespace-variant"}
+            for k, r in enumerate(variants)
+        ]
         + [{"question": r["prompt"], "solution": r["answer"], "origin": "heldout-copy"} for r in leaks]
         + [{"question": r["prompt"], "solution": r["answer"], "origin": "pool-copy"} for r in copies]
     )

@@ -1,15 +1,16 @@
 """The `flywheel` command.
 
-  flywheel demo [--rounds 3]                         build the tiny demo model and data, run rounds
-  flywheel run --config configs/demo.yaml [--rounds N]  run N more rounds of a pipeline
-  flywheel rounds [--pipeline P] [--json]            one row per round
-  flywheel promote --pipeline P --round N --reason R  roll the pipeline back (or forward) to round N's candidate
-  flywheel lineage <artifact-or-row-id> [--json]     where an artifact or a training row came from
-  flywheel server [--port 4200]                      a local Prefect server + UI
-  flywheel serve --config configs/demo.yaml          serve the round-now and nightly deployments
-  flywheel catalog-rebuild --config configs/demo.yaml  rebuild the catalog from the store
-  flywheel validate configs/x.yaml                   check a config file
+flywheel demo [--rounds 3]                         build the tiny demo model and data, run rounds
+flywheel run --config configs/demo.yaml [--rounds N]  run N more rounds of a pipeline
+flywheel rounds [--pipeline P] [--json]            one row per round
+flywheel promote --pipeline P --round N --reason R  roll the pipeline back (or forward) to round N's candidate
+flywheel lineage <artifact-or-row-id> [--json]     where an artifact or a training row came from
+flywheel server [--port 4200]                      a local Prefect server + UI
+flywheel serve --config configs/demo.yaml          serve the round-now and nightly deployments
+flywheel catalog-rebuild --config configs/demo.yaml  rebuild the catalog from the store
+flywheel validate configs/x.yaml                   check a config file
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from flows.quiet import apply_defaults
+from configs.quiet import apply_defaults
 
 apply_defaults()
 
@@ -32,20 +33,23 @@ def _catalog(args):
 
     path = _home(args) / "catalog.duckdb"
     if not path.exists():
-        raise SystemExit(f"no catalog at {path}: run `flywheel demo` or `flywheel run --config ...` first (or pass --home)")
+        raise SystemExit(
+            f"no catalog at {path}: run `flywheel demo` or `flywheel run --config ...` first (or pass --home)"
+        )
     return Catalog(path)
 
 
 def _run_rounds(cfg, rounds: int) -> list:
     from flows.pipeline import pipeline_flow
     from flows.preflight import preflight, quiet_input_errors
-    from storage.runtime import close_runtimes, open_runtime
-    from tasks.engines import close_engines
+    from storage.runtime import close_runtimes
+    from tasks.generation import close_engines
+    from tasks.stage import runtime
 
     quiet_input_errors()
     try:
         # Fail on bad input here, in one line, before Prefect and the engines start.
-        rt = open_runtime(cfg)
+        rt = runtime(cfg)
         preflight(cfg, need_base_model=rt.catalog.current_policy(cfg.pipeline) is None)
         return pipeline_flow(cfg, rounds)
     finally:
@@ -145,13 +149,13 @@ def cmd_catalog_rebuild(args) -> int:
     from storage.artifacts import ArtifactStore
     from storage.catalog import Catalog
     from storage.rebuild import rebuild_catalog
-    from storage.runtime import open_config_store
+    from storage.runtime import open_home_store
 
     cfg = load_config(args.config, home=args.home)
     out = Path(args.out) if args.out else cfg.resolve_home() / "catalog.duckdb"
     if out.exists() and not args.force:
         raise SystemExit(f"{out} exists: pass --force to replace it, or --out to write elsewhere")
-    store, server = open_config_store(cfg)
+    store, server = open_home_store(cfg.resolve_home(), cfg.storage.uri, cfg.storage.endpoint_url, cfg.storage.region)
     try:
         with tempfile.TemporaryDirectory(dir=cfg.resolve_home()) as tmp:
             # Built aside and moved into place, so a failed rebuild never leaves half a catalog.
@@ -218,7 +222,9 @@ def cmd_serve(args) -> int:
     try:
         urllib.request.urlopen(f"{api.rstrip('/')}/health", timeout=5)
     except OSError as e:
-        raise SystemExit(f"flywheel serve: no Prefect server answers at {api} ({e}); start one with `flywheel server`")
+        raise SystemExit(
+            f"flywheel serve: no Prefect server answers at {api} ({e}); start one with `flywheel server`"
+        ) from None
     cfg = load_config(args.config, home=args.home)
     quiet_input_errors()
     try:
@@ -239,8 +245,10 @@ def cmd_promote(args) -> int:
     except ValueError as e:
         print(f"flywheel: {e}", file=sys.stderr)
         return 2
-    print(f"{args.pipeline}: the next round starts from {row['policy']} (round {args.round}'s {args.which}); "
-          f"recorded by {who} at {row['promoted_at']:%Y-%m-%d %H:%M:%S %Z}: {args.reason}")
+    print(
+        f"{args.pipeline}: the next round starts from {row['policy']} (round {args.round}'s {args.which}); "
+        f"recorded by {who} at {row['promoted_at']:%Y-%m-%d %H:%M:%S %Z}: {args.reason}"
+    )
     return 0
 
 
@@ -248,13 +256,18 @@ def cmd_validate(args) -> int:
     from configs import load_config
 
     cfg = load_config(args.config)
-    print(f"{args.config}: ok (pipeline {cfg.pipeline!r}, {len(cfg.curation.sources)} sources, "
-          f"{len(cfg.evaluation.eval_sets)} eval sets)")
+    print(
+        f"{args.config}: ok (pipeline {cfg.pipeline!r}, {len(cfg.curation.sources)} sources, "
+        f"{len(cfg.evaluation.eval_sets)} eval sets)"
+    )
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="flywheel", description="Post-training data flywheel: rounds of generate, score, select, train, evaluate, promote.")
+    p = argparse.ArgumentParser(
+        prog="flywheel",
+        description="Post-training data flywheel: rounds of generate, score, select, train, evaluate, promote.",
+    )
     p.add_argument("--home", help="Catalog, caches and embedded store (default: $FLYWHEEL_HOME or ./.flywheel)")
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("run", help="run N rounds of a pipeline, continuing from its last promoted policy")
@@ -289,8 +302,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("promote", help="make an earlier round's candidate the pipeline's policy (rollback)")
     s.add_argument("--pipeline", required=True)
     s.add_argument("--round", type=int, required=True, help="the round whose model becomes the policy")
-    s.add_argument("--which", choices=["candidate", "policy"], default="candidate",
-                   help="that round's candidate (default), or the policy it ended with")
+    s.add_argument(
+        "--which",
+        choices=["candidate", "policy"],
+        default="candidate",
+        help="that round's candidate (default), or the policy it ended with",
+    )
     s.add_argument("--reason", required=True, help="why, recorded in the catalog with who and when")
     s.set_defaults(fn=cmd_promote)
     s = sub.add_parser("validate", help="check a config file")
@@ -305,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         print("flywheel: --rounds must be at least 1", file=sys.stderr)
         return 2
     from configs import ConfigError
-    from flows.preflight import INPUT_ERROR_NAMES, PreflightError
+    from tasks.stage import INPUT_ERROR_NAMES, PreflightError
 
     try:
         return args.fn(args)

@@ -7,6 +7,7 @@
 config as a typed form). `flywheel-nightly` is the same on a cron schedule, pausable from the UI.
 Both run `flywheel-pipeline`, whose rounds of one pipeline never overlap (flows/lock.py).
 """
+
 from __future__ import annotations
 
 import os
@@ -50,11 +51,16 @@ def build_deployments(cfg: FlywheelConfig, cron: str = "0 2 * * *", timezone: st
     params = {"cfg": cfg.model_dump(mode="json"), "rounds": 1}
     tags = ["flywheel", f"pipeline:{cfg.pipeline}"]
     now = pipeline_flow.to_deployment(
-        name=ROUND_DEPLOYMENT, parameters=params, tags=tags,
+        name=ROUND_DEPLOYMENT,
+        parameters=params,
+        tags=tags,
         description=f"Run one round of pipeline {cfg.pipeline!r} now (the next round after the last completed one).",
     )
     nightly = pipeline_flow.to_deployment(
-        name=NIGHTLY_DEPLOYMENT, parameters=params, tags=tags, schedules=[Cron(cron, timezone=timezone)],
+        name=NIGHTLY_DEPLOYMENT,
+        parameters=params,
+        tags=tags,
+        schedules=[Cron(cron, timezone=timezone)],
         description=f"One round of pipeline {cfg.pipeline!r} on the schedule {cron} ({timezone}).",
     )
     return [now, nightly]

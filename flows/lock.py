@@ -5,16 +5,17 @@ waits its turn and says so in its logs; different pipelines run side by side. Th
 a file under FLYWHEEL_HOME, so the kernel releases it when a holder dies: a killed round never blocks
 the next one. It serialises rounds on one machine, which is where the DuckDB catalog lives.
 """
+
 from __future__ import annotations
 
 import fcntl
 import json
 import os
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterator
 
 POLL_S = 1.0
 LOG_EVERY_S = 30.0
@@ -25,8 +26,9 @@ class PipelineBusy(Exception):
 
 
 @contextmanager
-def pipeline_lock(home: Path, pipeline: str, log: Callable[[str], None] = print,
-                  timeout_s: float | None = None) -> Iterator[None]:
+def pipeline_lock(
+    home: Path, pipeline: str, log: Callable[[str], None] = print, timeout_s: float | None = None
+) -> Iterator[None]:
     """Hold the pipeline's lock for the body; wait for it (up to `timeout_s`, None: forever)."""
     path = Path(home) / "locks" / f"{pipeline}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)

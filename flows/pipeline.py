@@ -2,6 +2,7 @@
 
 Run:  flywheel run --config configs/demo.yaml --rounds 3
 """
+
 from __future__ import annotations
 
 from prefect import flow
@@ -12,5 +13,7 @@ from flows.round import RoundReport, round_flow
 
 
 @flow(name="flywheel-pipeline", flow_run_name="{cfg.pipeline}-{rounds}-rounds")
-def pipeline_flow(cfg: FlywheelConfig, rounds: int = Field(1, ge=1, le=100, description="Rounds to run.")) -> list[RoundReport]:
+def pipeline_flow(
+    cfg: FlywheelConfig, rounds: int = Field(1, ge=1, le=100, description="Rounds to run.")
+) -> list[RoundReport]:
     return [round_flow(cfg) for _ in range(rounds)]

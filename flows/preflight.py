@@ -3,30 +3,15 @@
 Nothing is written to the catalog or the store before these pass, so a bad config never leaves a
 half-registered round behind.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
 from configs.schema import FlywheelConfig
-
+from tasks.stage import INPUT_ERROR_NAMES, PreflightError, check_model_dir
 
 PREFLIGHT_ROWS = 1000  # enough that a few malformed first lines do not look like a broken file
-
-
-class PreflightError(Exception):
-    pass
-
-
-def check_model_dir(path: str, what: str) -> Path:
-    p = Path(path)
-    if not p.exists():
-        raise PreflightError(
-            f"{what}: no model directory at {path}: give a local directory saved with save_pretrained "
-            "(run `flywheel demo` once to build the demo's base model)"
-        )
-    if not (p / "config.json").is_file():
-        raise PreflightError(f"{what}: {path} has no config.json: it is not a transformers model directory")
-    return p
 
 
 def check_file(path: str, what: str, suffixes: tuple[str, ...], allow_dir: bool = False) -> None:
@@ -47,7 +32,7 @@ def preflight(cfg: FlywheelConfig, *, need_base_model: bool) -> None:
     Sources are opened and their first rows read, so a wrong field name fails here, not mid-round
     (a few malformed rows among them are quarantined later, not an error here).
     """
-    from tasks.sources import read_eval_set, read_source
+    from tasks.curation.sources import read_eval_set, read_source
 
     for i, s in enumerate(cfg.curation.sources):
         if s.path is not None:
@@ -68,7 +53,7 @@ def preflight(cfg: FlywheelConfig, *, need_base_model: bool) -> None:
 def check_scorer(s, what: str) -> None:
     """A judge endpoint answers and a scorer's model directory exists, before hours of generation."""
     if s.kind == "judge" and s.judge.backend == "openai":
-        from tasks.engines.openai import ChatClient, EndpointError
+        from tasks.generation.openai import ChatClient, EndpointError
 
         try:
             ChatClient(s.judge.base_url, s.judge.model, s.judge.api_key_env, min(s.judge.timeout_s, 20.0), 1).check()
@@ -92,9 +77,6 @@ class QuietInputErrors:
         if exc is not None and type(exc).__name__ in INPUT_ERROR_NAMES:
             record.exc_info, record.exc_text = None, None
         return True
-
-
-INPUT_ERROR_NAMES = {"PreflightError", "SourceError", "CurationError", "ConfigError", "StoreError"}
 
 
 def quiet_input_errors() -> None:

@@ -4,6 +4,7 @@ Artifact keys are stable per pipeline (`<pipeline>-round-summary`, `<pipeline>-r
 UI's artifact page lists every round's report as the history of one key. The plot is a PNG stored
 with the round's files (`runs/<pipeline>/round-NNNN/metrics.png`) and linked from the report.
 """
+
 from __future__ import annotations
 
 import base64
@@ -28,39 +29,79 @@ def summary_rows(rnd: dict, steps: dict) -> list[dict]:
         if s is None:
             continue
         rows_in, rows_out = s["rows_in"], s["rows_out"]
-        out.append({
-            "stage": name, "rows in": rows_in, "rows out": rows_out,
-            "yield": f"{rows_out / rows_in:.1%}" if rows_in and rows_out is not None else "",
-            "seconds": round(s["duration_s"] or 0.0, 2), "reused": "yes" if s["reused"] else "no",
-        })
+        out.append(
+            {
+                "stage": name,
+                "rows in": rows_in,
+                "rows out": rows_out,
+                "yield": f"{rows_out / rows_in:.1%}" if rows_in and rows_out is not None else "",
+                "seconds": round(s["duration_s"] or 0.0, 2),
+                "reused": "yes" if s["reused"] else "no",
+            }
+        )
     m = rnd["metrics"]
     blank = {"rows in": None, "rows out": None, "seconds": None, "reused": ""}
     for role in ("policy", "candidate"):
-        out.append({"stage": f"accuracy of the {role}", **blank, "yield": f"{m.get(f'eval/accuracy/{role}', float('nan')):.1%}"})
+        out.append(
+            {
+                "stage": f"accuracy of the {role}",
+                **blank,
+                "yield": f"{m.get(f'eval/accuracy/{role}', float('nan')):.1%}",
+            }
+        )
     out.append({"stage": "decision", **blank, "yield": "promoted" if rnd["promoted"] else "policy kept"})
     return out
 
 
-def report_markdown(rnd: dict, steps: dict, uris: dict[str, str], plot_uri: str, lineage: list[dict],
-                    plot_png: bytes | None = None, data_quality: list[str] | None = None) -> str:
+def report_markdown(
+    rnd: dict,
+    steps: dict,
+    uris: dict[str, str],
+    plot_uri: str,
+    lineage: list[dict],
+    plot_png: bytes | None = None,
+    data_quality: list[str] | None = None,
+) -> str:
     m = rnd["metrics"]
     lines = [
         f"# {rnd['pipeline']}, round {rnd['round']}: {'promoted' if rnd['promoted'] else 'policy kept'}",
-        "", f"**{rnd['reason']}**", "",
+        "",
+        f"**{rnd['reason']}**",
+        "",
         f"- held-out accuracy: policy {m.get('eval/accuracy/policy', float('nan')):.1%}, "
         f"candidate {m.get('eval/accuracy/candidate', float('nan')):.1%}",
-        f"- policy in: `{rnd['policy_in']}`", f"- candidate: `{rnd['candidate']}`", f"- policy out: `{rnd['policy_out']}`",
-        f"- manifest: `{rnd['manifest_uri']}`", f"- metrics over all rounds (PNG): `{plot_uri}`", "",
-        *([f"![metrics over rounds](data:image/png;base64,{base64.b64encode(plot_png).decode()})", ""] if plot_png else []),
-        *(data_quality or []), *([""] if data_quality else []),
-        "## Artifacts", "", "| stage | output | id | uri |", "|---|---|---|---|",
+        f"- policy in: `{rnd['policy_in']}`",
+        f"- candidate: `{rnd['candidate']}`",
+        f"- policy out: `{rnd['policy_out']}`",
+        f"- manifest: `{rnd['manifest_uri']}`",
+        f"- metrics over all rounds (PNG): `{plot_uri}`",
+        "",
+        *(
+            [f"![metrics over rounds](data:image/png;base64,{base64.b64encode(plot_png).decode()})", ""]
+            if plot_png
+            else []
+        ),
+        *(data_quality or []),
+        *([""] if data_quality else []),
+        "## Artifacts",
+        "",
+        "| stage | output | id | uri |",
+        "|---|---|---|---|",
     ]
     for name, s in steps.items():
         for out_name, artifact_id in json.loads(s["outputs"] or "{}").items():
             lines.append(f"| {name} | {out_name} | `{artifact_id[:16]}` | `{uris.get(artifact_id, '')}` |")
-    lines += ["", "## Lineage of the candidate", "", "| depth | input | kind | into | step | round |", "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Lineage of the candidate",
+        "",
+        "| depth | input | kind | into | step | round |",
+        "|---|---|---|---|---|---|",
+    ]
     for e in lineage:
-        lines.append(f"| {e['depth']} | `{e['src'][:16]}` | {e['src_kind'] or ''} | `{e['dst'][:16]}` | {e['step']} | {e['round']} |")
+        lines.append(
+            f"| {e['depth']} | `{e['src'][:16]}` | {e['src_kind'] or ''} | `{e['dst'][:16]}` | {e['step']} | {e['round']} |"
+        )
     return "\n".join(lines)
 
 
@@ -81,11 +122,16 @@ def publish_round_report(rt: Runtime, cfg: FlywheelConfig, r: int) -> str:
     lineage = rt.catalog.lineage(rnd["candidate"]) if rnd["candidate"] else []
     lineage = [e for e in lineage if e["round"] == r or e["depth"] == 1]
     quality = curation_markdown(*_data_quality_reports(rt, steps, uris)) + scoring_markdown(rnd["metrics"])
-    create_table_artifact(key=f"{cfg.pipeline}-round-summary", table=summary_rows(rnd, steps),
-                          description=f"{cfg.pipeline} round {r}: rows, yields, timings and the decision")
-    create_markdown_artifact(key=f"{cfg.pipeline}-round-report",
-                             markdown=report_markdown(rnd, steps, uris, plot_uri, lineage, png_bytes, quality),
-                             description=f"{cfg.pipeline} round {r}: artifacts and lineage")
+    create_table_artifact(
+        key=f"{cfg.pipeline}-round-summary",
+        table=summary_rows(rnd, steps),
+        description=f"{cfg.pipeline} round {r}: rows, yields, timings and the decision",
+    )
+    create_markdown_artifact(
+        key=f"{cfg.pipeline}-round-report",
+        markdown=report_markdown(rnd, steps, uris, plot_uri, lineage, png_bytes, quality),
+        description=f"{cfg.pipeline} round {r}: artifacts and lineage",
+    )
     return plot_uri
 
 

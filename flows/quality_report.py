@@ -2,11 +2,18 @@
 decontamination of prompts and of training data, and how reliable the scorers were. Markdown for the
 Prefect UI, from the stored JSON reports and the round's metrics.
 """
+
 from __future__ import annotations
 
-# Short column titles for the removal reasons of tasks.curate.REMOVAL_REASONS (the rest are shown as-is).
-_TITLES = {"duplicate_in_round": "dup", "seen_in_earlier_round": "earlier round", "near_duplicate": "near dup",
-           "too_few_tokens": "few tokens", "too_many_tokens": "many tokens", "not_drawn": "not drawn"}
+# Short column titles for the removal reasons of tasks.curation.prompts.REMOVAL_REASONS (the rest are shown as-is).
+_TITLES = {
+    "duplicate_in_round": "dup",
+    "seen_in_earlier_round": "earlier round",
+    "near_duplicate": "near dup",
+    "too_few_tokens": "few tokens",
+    "too_many_tokens": "many tokens",
+    "not_drawn": "not drawn",
+}
 
 
 def curation_markdown(curation: dict | None, decontam: list[dict], quarantine_uri: str | None) -> list[str]:
@@ -18,8 +25,10 @@ def curation_markdown(curation: dict | None, decontam: list[dict], quarantine_ur
         lines += ["", "### Quarantine", ""]
         if q:
             total = sum(q.values())
-            lines.append(f"{total} malformed rows set aside ({', '.join(f'{r}: {n}' for r, n in q.items())}); "
-                         f"each with its reason in `{quarantine_uri or 'the quarantine artifact'}`.")
+            lines.append(
+                f"{total} malformed rows set aside ({', '.join(f'{r}: {n}' for r, n in q.items())}); "
+                f"each with its reason in `{quarantine_uri or 'the quarantine artifact'}`."
+            )
         else:
             lines.append("No malformed rows.")
     for rep in decontam:
@@ -34,8 +43,14 @@ def _sources_table(curation: dict) -> list[str]:
     mixture = curation.get("mixture", {})
     for name, c in curation["per_source"].items():
         m = mixture.get(name, {})
-        cells = [name, c["rows_in"], *(c[r] for r in removed), c["rows_out"],
-                 _pct(m.get("target_share")), _pct(m.get("drawn_share"))]
+        cells = [
+            name,
+            c["rows_in"],
+            *(c[r] for r in removed),
+            c["rows_out"],
+            _pct(m.get("target_share")),
+            _pct(m.get("drawn_share")),
+        ]
         lines.append("| " + " | ".join(str(x) for x in cells) + " |")
     total = ["**all**", curation["rows_in"], *(curation["removed"][r] for r in removed), curation["rows_out"], "", ""]
     lines.append("| " + " | ".join(str(x) for x in total) + " |")
@@ -44,9 +59,13 @@ def _sources_table(curation: dict) -> list[str]:
 
 def _decontam_section(rep: dict) -> list[str]:
     what = "prompts" if rep.get("stage") == "prompts" else "SFT rows and DPO pairs"
-    lines = ["", f"### Decontamination of {what}", "",
-             f"{rep['removed']} of {rep['checked']} removed ({rep['ngram']}-gram overlap >= {rep['threshold']:.0%} "
-             "with an eval prompt)."]
+    lines = [
+        "",
+        f"### Decontamination of {what}",
+        "",
+        f"{rep['removed']} of {rep['checked']} removed ({rep['ngram']}-gram overlap >= {rep['threshold']:.0%} "
+        "with an eval prompt).",
+    ]
     rows = [(es, src, n) for es, by_source in rep["by_eval_set"].items() for src, n in by_source.items()]
     if rows:
         lines += ["", "| eval set | source | removed |", "|---|---|---|"]
@@ -88,9 +107,14 @@ def scoring_markdown(metrics: dict[str, float]) -> list[str]:
         for fig, value in sorted(figures.items()):
             lines.append(f"| {scorer} | {fig} | {_num(value)} |")
     if agree:
-        lines += ["", "Agreement: of the pairs of a prompt's completions the first scorer tells apart, the share "
-                  "the second orders the same way (a tie counts half).", "",
-                  "| scorers | agreement | pairs |", "|---|---|---|"]
+        lines += [
+            "",
+            "Agreement: of the pairs of a prompt's completions the first scorer tells apart, the share "
+            "the second orders the same way (a tie counts half).",
+            "",
+            "| scorers | agreement | pairs |",
+            "|---|---|---|",
+        ]
         for pair, v in agree.items():
             lines.append(f"| {pair.replace('~', ' vs ')} | {_num(v.get('value'))} | {int(v.get('pairs', 0))} |")
     return lines

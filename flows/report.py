@@ -1,4 +1,5 @@
 """Round tables and plots for people: the per-round table of `flywheel rounds`/`demo`, a metrics plot."""
+
 from __future__ import annotations
 
 import json
@@ -8,19 +9,29 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+
 def round_rows(rounds: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The JSON shape of `flywheel rounds --json`: one object per round."""
     out = []
     for r in rounds:
-        out.append({
-            "pipeline": r["pipeline"], "round": r["round"], "status": r["status"], "promoted": bool(r["promoted"]),
-            "policy": r["policy_out"] if r["status"] == "completed" else r["policy_in"], "policy_in": r["policy_in"],
-            "candidate": r["candidate"], "reason": r["reason"], "metrics": r["metrics"],
-            "timings_s": {name: round(s["duration_s"] or 0.0, 2) for name, s in r["steps"].items()},
-            "reused_steps": sorted(name for name, s in r["steps"].items() if s["reused"]),
-            "started_at": str(r["started_at"]), "finished_at": str(r["finished_at"]) if r["finished_at"] else None,
-            "manifest_uri": r["manifest_uri"],
-        })
+        out.append(
+            {
+                "pipeline": r["pipeline"],
+                "round": r["round"],
+                "status": r["status"],
+                "promoted": bool(r["promoted"]),
+                "policy": r["policy_out"] if r["status"] == "completed" else r["policy_in"],
+                "policy_in": r["policy_in"],
+                "candidate": r["candidate"],
+                "reason": r["reason"],
+                "metrics": r["metrics"],
+                "timings_s": {name: round(s["duration_s"] or 0.0, 2) for name, s in r["steps"].items()},
+                "reused_steps": sorted(name for name, s in r["steps"].items() if s["reused"]),
+                "started_at": str(r["started_at"]),
+                "finished_at": str(r["finished_at"]) if r["finished_at"] else None,
+                "manifest_uri": r["manifest_uri"],
+            }
+        )
     return out
 
 
@@ -28,25 +39,53 @@ def _pct(m: dict, key: str) -> str:
     return f"{100 * m[key]:.1f}" if key in m else "-"
 
 
-STAGE_LABELS = {"curate": "curate", "generate": "gen", "score": "score", "select": "select", "train-reward": "rm",
-                "train-sft": "sft", "train-dpo": "dpo", "average": "avg", "evaluate-policy": "eval pol",
-                "evaluate-candidate": "eval cand", "compare": "judge"}
+STAGE_LABELS = {
+    "curate": "curate",
+    "generate": "gen",
+    "score": "score",
+    "select": "select",
+    "train-reward": "rm",
+    "train-sft": "sft",
+    "train-dpo": "dpo",
+    "average": "avg",
+    "evaluate-policy": "eval pol",
+    "evaluate-candidate": "eval cand",
+    "compare": "judge",
+}
 
 
 def print_rounds(rows: list[dict[str, Any]], console: Console | None = None) -> None:
     """Two tables: what each round produced and decided, then where its time went."""
     console = console or Console(width=max(Console().width, 130))
     t = Table(title="rounds: yields, held-out accuracy, promotion")
-    for col in ["pipeline", "round", "status", "prompts", "samples", "pass@n %", "SFT rows", "pairs",
-                "acc policy %", "acc cand. %", "promoted"]:
+    for col in [
+        "pipeline",
+        "round",
+        "status",
+        "prompts",
+        "samples",
+        "pass@n %",
+        "SFT rows",
+        "pairs",
+        "acc policy %",
+        "acc cand. %",
+        "promoted",
+    ]:
         t.add_column(col, justify="left" if col in ("pipeline", "status") else "right")
     for r in rows:
         m = r["metrics"]
         t.add_row(
-            r["pipeline"], str(r["round"]), r["status"], str(int(m.get("curate/prompts", 0))),
-            str(int(m.get("generate/completions", 0))), _pct(m, "score/pass_at_n"),
-            str(int(m.get("select/sft_rows", 0))), str(int(m.get("select/pairs", 0))),
-            _pct(m, "eval/accuracy/policy"), _pct(m, "eval/accuracy/candidate"), "yes" if r["promoted"] else "no",
+            r["pipeline"],
+            str(r["round"]),
+            r["status"],
+            str(int(m.get("curate/prompts", 0))),
+            str(int(m.get("generate/completions", 0))),
+            _pct(m, "score/pass_at_n"),
+            str(int(m.get("select/sft_rows", 0))),
+            str(int(m.get("select/pairs", 0))),
+            _pct(m, "eval/accuracy/policy"),
+            _pct(m, "eval/accuracy/candidate"),
+            "yes" if r["promoted"] else "no",
         )
     console.print(t)
     t = Table(title="rounds: wall time per stage (s; r = reused from an identical earlier step)")
@@ -75,14 +114,29 @@ def plot_rounds(rows: list[dict[str, Any]], out: Path) -> Path:
         kept = "eval/accuracy/candidate" if r["promoted"] else "eval/accuracy/policy"
         pol_y.append(100 * r["metrics"].get(kept, float("nan")))
     ax1.plot(pol_x, pol_y, marker="o", label="policy (after the gate)")
-    ax1.plot(xs, [100 * r["metrics"].get("eval/accuracy/candidate", float("nan")) for r in rows], marker="x",
-             linestyle="--", label="candidate")
+    ax1.plot(
+        xs,
+        [100 * r["metrics"].get("eval/accuracy/candidate", float("nan")) for r in rows],
+        marker="x",
+        linestyle="--",
+        label="candidate",
+    )
     for r in rows:
-        ax1.annotate("promoted" if r["promoted"] else "kept", (r["round"], 100 * r["metrics"].get("eval/accuracy/candidate", 0)),
-                     textcoords="offset points", xytext=(0, -14), ha="center", fontsize=8)
+        ax1.annotate(
+            "promoted" if r["promoted"] else "kept",
+            (r["round"], 100 * r["metrics"].get("eval/accuracy/candidate", 0)),
+            textcoords="offset points",
+            xytext=(0, -14),
+            ha="center",
+            fontsize=8,
+        )
     ax1.set(title="held-out accuracy", xlabel="round", ylabel="%", ylim=(0, 105))
     ax1.legend()
-    for key, label in [("score/pass_at_n", "pass@n"), ("select/sft_yield", "SFT yield"), ("select/pair_yield", "pair yield")]:
+    for key, label in [
+        ("score/pass_at_n", "pass@n"),
+        ("select/sft_yield", "SFT yield"),
+        ("select/pair_yield", "pair yield"),
+    ]:
         ax2.plot(xs, [100 * r["metrics"].get(key, float("nan")) for r in rows], marker="o", label=label)
     ax2.set(title="data yield per prompt", xlabel="round", ylabel="%", ylim=(0, 105))
     ax2.legend()
@@ -99,8 +153,10 @@ def print_lineage(artifact: dict | None, edges: list[dict], rows: list[dict], co
     """An artifact's ancestors (one line each, nearest first), or a row's chain of parent rows."""
     console = console or Console(width=max(Console().width, 160))
     if artifact:
-        console.print(f"[bold]{artifact['kind']}[/bold] {artifact['id']}\n  {artifact['uri']}\n"
-                      f"  made by step {artifact['step']!r} of round {artifact['round']} ({artifact['pipeline']})")
+        console.print(
+            f"[bold]{artifact['kind']}[/bold] {artifact['id']}\n  {artifact['uri']}\n"
+            f"  made by step {artifact['step']!r} of round {artifact['round']} ({artifact['pipeline']})"
+        )
         t = Table(title="ancestors (depth 1 = direct input)")
         for col in ["depth", "kind", "artifact", "into", "via step", "round", "rows", "uri"]:
             t.add_column(col, overflow="fold")
@@ -109,16 +165,31 @@ def print_lineage(artifact: dict | None, edges: list[dict], rows: list[dict], co
             if (e["src"], e["dst"]) in seen:
                 continue
             seen.add((e["src"], e["dst"]))
-            t.add_row(str(e["depth"]), e["src_kind"] or "?", e["src"][:16], e["dst"][:16], e["step"], str(e["round"]),
-                      "" if e["src_rows"] is None else str(e["src_rows"]), e["src_uri"] or "")
+            t.add_row(
+                str(e["depth"]),
+                e["src_kind"] or "?",
+                e["src"][:16],
+                e["dst"][:16],
+                e["step"],
+                str(e["round"]),
+                "" if e["src_rows"] is None else str(e["src_rows"]),
+                e["src_uri"] or "",
+            )
         console.print(t)
     if rows:
         t = Table(title="row lineage (row <- parent row or source file)")
         for col in ["depth", "row", "parent", "in artifact", "kind", "round", "step"]:
             t.add_column(col)
         for r in rows:
-            t.add_row(str(r["depth"]), r["row_id"], r["parent_id"][:20], str(r["artifact_id"])[:16], r["kind"] or "?",
-                      str(r["round"]), r["step"] or "")
+            t.add_row(
+                str(r["depth"]),
+                r["row_id"],
+                r["parent_id"][:20],
+                str(r["artifact_id"])[:16],
+                r["kind"] or "?",
+                str(r["round"]),
+                r["step"] or "",
+            )
         console.print(t)
 
 

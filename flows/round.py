@@ -1,7 +1,12 @@
 """One round of the flywheel as a Prefect flow: curate → generate → score → select → train → evaluate → promote.
 
 Run one round of a config:  flywheel run --config configs/demo.yaml --rounds 1
+
+Each stage is a Prefect task made by the stage mechanism (tasks/stage.py), which owns the step's identity,
+reuse, catalog record and lineage; this flow only passes each stage its inputs and records the round
+itself (started, finished, failed or discarded) in the catalog.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,23 +19,24 @@ from pydantic import BaseModel, Field
 
 from configs.schema import FlywheelConfig
 from flows.lock import pipeline_lock
-from flows.preflight import PreflightError, check_model_dir, preflight
+from flows.preflight import PreflightError, preflight
 from flows.publish import publish_round_report
-from storage.catalog import ArtifactRecord
 from storage.ids import hash_obj
-from storage.runtime import Runtime, open_runtime
-from tasks.curate import CurationError, curate_task
-from tasks.train_reward import (reward_base_id, reward_model_context, reward_pairs_ids, train_reward_task,
-                                 uses_trained_reward_model)
-from tasks.average import average_task
+from storage.runtime import Runtime
+from tasks.average import average_task, policy_history
 from tasks.compare import compare_task
+from tasks.curate import curate_task
+from tasks.curation.inputs import earlier_prompt_tables
+from tasks.curation.prompts import CurationError
+from tasks.curation.sources import SourceError
 from tasks.evaluate import evaluate_task
 from tasks.generate import generate_task
 from tasks.promote import Decision, gate_task
 from tasks.score import score_task
 from tasks.select import select_task
-from tasks.sources import SourceError
+from tasks.stage import import_model, runtime
 from tasks.train import train_dpo_task, train_sft_task
+from tasks.train_reward import reward_model_for, reward_pairs_ids, train_reward_task
 
 # Errors in the user's input: the round is rolled back entirely instead of being kept as "failed".
 INPUT_ERRORS: tuple[type[Exception], ...] = (PreflightError, SourceError, CurationError)
@@ -49,17 +55,6 @@ class RoundReport(BaseModel):
     seconds: float
 
 
-def base_policy(rt: Runtime, cfg: FlywheelConfig) -> str:
-    """Artifact id of the policy a round starts from: the last promoted one, or the base model."""
-    current = rt.catalog.current_policy(cfg.pipeline)
-    if current is not None:
-        return current
-    ref = rt.artifacts.put_model(check_model_dir(cfg.base_model, "base_model"), kind="model")
-    rt.catalog.register_artifact(ArtifactRecord(ref.id, ref.kind, ref.format, ref.uri, ref.bytes, ref.rows),
-                                 cfg.pipeline, 0, "base-model")
-    return ref.id
-
-
 @flow(name="flywheel-round", flow_run_name="{cfg.pipeline}-round")
 def round_flow(cfg: FlywheelConfig) -> RoundReport:
     """Run the next round of `cfg.pipeline` (a failed round is retried, reusing its finished steps).
@@ -67,7 +62,7 @@ def round_flow(cfg: FlywheelConfig) -> RoundReport:
     Rounds of one pipeline never overlap: a second call waits until the running round has finished.
     """
     t0 = time.perf_counter()
-    rt = open_runtime(cfg)
+    rt = runtime(cfg)
     log = get_run_logger()
     with pipeline_lock(rt.home, cfg.pipeline, log=log.info):
         report = _run_round(rt, cfg)
@@ -79,29 +74,38 @@ def _run_round(rt: Runtime, cfg: FlywheelConfig) -> RoundReport:
     r = rt.catalog.next_round(cfg.pipeline)
     preflight(cfg, need_base_model=rt.catalog.current_policy(cfg.pipeline) is None)
     rt.catalog.ensure_pipeline(cfg.pipeline, cfg.base_model, cfg.model_dump(mode="json"))
-    policy = base_policy(rt, cfg)
+    # The policy the round starts from: the last promoted one, or (round 1) the base model, imported.
+    policy = rt.catalog.current_policy(cfg.pipeline) or import_model(cfg, cfg.base_model, "base-model", "base_model")
     rt.catalog.start_round(cfg.pipeline, r, hash_obj(cfg.model_dump(mode="json")), policy, str(flow_run.id or ""))
     try:
-        prompts = curate_task(cfg, r)
+        prompts = curate_task(cfg, r, earlier_prompt_tables(rt.catalog, cfg, r))
         completions = generate_task(cfg, r, policy, prompts)
-        # The reward model is fetched only when something reads it (it can be as large as the policy).
-        rm_context = reward_model_context(rt, cfg.pipeline, r) if uses_trained_reward_model(cfg) else {}
-        scores = score_task(cfg, r, completions, rm_context)
+        scores = score_task(cfg, r, completions, reward_model_for(rt.catalog, cfg, r, "score"))
         sft, pairs = select_task(cfg, r, completions, scores)
         if cfg.training.reward_model.enabled:  # trained on this round's pairs, it scores the next rounds
             pairs_ids = reward_pairs_ids(rt.catalog, cfg.pipeline, r, pairs, cfg.training.reward_model.rounds_of_pairs)
-            train_reward_task(cfg, r, pairs_ids, reward_base_id(rt, cfg, policy))
+            train_reward_task(cfg, r, pairs_ids, policy)
         sft_model = train_sft_task(cfg, r, policy, sft)
         candidate = train_dpo_task(cfg, r, sft_model, pairs)
-        candidate = average_task(cfg, r, candidate, policy)  # the trained model itself when averaging is off
-        policy_metrics = evaluate_task(cfg, r, policy, "policy")
-        candidate_metrics = evaluate_task(cfg, r, candidate, "candidate")
+        # The trained model itself when averaging is off.
+        candidate = average_task(cfg, r, candidate, policy, policy_history(rt.catalog.rounds(cfg.pipeline), r))
+        reward_model = reward_model_for(rt.catalog, cfg, r + 1, "evaluate")  # this round's counts too
+        policy_eval = evaluate_task(cfg, r, policy, "policy", reward_model)
+        candidate_eval = evaluate_task(cfg, r, candidate, "candidate", reward_model)
+        candidate_metrics = candidate_eval.metrics
         if any(e.metric == "win_rate" for e in cfg.evaluation.eval_sets) and candidate != policy:
-            candidate_metrics = {**candidate_metrics, **compare_task(cfg, r, policy, candidate)}
-        decision = gate_task(cfg, r, policy, candidate, policy_metrics, candidate_metrics)
+            candidate_metrics |= compare_task(cfg, r, policy_eval.outputs["results"], candidate_eval.outputs["results"])
+        decision = gate_task(cfg, r, policy, candidate, policy_eval.metrics, candidate_metrics)
         manifest_uri = write_manifest(rt, cfg, r, policy, candidate, decision)
-        rt.catalog.finish_round(cfg.pipeline, r, candidate=candidate, policy_out=decision.policy_out,
-                                promoted=decision.promoted, reason=decision.reason, manifest_uri=manifest_uri)
+        rt.catalog.finish_round(
+            cfg.pipeline,
+            r,
+            candidate=candidate,
+            policy_out=decision.policy_out,
+            promoted=decision.promoted,
+            reason=decision.reason,
+            manifest_uri=manifest_uri,
+        )
     except INPUT_ERRORS:
         rt.catalog.discard_round(cfg.pipeline, r)
         raise
@@ -109,27 +113,47 @@ def _run_round(rt: Runtime, cfg: FlywheelConfig) -> RoundReport:
         rt.catalog.fail_round(cfg.pipeline, r, f"{type(e).__name__}: {e}")
         raise
     rt.store.put_file("catalog/catalog.duckdb", rt.catalog.path)  # backup after every round
-    metrics = next(x for x in rt.catalog.rounds(cfg.pipeline) if x["round"] == r)["metrics"]
     return RoundReport(
-        pipeline=cfg.pipeline, round=r, promoted=decision.promoted, reason=decision.reason, policy_in=policy,
-        candidate=candidate, policy_out=decision.policy_out, metrics=metrics, manifest_uri=manifest_uri, seconds=0.0,
+        pipeline=cfg.pipeline,
+        round=r,
+        promoted=decision.promoted,
+        reason=decision.reason,
+        policy_in=policy,
+        candidate=candidate,
+        policy_out=decision.policy_out,
+        metrics=rt.catalog.round(cfg.pipeline, r)["metrics"],
+        manifest_uri=manifest_uri,
+        seconds=0.0,
     )
 
 
 def write_manifest(rt: Runtime, cfg: FlywheelConfig, r: int, policy: str, candidate: str, decision: Decision) -> str:
     """The round's manifest, written last: its presence in the store means the round is complete."""
-    info = next(x for x in rt.catalog.rounds(cfg.pipeline) if x["round"] == r)
+    info = rt.catalog.round(cfg.pipeline, r)
     steps = {
-        name: {"identity": s["identity"], "inputs": json.loads(s["inputs"]) if s.get("inputs") else {},
-               "outputs": json.loads(s["outputs"]) if s.get("outputs") else {}, "duration_s": s["duration_s"],
-               "reused": s["reused"], "rows_in": s["rows_in"], "rows_out": s["rows_out"]}
+        name: {
+            "identity": s["identity"],
+            "inputs": json.loads(s["inputs"]) if s.get("inputs") else {},
+            "outputs": json.loads(s["outputs"]) if s.get("outputs") else {},
+            "duration_s": s["duration_s"],
+            "reused": s["reused"],
+            "rows_in": s["rows_in"],
+            "rows_out": s["rows_out"],
+        }
         for name, s in rt.catalog.steps_of(cfg.pipeline, r).items()
     }
     manifest = {
-        "pipeline": cfg.pipeline, "round": r, "written_at": datetime.now(timezone.utc).isoformat(),
-        "config": cfg.model_dump(mode="json"), "policy_in": policy, "candidate": candidate,
-        "policy_out": decision.policy_out, "promoted": decision.promoted, "reason": decision.reason,
-        "metrics": info["metrics"], "steps": steps,
+        "pipeline": cfg.pipeline,
+        "round": r,
+        "written_at": datetime.now(timezone.utc).isoformat(),
+        "config": cfg.model_dump(mode="json"),
+        "policy_in": policy,
+        "candidate": candidate,
+        "policy_out": decision.policy_out,
+        "promoted": decision.promoted,
+        "reason": decision.reason,
+        "metrics": info["metrics"],
+        "steps": steps,
         "artifacts": {a: rt.artifacts.ref(a).uri for s in steps.values() for a in s["outputs"].values()},
     }
     key = f"runs/{cfg.pipeline}/round-{r:04d}/manifest.json"

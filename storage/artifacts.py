@@ -1,4 +1,4 @@
-"""Content-addressed, immutable artifacts over a Store (see DESIGN.md, "Identity" and "Storage").
+"""Content-addressed, immutable artifacts over a Store (docs/design.md, "Identities" and "Storage layout").
 
     arts = ArtifactStore(open_store("file:///tmp/flywheel"), cache_dir=Path("/tmp/flywheel-cache"))
     ref = arts.put_table(table, kind="prompts")     # ArtifactRef(id=<sha256 of the parquet bytes>, ...)
@@ -16,6 +16,7 @@ Ids are content hashes, so equal content is stored once and a put of an existing
 The local cache (cache_dir) holds only committed artifacts: tables/<id>.parquet and models/<id>/, each
 moved into place by one rename, so a reader never sees half of one.
 """
+
 from __future__ import annotations
 
 import json
@@ -83,8 +84,14 @@ class ArtifactStore:
             if not self.exists(artifact_id):
                 self.store.put_file(f"{artifact_folder(artifact_id)}/data.parquet", tmp)
                 schema = [{"name": f.name, "type": str(f.type)} for f in table.schema]
-                self._commit(artifact_id, kind, "parquet", [("data.parquet", size, artifact_id)],
-                             rows=table.num_rows, schema=schema)
+                self._commit(
+                    artifact_id,
+                    kind,
+                    "parquet",
+                    [("data.parquet", size, artifact_id)],
+                    rows=table.num_rows,
+                    schema=schema,
+                )
             self._install(tmp, self._table_cache(artifact_id))
         finally:
             tmp.unlink(missing_ok=True)
@@ -186,8 +193,14 @@ class ArtifactStore:
     def ref(self, artifact_id: str) -> ArtifactRef:
         """The artifact's ref, read from its manifest. KeyError if it is absent or incomplete."""
         m = self._manifest(artifact_id)
-        return ArtifactRef(id=artifact_id, kind=m["kind"], uri=self.store.url(artifact_folder(artifact_id)),
-                           bytes=m["bytes"], rows=m["rows"], format=m["format"])
+        return ArtifactRef(
+            id=artifact_id,
+            kind=m["kind"],
+            uri=self.store.url(artifact_folder(artifact_id)),
+            bytes=m["bytes"],
+            rows=m["rows"],
+            format=m["format"],
+        )
 
     def link(self, key: str, ref: ArtifactRef, extra: dict | None = None) -> None:
         """Write a small JSON pointer to `ref` at a browsable key (e.g. runs/<pipeline>/round-0003/...).
@@ -213,16 +226,24 @@ class ArtifactStore:
             raise ValueError(f"artifact {artifact_id} is {manifest['format']!r}, not {fmt!r}")
         return manifest
 
-    def _commit(self, artifact_id: str, kind: str, fmt: str, files: list[tuple[str, int, str]],
-                rows: int | None, **extra: Any) -> None:
+    def _commit(
+        self, artifact_id: str, kind: str, fmt: str, files: list[tuple[str, int, str]], rows: int | None, **extra: Any
+    ) -> None:
         """Write MANIFEST.json, the last write of a put: from now on the artifact exists."""
         manifest = {
-            "id": artifact_id, "kind": kind, "format": fmt, "bytes": sum(size for _, size, _ in files),
-            "rows": rows, "files": [{"path": rel, "bytes": size, "sha256": digest} for rel, size, digest in files],
-            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **extra,
+            "id": artifact_id,
+            "kind": kind,
+            "format": fmt,
+            "bytes": sum(size for _, size, _ in files),
+            "rows": rows,
+            "files": [{"path": rel, "bytes": size, "sha256": digest} for rel, size, digest in files],
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **extra,
         }
-        self.store.put_bytes(f"{artifact_folder(artifact_id)}/{MANIFEST}",
-                             (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+        self.store.put_bytes(
+            f"{artifact_folder(artifact_id)}/{MANIFEST}",
+            (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode(),
+        )
 
     # -- local cache ----------------------------------------------------------------------------------
     def _tmp_path(self, suffix: str) -> Path:
@@ -254,5 +275,7 @@ class ArtifactStore:
 
 def _verify(artifact_id: str, what: str, got: str, expected: str) -> None:
     if got != expected:
-        raise StoreError(f"artifact {artifact_id}: {what} hashes to {got[:12]}... but the manifest says "
-                         f"{expected[:12]}...: the stored copy is corrupt; delete it and put it again")
+        raise StoreError(
+            f"artifact {artifact_id}: {what} hashes to {got[:12]}... but the manifest says "
+            f"{expected[:12]}...: the stored copy is corrupt; delete it and put it again"
+        )

@@ -6,17 +6,21 @@ process hold it at a time, and a caller that finds it locked waits and retries.
 
 Query it with any DuckDB client:  duckdb .flywheel/catalog.duckdb "select * from rounds"
 """
+
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import duckdb
+
+from storage.artifacts import ArtifactRef
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS pipelines (
@@ -52,16 +56,6 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-@dataclass(frozen=True)
-class ArtifactRecord:
-    id: str
-    kind: str
-    format: str
-    uri: str
-    bytes: int
-    rows: int | None
-
-
 @dataclass
 class StepRecord:
     """What one step wrote: its outputs, their parents, metrics and row-level lineage."""
@@ -71,7 +65,7 @@ class StepRecord:
     step: str
     identity: str
     inputs: dict[str, str]
-    outputs: dict[str, ArtifactRecord]
+    outputs: dict[str, ArtifactRef]
     metrics: dict[str, float] = field(default_factory=dict)
     row_edges: list[tuple[str, str, str]] = field(default_factory=list)  # (row_id, parent_id, artifact_id)
     rows_in: int | None = None
@@ -128,7 +122,9 @@ class Catalog:
                 [name, _now(), base_model, json.dumps(config)],
             )
 
-    def start_round(self, pipeline: str, round_num: int, config_hash: str, policy_in: str, flow_run_id: str | None) -> None:
+    def start_round(
+        self, pipeline: str, round_num: int, config_hash: str, policy_in: str, flow_run_id: str | None
+    ) -> None:
         """Open a round (or reopen a failed one: its finished steps stay and are reused)."""
         with self._tx() as con:
             con.execute(
@@ -141,8 +137,15 @@ class Catalog:
             )
 
     def finish_round(
-        self, pipeline: str, round_num: int, *, candidate: str, policy_out: str, promoted: bool,
-        reason: str, manifest_uri: str,
+        self,
+        pipeline: str,
+        round_num: int,
+        *,
+        candidate: str,
+        policy_out: str,
+        promoted: bool,
+        reason: str,
+        manifest_uri: str,
     ) -> None:
         with self._tx() as con:
             con.execute(
@@ -164,8 +167,21 @@ class Catalog:
             for table in ("rounds", "steps", "metrics"):
                 con.execute(f"DELETE FROM {table} WHERE pipeline = ? AND round = ?", [pipeline, round_num])
 
+    def round(self, pipeline: str, round_num: int) -> dict[str, Any] | None:
+        """One round's row, with its metrics and steps as in rounds() (None if there is no such round)."""
+        return next((r for r in self.rounds(pipeline) if r["round"] == round_num), None)
+
+    def step_outputs(self, pipeline: str, round_num: int, step: str) -> dict[str, str]:
+        """Output name -> artifact id of a completed step of one round ({} if it did not complete)."""
+        row = self.steps_of(pipeline, round_num).get(step)
+        if row is None or row["status"] != "completed" or not row["outputs"]:
+            return {}
+        return json.loads(row["outputs"])
+
     def steps_of(self, pipeline: str, round_num: int) -> dict[str, dict[str, Any]]:
-        rows = self._query("SELECT * FROM steps WHERE pipeline = ? AND round = ? ORDER BY started_at", [pipeline, round_num])
+        rows = self._query(
+            "SELECT * FROM steps WHERE pipeline = ? AND round = ? ORDER BY started_at", [pipeline, round_num]
+        )
         return {r["step"]: r for r in rows}
 
     def next_round(self, pipeline: str) -> int:
@@ -199,16 +215,30 @@ class Catalog:
         """
         rnd = self._query("SELECT * FROM rounds WHERE pipeline = ? AND round = ?", [pipeline, from_round])
         if not rnd:
-            known = [r["round"] for r in self._query("SELECT round FROM rounds WHERE pipeline = ? ORDER BY round",
-                                                     [pipeline])]
+            known = [
+                r["round"]
+                for r in self._query("SELECT round FROM rounds WHERE pipeline = ? ORDER BY round", [pipeline])
+            ]
             raise ValueError(f"pipeline {pipeline!r} has no round {from_round} (rounds: {known or 'none'})")
         policy = rnd[0]["candidate"] if which == "candidate" else rnd[0]["policy_out"]
         if not policy:
             raise ValueError(f"round {from_round} of {pipeline!r} has no {which} (status {rnd[0]['status']})")
-        after = self._query("SELECT max(round) AS r FROM rounds WHERE pipeline = ? AND status = 'completed'",
-                            [pipeline])[0]["r"] or 0
-        row = {"pipeline": pipeline, "after_round": after, "policy": policy, "from_round": from_round,
-               "which": which, "who": who, "promoted_at": _now(), "why": why}
+        after = (
+            self._query("SELECT max(round) AS r FROM rounds WHERE pipeline = ? AND status = 'completed'", [pipeline])[
+                0
+            ]["r"]
+            or 0
+        )
+        row = {
+            "pipeline": pipeline,
+            "after_round": after,
+            "policy": policy,
+            "from_round": from_round,
+            "which": which,
+            "who": who,
+            "promoted_at": _now(),
+            "why": why,
+        }
         with self._tx() as con:
             con.execute("INSERT INTO promotions VALUES (?, ?, ?, ?, ?, ?, ?, ?)", list(row.values()))
         return row
@@ -245,9 +275,22 @@ class Catalog:
         with self._tx() as con:
             con.execute(
                 """INSERT OR REPLACE INTO steps VALUES (?, ?, ?, ?, 'completed', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)""",
-                [rec.pipeline, rec.round, rec.step, rec.identity, rec.reused, rec.flow_run_id, rec.task_run_id,
-                 rec.started_at or finished, finished, rec.duration_s, rec.rows_in, rec.rows_out,
-                 json.dumps(rec.inputs), json.dumps({k: a.id for k, a in rec.outputs.items()})],
+                [
+                    rec.pipeline,
+                    rec.round,
+                    rec.step,
+                    rec.identity,
+                    rec.reused,
+                    rec.flow_run_id,
+                    rec.task_run_id,
+                    rec.started_at or finished,
+                    finished,
+                    rec.duration_s,
+                    rec.rows_in,
+                    rec.rows_out,
+                    json.dumps(rec.inputs),
+                    json.dumps({k: a.id for k, a in rec.outputs.items()}),
+                ],
             )
             for a in rec.outputs.values():
                 con.execute(
@@ -279,8 +322,10 @@ class Catalog:
     def record_metrics(self, pipeline: str, round_num: int, step: str, metrics: dict[str, float]) -> None:
         with self._tx() as con:
             for name, value in metrics.items():
-                con.execute("INSERT OR REPLACE INTO metrics VALUES (?, ?, ?, ?, ?)",
-                            [pipeline, round_num, step, name, float(value)])
+                con.execute(
+                    "INSERT OR REPLACE INTO metrics VALUES (?, ?, ?, ?, ?)",
+                    [pipeline, round_num, step, name, float(value)],
+                )
 
     def record_step_failure(self, pipeline: str, round_num: int, step: str, identity: str, error: str) -> None:
         with self._tx() as con:
@@ -290,7 +335,7 @@ class Catalog:
                 [pipeline, round_num, step, identity, _now(), error[:2000]],
             )
 
-    def register_artifact(self, a: ArtifactRecord, pipeline: str, round_num: int, step: str) -> None:
+    def register_artifact(self, a: ArtifactRef, pipeline: str, round_num: int, step: str) -> None:
         """An artifact produced outside a step (a prompt source file, the base model)."""
         with self._tx() as con:
             con.execute(
@@ -310,7 +355,9 @@ class Catalog:
     # --- lineage ----------------------------------------------------------------------------
 
     def artifact(self, artifact_id: str) -> dict[str, Any] | None:
-        rows = self._query("SELECT * FROM artifacts WHERE id = ? OR id LIKE ? || '%' LIMIT 2", [artifact_id, artifact_id])
+        rows = self._query(
+            "SELECT * FROM artifacts WHERE id = ? OR id LIKE ? || '%' LIMIT 2", [artifact_id, artifact_id]
+        )
         return rows[0] if len(rows) == 1 else None
 
     def artifacts_of_round(self, pipeline: str, round_num: int) -> list[dict[str, Any]]:

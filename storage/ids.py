@@ -1,8 +1,9 @@
-"""Content hashes that name artifacts, rows and steps (see DESIGN.md, "Identity").
+"""Content hashes that name artifacts, rows and steps (docs/design.md, "Identities").
 
 All ids are lowercase hex sha256, shortened where a row id is enough; the same input always gives the
 same id, on any machine, so a rerun finds its earlier outputs.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -29,9 +30,7 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 def sha256_dir(path: Path) -> str:
     """Hash of a directory: sha256 over its sorted (relative path, file sha256) pairs."""
-    entries = sorted(
-        (p.relative_to(path).as_posix(), sha256_file(p)) for p in path.rglob("*") if p.is_file()
-    )
+    entries = sorted((p.relative_to(path).as_posix(), sha256_file(p)) for p in path.rglob("*") if p.is_file())
     return sha256_bytes("\n".join(f"{rel}\t{digest}" for rel, digest in entries).encode())
 
 

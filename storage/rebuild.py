@@ -6,24 +6,23 @@ lineage edges, metrics and row-level lineage (recomputed from the stored tables)
 
 Run:  flywheel catalog-rebuild --config configs/demo.yaml [--out new.duckdb]
 """
+
 from __future__ import annotations
 
 import json
 from datetime import datetime
 from pathlib import Path
 
-from storage.artifacts import ArtifactStore
-from storage.catalog import ArtifactRecord, Catalog, StepRecord
+from storage.artifacts import ArtifactRef, ArtifactStore
+from storage.catalog import Catalog, StepRecord
 from storage.store import Store
 
 # How each stored table links its rows to their parents (row id column, parent id columns).
-ROW_PARENTS = {"completions": ("completion_id", ["prompt_id"]), "sft": ("row_id", ["completion_id"]),
-               "pairs": ("row_id", ["chosen_id", "rejected_id"])}
-
-
-def _record(artifacts: ArtifactStore, artifact_id: str) -> ArtifactRecord:
-    ref = artifacts.ref(artifact_id)
-    return ArtifactRecord(ref.id, ref.kind, ref.format, ref.uri, ref.bytes, ref.rows)
+ROW_PARENTS = {
+    "completions": ("completion_id", ["prompt_id"]),
+    "sft": ("row_id", ["completion_id"]),
+    "pairs": ("row_id", ["chosen_id", "rejected_id"]),
+}
 
 
 def _row_edges(artifacts: ArtifactStore, step: dict, kind: str, artifact_id: str) -> list[tuple[str, str, str]]:
@@ -46,11 +45,17 @@ def _register_input(catalog: Catalog, artifacts: ArtifactStore, m: dict, name: s
         section = m["config"]["curation"]["sources"] if kind == "source" else m["config"]["evaluation"]["eval_sets"]
         path = next((Path(x["path"]) for x in section if x["name"] == label), None)
         if path is not None:
-            record = ArtifactRecord(artifact_id, "source" if kind == "source" else "eval-set",
-                                    path.suffix.lstrip("."), path.resolve().as_uri(), None, None)
+            record = ArtifactRef(
+                artifact_id,
+                "source" if kind == "source" else "eval-set",
+                path.resolve().as_uri(),
+                None,
+                None,
+                path.suffix.lstrip("."),
+            )
             catalog.register_artifact(record, m["pipeline"], m["round"], kind)
     elif artifacts.exists(artifact_id):
-        catalog.register_artifact(_record(artifacts, artifact_id), m["pipeline"], 0, "base-model")
+        catalog.register_artifact(artifacts.ref(artifact_id), m["pipeline"], 0, "base-model")
 
 
 def rebuild_catalog(store: Store, artifacts: ArtifactStore, catalog: Catalog) -> list[tuple[str, int]]:
@@ -63,19 +68,35 @@ def rebuild_catalog(store: Store, artifacts: ArtifactStore, catalog: Catalog) ->
         catalog.ensure_pipeline(pipeline, m["config"]["base_model"], m["config"])
         catalog.start_round(pipeline, r, "", m["policy_in"], None)
         for name, step in m["steps"].items():
-            outputs = {k: _record(artifacts, a) for k, a in step["outputs"].items()}
+            outputs = {k: artifacts.ref(a) for k, a in step["outputs"].items()}
             edges = [e for k, a in outputs.items() for e in _row_edges(artifacts, step, a.kind, a.id)]
             for input_name, src in step["inputs"].items():
                 _register_input(catalog, artifacts, m, input_name, src)
-            catalog.record_step(StepRecord(
-                pipeline=pipeline, round=r, step=name, identity=step.get("identity", ""), inputs=step["inputs"],
-                outputs=outputs, row_edges=edges, rows_in=step["rows_in"], rows_out=step["rows_out"],
-                duration_s=step["duration_s"] or 0.0, reused=bool(step["reused"]),
-                started_at=datetime.fromisoformat(m["written_at"]),
-            ))
+            catalog.record_step(
+                StepRecord(
+                    pipeline=pipeline,
+                    round=r,
+                    step=name,
+                    identity=step["identity"],
+                    inputs=step["inputs"],
+                    outputs=outputs,
+                    row_edges=edges,
+                    rows_in=step["rows_in"],
+                    rows_out=step["rows_out"],
+                    duration_s=step["duration_s"] or 0.0,
+                    reused=bool(step["reused"]),
+                    started_at=datetime.fromisoformat(m["written_at"]),
+                )
+            )
         catalog.record_metrics(pipeline, r, "manifest", m["metrics"])
-        catalog.finish_round(pipeline, r, candidate=m["candidate"], policy_out=m["policy_out"],
-                             promoted=m["promoted"],
-                             reason=m["reason"], manifest_uri=store.url(key))
+        catalog.finish_round(
+            pipeline,
+            r,
+            candidate=m["candidate"],
+            policy_out=m["policy_out"],
+            promoted=m["promoted"],
+            reason=m["reason"],
+            manifest_uri=store.url(key),
+        )
         done.append((pipeline, r))
     return done

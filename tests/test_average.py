@@ -1,4 +1,5 @@
 """Model averaging: the pure tensor-by-tensor average, its refusals, and the step that stores it with lineage."""
+
 from __future__ import annotations
 
 import doctest
@@ -14,7 +15,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 import tasks.average
 import trainers.average
 from configs.averaging import AveragingConfig
-from tasks.average import average_task
+from tasks.average import average_task, policy_history
 from trainers.average import AveragingError, average_checkpoints
 
 
@@ -101,8 +102,11 @@ def test_tied_embeddings_round_trip_and_the_average_loads_and_generates(ckpts, t
     both = tmp_path / "both"
     shutil.copytree(ckpts["b"], both)
     b = _state(ckpts["b"])
-    save_file({**b, "lm_head.weight": b["model.embed_tokens.weight"].clone()}, both / "model.safetensors",
-              metadata={"format": "pt"})
+    save_file(
+        {**b, "lm_head.weight": b["model.embed_tokens.weight"].clone()},
+        both / "model.safetensors",
+        metadata={"format": "pt"},
+    )
     out = average_checkpoints([(ckpts["a"], 0.5), (both, 0.5)], tmp_path / "out")
     avg = _state(out)
     assert "lm_head.weight" not in avg
@@ -114,8 +118,12 @@ def test_tied_embeddings_round_trip_and_the_average_loads_and_generates(ckpts, t
     embed = model.get_input_embeddings().weight
     assert model.get_output_embeddings().weight.data_ptr() == embed.data_ptr()  # still tied
     assert torch.allclose(embed, 0.5 * a["model.embed_tokens.weight"] + 0.5 * b["model.embed_tokens.weight"])
-    prompt = tok.apply_chat_template([{"role": "user", "content": "What is 2 plus 3?"}], add_generation_prompt=True,
-                                     return_tensors="pt", return_dict=True)
+    prompt = tok.apply_chat_template(
+        [{"role": "user", "content": "What is 2 plus 3?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
     gen = model.generate(**prompt, max_new_tokens=4, do_sample=False)
     assert gen.shape[1] > prompt["input_ids"].shape[1]
 
@@ -163,8 +171,11 @@ def test_different_shapes_under_the_same_config_are_refused(ckpts, tmp_path):
     state = _state(bad)
     state["model.layers.0.mlp.up_proj.weight"] = state["model.layers.0.mlp.up_proj.weight"][:256].clone()
     save_file(state, bad / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(AveragingError, match=r"differ in tensor shapes: model.layers.0.mlp.up_proj.weight is "
-                                             r"\[256, 128\] vs \[512, 128\]"):
+    with pytest.raises(
+        AveragingError,
+        match=r"differ in tensor shapes: model.layers.0.mlp.up_proj.weight is "
+        r"\[256, 128\] vs \[512, 128\]",
+    ):
         average_checkpoints([(ckpts["a"], 0.5), (bad, 0.5)], tmp_path / "out")
 
 
@@ -241,12 +252,16 @@ def make_cfg(s3_server, tmp_path):
     from tests.conftest import BUCKET
 
     def make(**averaging):
-        cfg = parse_config({
-            "pipeline": "avg", "base_model": str(tmp_path / "unused"), "home": str(tmp_path / "home"),
-            "storage": {"uri": f"s3://{BUCKET}/{tmp_path.name}", "endpoint_url": s3_server.endpoint_url},
-            "curation": {"sources": [{"name": "s", "path": str(tmp_path / "unused.jsonl")}]},
-            "evaluation": {"eval_sets": [{"name": "h", "path": str(tmp_path / "unused.jsonl")}]},
-        })
+        cfg = parse_config(
+            {
+                "pipeline": "avg",
+                "base_model": str(tmp_path / "unused"),
+                "home": str(tmp_path / "home"),
+                "storage": {"uri": f"s3://{BUCKET}/{tmp_path.name}", "endpoint_url": s3_server.endpoint_url},
+                "curation": {"sources": [{"name": "s", "path": str(tmp_path / "unused.jsonl")}]},
+                "evaluation": {"eval_sets": [{"name": "h", "path": str(tmp_path / "unused.jsonl")}]},
+            }
+        )
         training = cfg.training.model_copy(update={"averaging": AveragingConfig(**averaging)})
         return cfg.model_copy(update={"training": training})
 
@@ -266,10 +281,10 @@ def _edges(rt, artifact_id: str) -> dict[str, str]:
 
 
 def test_task_averages_with_the_policy_and_records_lineage(prefect_harness, make_cfg, ckpts):
-    from storage.runtime import open_runtime
+    from tasks.stage import runtime
 
     cfg = make_cfg(enabled=True, parents="policy", weight_new=0.8)
-    rt = open_runtime(cfg)
+    rt = runtime(cfg)
     policy, candidate = (rt.artifacts.put_model(ckpts[n]).id for n in ("a", "b"))
     rt.catalog.start_round(cfg.pipeline, 1, "h", policy, None)
 
@@ -293,20 +308,27 @@ def test_task_averages_with_the_policy_and_records_lineage(prefect_harness, make
 
 
 def test_task_averages_with_the_last_k_promoted_policies(prefect_harness, make_cfg, ckpts):
-    from storage.runtime import open_runtime
+    from tasks.stage import runtime
 
     cfg = make_cfg(enabled=True, parents="last_k_promoted", k=3, weight_new=0.4)
-    rt = open_runtime(cfg)
+    rt = runtime(cfg)
     base, p1, p2, candidate = (rt.artifacts.put_model(ckpts[n]).id for n in ("c", "d", "a", "b"))
     # round 1 promotes p1, round 2 promotes p2, round 3 keeps p2, round 4 trains `candidate` from p2
     history = [(base, p1, True), (p1, p2, True), (p2, p2, False)]
     for r, (policy_in, policy_out, promoted) in enumerate(history, start=1):
         rt.catalog.start_round(cfg.pipeline, r, "h", policy_in, None)
-        rt.catalog.finish_round(cfg.pipeline, r, candidate=policy_out, policy_out=policy_out, promoted=promoted,
-                                reason="test", manifest_uri="")
+        rt.catalog.finish_round(
+            cfg.pipeline,
+            r,
+            candidate=policy_out,
+            policy_out=policy_out,
+            promoted=promoted,
+            reason="test",
+            manifest_uri="",
+        )
     rt.catalog.start_round(cfg.pipeline, 4, "h", p2, None)
 
-    averaged = average_task(cfg, 4, candidate, p2)
+    averaged = average_task(cfg, 4, candidate, p2, policy_history(rt.catalog.rounds(cfg.pipeline), 4))
     assert _edges(rt, averaged) == {candidate: "average", p2: "average", p1: "average", base: "average"}
     inputs = json.loads(rt.catalog.steps_of(cfg.pipeline, 4)["average"]["inputs"])
     assert inputs == {"candidate": candidate, "parent:0": p2, "parent:1": p1, "parent:2": base}

@@ -1,10 +1,10 @@
 """The DuckDB catalog over a real file in tmp_path: rounds, steps, transactions, lineage, two writers."""
-import multiprocessing as mp
 
 import duckdb
 import pytest
 
-from storage.catalog import ArtifactRecord, Catalog, StepRecord
+from storage.artifacts import ArtifactRef
+from storage.catalog import Catalog, StepRecord
 
 P = "demo"
 
@@ -12,14 +12,29 @@ P = "demo"
 SOURCE, BASE, PROMPTS, COMPLETIONS, SFT, MODEL = "source-0", "base-0", "prompts-1", "completions-1", "sft-1", "model-1"
 
 
-def art(id_: str, kind: str, rows: int | None = 10) -> ArtifactRecord:
-    return ArtifactRecord(id=id_, kind=kind, format="parquet" if rows is not None else "dir",
-                          uri=f"file:///store/{id_}", bytes=100, rows=rows)
+def art(id_: str, kind: str, rows: int | None = 10) -> ArtifactRef:
+    return ArtifactRef(
+        id=id_,
+        kind=kind,
+        format="parquet" if rows is not None else "dir",
+        uri=f"file:///store/{id_}",
+        bytes=100,
+        rows=rows,
+    )
 
 
-def step(step_name: str, inputs: dict, outputs: dict, *, round_num: int = 1, identity: str | None = None, **kw) -> StepRecord:
-    return StepRecord(pipeline=P, round=round_num, step=step_name, identity=identity or f"id-{step_name}-{round_num}",
-                      inputs=inputs, outputs=outputs, **kw)
+def step(
+    step_name: str, inputs: dict, outputs: dict, *, round_num: int = 1, identity: str | None = None, **kw
+) -> StepRecord:
+    return StepRecord(
+        pipeline=P,
+        round=round_num,
+        step=step_name,
+        identity=identity or f"id-{step_name}-{round_num}",
+        inputs=inputs,
+        outputs=outputs,
+        **kw,
+    )
 
 
 @pytest.fixture
@@ -56,8 +71,10 @@ def _snapshot(cat: Catalog) -> dict[str, list[tuple]]:
     """Every row of every table, read through one connection."""
     con = duckdb.connect(str(cat.path))
     try:
-        return {t: con.execute(f"SELECT * FROM {t} ORDER BY ALL").fetchall()
-                for t in ("pipelines", "rounds", "steps", "artifacts", "edges", "metrics", "row_edges")}
+        return {
+            t: con.execute(f"SELECT * FROM {t} ORDER BY ALL").fetchall()
+            for t in ("pipelines", "rounds", "steps", "artifacts", "edges", "metrics", "row_edges")
+        }
     finally:
         con.close()
 
@@ -66,12 +83,25 @@ def chain(cat: Catalog) -> None:
     """source -curate-> prompts -generate(base)-> completions -select-> sft -train(base)-> model, with row lineage."""
     cat.register_artifact(art(SOURCE, "source"), P, 0, "source")
     cat.register_artifact(art(BASE, "model", rows=None), P, 0, "base-model")
-    cat.record_step(step("curate", {"source": SOURCE}, {"prompts": art(PROMPTS, "prompts", 2)},
-                         row_edges=[("p1", "source-0:line3", PROMPTS), ("p2", "source-0:line7", PROMPTS)]))
-    cat.record_step(step("generate", {"prompts": PROMPTS, "policy": BASE}, {"completions": art(COMPLETIONS, "completions", 3)},
-                         row_edges=[("c1", "p1", COMPLETIONS), ("c2", "p1", COMPLETIONS), ("c3", "p2", COMPLETIONS)]))
-    cat.record_step(step("select", {"completions": COMPLETIONS}, {"sft": art(SFT, "sft", 1)},
-                         row_edges=[("r1", "c2", SFT)]))
+    cat.record_step(
+        step(
+            "curate",
+            {"source": SOURCE},
+            {"prompts": art(PROMPTS, "prompts", 2)},
+            row_edges=[("p1", "source-0:line3", PROMPTS), ("p2", "source-0:line7", PROMPTS)],
+        )
+    )
+    cat.record_step(
+        step(
+            "generate",
+            {"prompts": PROMPTS, "policy": BASE},
+            {"completions": art(COMPLETIONS, "completions", 3)},
+            row_edges=[("c1", "p1", COMPLETIONS), ("c2", "p1", COMPLETIONS), ("c3", "p2", COMPLETIONS)],
+        )
+    )
+    cat.record_step(
+        step("select", {"completions": COMPLETIONS}, {"sft": art(SFT, "sft", 1)}, row_edges=[("r1", "c2", SFT)])
+    )
     cat.record_step(step("train", {"sft": SFT, "policy": BASE}, {"model": art(MODEL, "model", rows=None)}))
 
 
@@ -93,25 +123,57 @@ def test_round_lifecycle(cat):
     cat.start_round(P, 1, "cfg-hash", BASE, "flow-run-1")
     assert cat.next_round(P) == 1  # running, not completed
     assert cat.current_policy(P) is None
-    cat.record_step(step("curate", {"source": SOURCE}, {"prompts": art(PROMPTS, "prompts")}, rows_in=5, rows_out=2,
-                         duration_s=1.5, metrics={"curate/prompts": 2}))
-    cat.record_step(step("train", {"prompts": PROMPTS, "policy": BASE}, {"model": art(MODEL, "model", None)},
-                         metrics={"train/loss": 0.25}))
-    cat.finish_round(P, 1, candidate=MODEL, policy_out=MODEL, promoted=True, reason="promoted: better", manifest_uri="s3://m1")
+    cat.record_step(
+        step(
+            "curate",
+            {"source": SOURCE},
+            {"prompts": art(PROMPTS, "prompts")},
+            rows_in=5,
+            rows_out=2,
+            duration_s=1.5,
+            metrics={"curate/prompts": 2},
+        )
+    )
+    cat.record_step(
+        step(
+            "train",
+            {"prompts": PROMPTS, "policy": BASE},
+            {"model": art(MODEL, "model", None)},
+            metrics={"train/loss": 0.25},
+        )
+    )
+    cat.finish_round(
+        P, 1, candidate=MODEL, policy_out=MODEL, promoted=True, reason="promoted: better", manifest_uri="s3://m1"
+    )
 
     assert cat.next_round(P) == 2
     assert cat.current_policy(P) == MODEL
     (r1,) = cat.rounds(P)
     assert (r1["round"], r1["status"], r1["policy_in"], r1["candidate"], r1["policy_out"], r1["promoted"]) == (
-        1, "completed", BASE, MODEL, MODEL, True)
+        1,
+        "completed",
+        BASE,
+        MODEL,
+        MODEL,
+        True,
+    )
     assert (r1["reason"], r1["manifest_uri"], r1["config_hash"], r1["flow_run_id"]) == (
-        "promoted: better", "s3://m1", "cfg-hash", "flow-run-1")
+        "promoted: better",
+        "s3://m1",
+        "cfg-hash",
+        "flow-run-1",
+    )
     assert r1["finished_at"] >= r1["started_at"]
     assert r1["metrics"] == {"curate/prompts": 2.0, "train/loss": 0.25}
     assert set(r1["steps"]) == {"curate", "train"}
     curate = r1["steps"]["curate"]
     assert (curate["rows_in"], curate["rows_out"], curate["duration_s"], curate["status"], curate["reused"]) == (
-        5, 2, 1.5, "completed", False)
+        5,
+        2,
+        1.5,
+        "completed",
+        False,
+    )
 
     steps = cat.steps_of(P, 1)
     assert list(steps) == ["curate", "train"]  # in start order
@@ -134,10 +196,16 @@ def test_failed_round_is_retried_as_the_same_number(cat):
     cat.start_round(P, 2, "h", MODEL, "run-b")
     retried = cat.rounds(P)[1]
     assert (retried["status"], retried["reason"], retried["finished_at"], retried["flow_run_id"]) == (
-        "running", None, None, "run-b")
+        "running",
+        None,
+        None,
+        "run-b",
+    )
     assert list(cat.steps_of(P, 2)) == ["curate"]  # finished steps of the failed attempt stay, for reuse
 
-    cat.finish_round(P, 2, candidate="model-2", policy_out=MODEL, promoted=False, reason="kept policy", manifest_uri="m2")
+    cat.finish_round(
+        P, 2, candidate="model-2", policy_out=MODEL, promoted=False, reason="kept policy", manifest_uri="m2"
+    )
     assert cat.next_round(P) == 3
     assert cat.current_policy(P) == MODEL  # not promoted: round 2's policy_out is still model-1
     assert [(r["round"], r["status"]) for r in cat.rounds(P)] == [(1, "completed"), (2, "completed")]
@@ -168,8 +236,16 @@ def test_discard_round_removes_round_steps_and_metrics(cat):
     cat.record_step(step("curate", {"source": SOURCE}, {"prompts": art(PROMPTS, "prompts")}, metrics={"m1": 1.0}))
     cat.finish_round(P, 1, candidate=MODEL, policy_out=MODEL, promoted=True, reason="", manifest_uri="")
     cat.start_round(P, 2, "h", MODEL, None)
-    cat.record_step(step("curate", {"source": SOURCE}, {"prompts": art("prompts-2", "prompts")}, round_num=2,
-                         identity="id-2", metrics={"m2": 2.0}))
+    cat.record_step(
+        step(
+            "curate",
+            {"source": SOURCE},
+            {"prompts": art("prompts-2", "prompts")},
+            round_num=2,
+            identity="id-2",
+            metrics={"m2": 2.0},
+        )
+    )
 
     cat.discard_round(P, 2)
 
@@ -187,19 +263,34 @@ def test_discard_round_removes_round_steps_and_metrics(cat):
 
 
 def test_record_step_writes_artifacts_edges_metrics_and_row_edges(cat):
-    cat.record_step(step("select", {"completions": "c-art", "scores": "s-art"},
-                         {"sft": art("sft-art", "sft", 2), "pairs": art("pairs-art", "pairs", 1)},
-                         metrics={"select/sft_rows": 2, "select/pairs": 1},
-                         row_edges=[("r1", "c1", "sft-art"), ("r2", "c2", "sft-art"), ("q1", "c1", "pairs-art")]))
+    cat.record_step(
+        step(
+            "select",
+            {"completions": "c-art", "scores": "s-art"},
+            {"sft": art("sft-art", "sft", 2), "pairs": art("pairs-art", "pairs", 1)},
+            metrics={"select/sft_rows": 2, "select/pairs": 1},
+            row_edges=[("r1", "c1", "sft-art"), ("r2", "c2", "sft-art"), ("q1", "c1", "pairs-art")],
+        )
+    )
     assert _sql(cat, "SELECT id, kind, rows, pipeline, round, step FROM artifacts ORDER BY id") == [
-        ("pairs-art", "pairs", 1, P, 1, "select"), ("sft-art", "sft", 2, P, 1, "select")]
+        ("pairs-art", "pairs", 1, P, 1, "select"),
+        ("sft-art", "sft", 2, P, 1, "select"),
+    ]
     assert _sql(cat, "SELECT src, dst, step FROM edges ORDER BY src, dst") == [
-        ("c-art", "pairs-art", "select"), ("c-art", "sft-art", "select"),
-        ("s-art", "pairs-art", "select"), ("s-art", "sft-art", "select")]
+        ("c-art", "pairs-art", "select"),
+        ("c-art", "sft-art", "select"),
+        ("s-art", "pairs-art", "select"),
+        ("s-art", "sft-art", "select"),
+    ]
     assert _sql(cat, "SELECT step, name, value FROM metrics ORDER BY name") == [
-        ("select", "select/pairs", 1.0), ("select", "select/sft_rows", 2.0)]
+        ("select", "select/pairs", 1.0),
+        ("select", "select/sft_rows", 2.0),
+    ]
     assert _sql(cat, "SELECT * FROM row_edges ORDER BY row_id") == [
-        ("q1", "c1", "pairs-art"), ("r1", "c1", "sft-art"), ("r2", "c2", "sft-art")]
+        ("q1", "c1", "pairs-art"),
+        ("r1", "c1", "sft-art"),
+        ("r2", "c2", "sft-art"),
+    ]
     s = cat.steps_of(P, 1)["select"]
     assert s["status"] == "completed" and s["error"] is None
 
@@ -215,9 +306,13 @@ def test_record_step_is_one_transaction(cat):
     before = _snapshot(cat)
     assert len(before["steps"]) == len(before["artifacts"]) == len(before["edges"]) == len(before["metrics"]) == 1
 
-    bad = step("generate", {"prompts": PROMPTS}, {"completions": art(COMPLETIONS, "completions")},
-               metrics={"generate/n": 8, "generate/tokens": "n/a"},  # the second one cannot be a float
-               row_edges=[("c1", "p1", COMPLETIONS)])
+    bad = step(
+        "generate",
+        {"prompts": PROMPTS},
+        {"completions": art(COMPLETIONS, "completions")},
+        metrics={"generate/n": 8, "generate/tokens": "n/a"},  # the second one cannot be a float
+        row_edges=[("c1", "p1", COMPLETIONS)],
+    )
     with pytest.raises(ValueError):
         cat.record_step(bad)
 
@@ -231,19 +326,36 @@ def test_record_step_is_one_transaction(cat):
 
 
 def test_reused_step_keeps_existing_row_edges(cat):
-    cat.record_step(step("generate", {"prompts": PROMPTS}, {"completions": art(COMPLETIONS, "completions")},
-                         row_edges=[("c1", "p1", COMPLETIONS), ("c2", "p1", COMPLETIONS)]))
+    cat.record_step(
+        step(
+            "generate",
+            {"prompts": PROMPTS},
+            {"completions": art(COMPLETIONS, "completions")},
+            row_edges=[("c1", "p1", COMPLETIONS), ("c2", "p1", COMPLETIONS)],
+        )
+    )
     # recorded again (a retried round reusing the output): row edges neither duplicated nor rewritten
-    cat.record_step(step("generate", {"prompts": PROMPTS}, {"completions": art(COMPLETIONS, "completions")},
-                         reused=True, row_edges=[("zzz", "p9", COMPLETIONS)]))
+    cat.record_step(
+        step(
+            "generate",
+            {"prompts": PROMPTS},
+            {"completions": art(COMPLETIONS, "completions")},
+            reused=True,
+            row_edges=[("zzz", "p9", COMPLETIONS)],
+        )
+    )
     assert _sql(cat, "SELECT row_id, parent_id FROM row_edges ORDER BY row_id") == [("c1", "p1"), ("c2", "p1")]
     assert cat.steps_of(P, 1)["generate"]["reused"] is True
 
 
 def test_recomputed_step_replaces_its_row_edges(cat):
     edges = [("c1", "p1", COMPLETIONS), ("c2", "p1", COMPLETIONS)]
-    cat.record_step(step("generate", {"prompts": PROMPTS}, {"completions": art(COMPLETIONS, "completions")}, row_edges=edges))
-    cat.record_step(step("generate", {"prompts": PROMPTS}, {"completions": art(COMPLETIONS, "completions")}, row_edges=edges))
+    cat.record_step(
+        step("generate", {"prompts": PROMPTS}, {"completions": art(COMPLETIONS, "completions")}, row_edges=edges)
+    )
+    cat.record_step(
+        step("generate", {"prompts": PROMPTS}, {"completions": art(COMPLETIONS, "completions")}, row_edges=edges)
+    )
     assert _sql(cat, "SELECT count(*) FROM row_edges") == [(2,)]
     assert _sql(cat, "SELECT count(*) FROM steps") == [(1,)]
 
@@ -279,103 +391,3 @@ def test_prompt_tables_before(cat):
     assert cat.prompt_tables_before(P, 3) == [(1, "prompts-1"), (2, "prompts-2")]
     assert cat.prompt_tables_before(P, 5) == [(1, "prompts-1"), (2, "prompts-2"), (3, "prompts-3")]
     assert cat.prompt_tables_before("other", 5) == []
-
-
-# --- lineage ------------------------------------------------------------------------------------
-
-
-def test_artifact_by_id_or_unambiguous_prefix(cat):
-    cat.register_artifact(art("abc123", "prompts"), P, 1, "curate")
-    cat.register_artifact(art("abd456", "completions"), P, 1, "generate")
-    assert cat.artifact("abc123")["kind"] == "prompts"
-    assert cat.artifact("abc")["id"] == "abc123"
-    assert cat.artifact("abd4")["id"] == "abd456"
-    assert cat.artifact("ab") is None  # ambiguous
-    assert cat.artifact("zz") is None  # unknown
-    a = cat.artifact("abc")
-    assert (a["uri"], a["bytes"], a["rows"], a["format"], a["round"], a["step"]) == (
-        "file:///store/abc123", 100, 10, "parquet", 1, "curate")
-
-
-def test_register_artifact_keeps_the_first_record(cat):
-    cat.register_artifact(art("x1", "model", None), P, 0, "base-model")
-    cat.register_artifact(art("x1", "model", None), P, 3, "train")  # same content stored again later
-    assert (cat.artifact("x1")["round"], cat.artifact("x1")["step"]) == (0, "base-model")
-
-
-def test_lineage_walks_up_the_chain(chained):
-    cat = chained
-    got = [(e["src"], e["dst"], e["step"], e["depth"]) for e in cat.lineage(MODEL)]
-    assert got == [
-        (BASE, MODEL, "train", 1),
-        (SFT, MODEL, "train", 1),
-        (COMPLETIONS, SFT, "select", 2),
-        (BASE, COMPLETIONS, "generate", 3),
-        (PROMPTS, COMPLETIONS, "generate", 3),
-        (SOURCE, PROMPTS, "curate", 4),
-    ]
-    by_src = {e["src"]: e for e in cat.lineage(MODEL)}
-    assert (by_src[SOURCE]["src_kind"], by_src[SOURCE]["src_uri"]) == ("source", "file:///store/source-0")
-    assert (by_src[COMPLETIONS]["src_kind"], by_src[COMPLETIONS]["src_rows"]) == ("completions", 3)
-    assert by_src[SFT]["round"] == 1 and by_src[SFT]["pipeline"] == P
-
-
-def test_lineage_of_an_intermediate_and_a_root(chained):
-    cat = chained
-    assert [(e["src"], e["depth"]) for e in cat.lineage(COMPLETIONS)] == [(BASE, 1), (PROMPTS, 1), (SOURCE, 2)]
-    assert cat.lineage(SOURCE) == []
-    assert cat.lineage("unknown") == []
-
-
-def test_row_lineage_walks_sft_row_to_source(chained):
-    cat = chained
-    got = [(r["row_id"], r["parent_id"], r["artifact_id"], r["depth"], r["kind"], r["step"]) for r in cat.row_lineage("r1")]
-    assert got == [
-        ("r1", "c2", SFT, 1, "sft", "select"),
-        ("c2", "p1", COMPLETIONS, 2, "completions", "generate"),
-        ("p1", "source-0:line3", PROMPTS, 3, "prompts", "curate"),
-    ]
-    assert [r["parent_id"] for r in cat.row_lineage("c3")] == ["p2", "source-0:line7"]
-    assert cat.row_lineage("nope") == []
-
-
-def test_row_lineage_of_a_pair_has_both_completions(cat):
-    cat.record_step(step("generate", {"prompts": PROMPTS}, {"completions": art(COMPLETIONS, "completions")},
-                         row_edges=[("c1", "p1", COMPLETIONS), ("c2", "p1", COMPLETIONS)]))
-    cat.record_step(step("select", {"completions": COMPLETIONS}, {"pairs": art("pairs-1", "pairs")},
-                         row_edges=[("pair1", "c1", "pairs-1"), ("pair1", "c2", "pairs-1")]))
-    got = sorted((r["depth"], r["row_id"], r["parent_id"]) for r in cat.row_lineage("pair1"))
-    assert got == [(1, "pair1", "c1"), (1, "pair1", "c2"), (2, "c1", "p1"), (2, "c2", "p1")]
-
-
-# --- two writers --------------------------------------------------------------------------------
-
-
-def _writer(path: str, tag: str, n: int, barrier) -> None:
-    cat = Catalog(path)
-    barrier.wait()
-    for i in range(n):
-        cat.record_step(StepRecord(
-            pipeline=tag, round=1, step=f"step-{i:03d}", identity=f"{tag}-{i}", inputs={"in": f"{tag}-in-{i}"},
-            outputs={"out": ArtifactRecord(f"{tag}-out-{i}", "t", "parquet", "u", 1, 1)}, metrics={f"m{i}": i},
-        ))
-
-
-def test_two_processes_write_concurrently(tmp_path):
-    path = tmp_path / "catalog.duckdb"
-    Catalog(path)
-    ctx = mp.get_context("spawn")
-    barrier = ctx.Barrier(2)
-    procs = [ctx.Process(target=_writer, args=(str(path), tag, 50, barrier)) for tag in ("a", "b")]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=60)
-    assert [p.exitcode for p in procs] == [0, 0]
-
-    cat = Catalog(path)
-    assert _sql(cat, "SELECT pipeline, count(*) FROM steps GROUP BY ALL ORDER BY ALL") == [("a", 50), ("b", 50)]
-    assert _sql(cat, "SELECT count(*) FROM artifacts") == [(100,)]
-    assert _sql(cat, "SELECT count(*) FROM edges") == [(100,)]
-    assert _sql(cat, "SELECT sum(value) FROM metrics") == [(2 * sum(range(50)),)]
-    assert cat.find_completed_step("b-49") == {"out": "b-out-49"}

@@ -1,4 +1,5 @@
 """The `flywheel` command as a user runs it: a subprocess, real config file, real catalog and store."""
+
 from __future__ import annotations
 
 import json

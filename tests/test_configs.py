@@ -1,4 +1,5 @@
 """Every YAML config in configs/ loads and validates; a broken config fails with the field path and the problem."""
+
 import copy
 import typing
 from pathlib import Path
@@ -100,24 +101,59 @@ def _load(tmp_path, data) -> FlywheelConfig:
 
 INVALID = [
     # (dotted key, value, substrings the error must contain)
-    pytest.param("training.sft.lr", 0.1, ["training.sft.lr", "Extra inputs are not permitted", "(got 0.1)"],
-                 id="unknown-key"),
-    pytest.param("training.sft.learning_rate", -0.1,
-                 ["training.sft.learning_rate", "greater than 0", "(got -0.1)"], id="negative-lr"),
-    pytest.param("generation.sampling.top_p", 1.5, ["generation.sampling.top_p", "less than or equal to 1"],
-                 id="top-p"),
-    pytest.param("generation.engine.backend", "tgi", ["generation.engine.backend", "'vllm' or 'hf'", "(got 'tgi')"],
-                 id="backend-literal"),
+    pytest.param(
+        "training.sft.lr", 0.1, ["training.sft.lr", "Extra inputs are not permitted", "(got 0.1)"], id="unknown-key"
+    ),
+    pytest.param(
+        "training.sft.learning_rate",
+        -0.1,
+        ["training.sft.learning_rate", "greater than 0", "(got -0.1)"],
+        id="negative-lr",
+    ),
+    pytest.param(
+        "generation.sampling.top_p", 1.5, ["generation.sampling.top_p", "less than or equal to 1"], id="top-p"
+    ),
+    pytest.param(
+        "generation.engine.backend",
+        "tgi",
+        ["generation.engine.backend", "'vllm' or 'hf'", "(got 'tgi')"],
+        id="backend-literal",
+    ),
     pytest.param("curation.sources.0.weight", 0, ["curation.sources.0.weight", "greater than 0"], id="source-weight"),
     pytest.param("pipeline", "Demo Pipeline", ["pipeline", "should match pattern"], id="pipeline-name"),
-    pytest.param("promotion.eval_set", "nope", ["promotion.eval_set ('nope') must be one of ['heldout']"],
-                 id="gate-eval-set"),
-    pytest.param("training.dpo.loss_weights", [1.0],
-                 ["training.dpo.loss_weights has 1 values but loss_types has 2"], id="loss-weights"),
-    pytest.param("storage.uri", "ftp://x",
-                 ["storage", "storage.uri ('ftp://x') must start with s3:// or file://, or be 'embedded'"], id="ftp"),
-    pytest.param("generation.sampling.n", 1, ["DPO needs >= 2 completions per prompt", "generation.sampling.n is 1"],
-                 id="dpo-needs-two"),
+    pytest.param(
+        "promotion.eval_set", "nope", ["promotion.eval_set ('nope') must be one of ['heldout']"], id="gate-eval-set"
+    ),
+    pytest.param(
+        "training.dpo.loss_weights",
+        [1.0],
+        ["training.dpo.loss_weights has 1 values but loss_types has 2"],
+        id="loss-weights",
+    ),
+    pytest.param(
+        "storage.uri",
+        "ftp://x",
+        ["storage", "storage.uri ('ftp://x') must start with s3:// or file://, or be 'embedded'"],
+        id="ftp",
+    ),
+    pytest.param(
+        "generation.sampling.n",
+        1,
+        ["DPO needs >= 2 completions per prompt", "generation.sampling.n is 1"],
+        id="dpo-needs-two",
+    ),
+    pytest.param(
+        "promotion.metric",
+        "eval/accuracy",
+        [
+            "promotion",
+            "promotion.metric ('eval/accuracy') is not a setting",
+            "promotion.eval_set",
+            "evaluation.eval_sets[].metric",
+            "remove promotion.metric",
+        ],
+        id="promotion-metric-is-gone",
+    ),
 ]
 
 
@@ -166,7 +202,11 @@ def test_valid_variants(tmp_path):
     ok = _set(_set(_demo_data(), "training.dpo.loss_weights", [1.0, 0.5]), "storage.uri", "file:///tmp/store")
     ok = _set(ok, "promotion.eval_set", "heldout")
     cfg = _load(tmp_path, ok)
-    assert (cfg.training.dpo.loss_weights, cfg.storage.uri, cfg.gate_eval_set) == ([1.0, 0.5], "file:///tmp/store", "heldout")
+    assert (cfg.training.dpo.loss_weights, cfg.storage.uri, cfg.gate_eval_set) == (
+        [1.0, 0.5],
+        "file:///tmp/store",
+        "heldout",
+    )
     # one completion per prompt is fine once DPO is off
     cfg = _load(tmp_path, _set(_set(_demo_data(), "generation.sampling.n", 1), "training.dpo.enabled", False))
     assert cfg.generation.sampling.n == 1
@@ -213,21 +253,35 @@ MODELS = _models(FlywheelConfig, {})
 FIELDS = [(m, name) for m in MODELS.values() for name in m.model_fields]
 
 
-
 def test_models_are_found_recursively():
-    assert {"FlywheelConfig", "CurationConfig", "SourceConfig", "EngineConfig", "SamplingConfig", "MathScorerConfig",
-            "SFTConfig", "DPOConfig", "EvalSetConfig", "PromotionConfig", "StorageConfig"} <= set(MODELS)
-    assert {"JudgeScorerConfig", "JudgeEndpointConfig", "RewardModelScorerConfig", "RewardModelTrainConfig",
-            "CommitteeMemberConfig", "IFEvalScorerConfig", "CodeScorerConfig"} <= set(MODELS)
+    assert {
+        "FlywheelConfig",
+        "CurationConfig",
+        "SourceConfig",
+        "EngineConfig",
+        "SamplingConfig",
+        "MathScorerConfig",
+        "SFTConfig",
+        "DPOConfig",
+        "EvalSetConfig",
+        "PromotionConfig",
+        "StorageConfig",
+    } <= set(MODELS)
+    assert {
+        "JudgeScorerConfig",
+        "JudgeEndpointConfig",
+        "RewardModelScorerConfig",
+        "RewardModelTrainConfig",
+        "CommitteeMemberConfig",
+        "IFEvalScorerConfig",
+        "CodeScorerConfig",
+    } <= set(MODELS)
     assert len(FIELDS) > 60
 
 
 @pytest.mark.parametrize(
     "model,name",
-    [
-        pytest.param(m, n, id=f"{m.__name__}.{n}")
-        for m, n in FIELDS
-    ],
+    [pytest.param(m, n, id=f"{m.__name__}.{n}") for m, n in FIELDS],
 )
 def test_every_field_has_a_description(model, name):
     description = model.model_fields[name].description

@@ -1,18 +1,28 @@
 """Curation filters, quarantine accounting, decontamination report and the weighted draw, on literal
 inputs with hand-computed counts. Reading files is tested in test_sources.py."""
+
 import json
 
 import pytest
 
 from configs.schema import CurationConfig, SourceConfig
 from storage.ids import prompt_id, text_hash
-from tasks.curate import (PROMPT_SCHEMA, QUARANTINE_SCHEMA, REMOVAL_REASONS, CurationError, EarlierPrompts,
-                          curate_prompts, quarantine_problem, quarantine_rows, to_table)
-from tasks.curation_inputs import reuse_blocked
-from tasks.decontam import DecontamIndex
-from tasks.filters import detect_languages, token_counter
-from tasks.mixture import allocate_draw
-from tasks.sources import SourceRows
+from tasks.curation.decontam import DecontamIndex
+from tasks.curation.filters import detect_languages, token_counter
+from tasks.curation.inputs import reuse_blocked
+from tasks.curation.mixture import allocate_draw
+from tasks.curation.prompts import (
+    PROMPT_SCHEMA,
+    QUARANTINE_SCHEMA,
+    REMOVAL_REASONS,
+    CurationError,
+    EarlierPrompts,
+    curate_prompts,
+    quarantine_problem,
+    quarantine_rows,
+    to_table,
+)
+from tasks.curation.sources import SourceRows
 
 NO_EVAL = DecontamIndex({}, 8, 0.5)
 NOTHING_EARLIER = EarlierPrompts()
@@ -27,8 +37,7 @@ def rows_of(*texts, quarantined=()):
 
 
 def bad(reason, i, source="pool"):
-    return {"source": source, "location": f"line {i + 1}", "reason": reason, "detail": f"{reason} here",
-            "raw": "{...}"}
+    return {"source": source, "location": f"line {i + 1}", "reason": reason, "detail": f"{reason} here", "raw": "{...}"}
 
 
 def src(name, n=0, **kw):
@@ -85,17 +94,33 @@ def test_each_filter_counts_exactly():
     by_text = {p["prompt"]: p for p in result.prompts}
     assert set(by_text) == {"What is 2 + 2?", "Add 5 and 7."}  # first occurrence wins, normalised
     assert by_text["What is 2 + 2?"] == {
-        "prompt_id": prompt_id("What is 2 + 2?", "pool"), "text_hash": text_hash("what is 2 + 2?"),
-        "prompt": "What is 2 + 2?", "system": None, "answer": None, "source": "pool", "license": "cc-by-4.0",
-        "tags": ["math"], "provenance": '{"id":0}', "source_row": 0}
+        "prompt_id": prompt_id("What is 2 + 2?", "pool"),
+        "text_hash": text_hash("what is 2 + 2?"),
+        "prompt": "What is 2 + 2?",
+        "system": None,
+        "answer": None,
+        "source": "pool",
+        "license": "cc-by-4.0",
+        "tags": ["math"],
+        "provenance": '{"id":0}',
+        "source_row": 0,
+    }
     assert [p["prompt_id"] for p in result.prompts] == sorted(p["prompt_id"] for p in result.prompts)
 
 
 def test_length_and_keyword_filters_count_exactly():
-    sources = {"pool": rows_of("Hi", "What is 2 + 2?", "x" * 50, "Are you ChatGPT, really?", "Ask claude-3 about it",
-                               "Claudette sings.")}
-    cfg = cur([SourceConfig(name="pool", path="p.jsonl")], prompts_per_round=10, min_chars=3, max_chars=40,
-              blocked_keywords=["chatgpt", "Claude-3", " "])
+    sources = {
+        "pool": rows_of(
+            "Hi", "What is 2 + 2?", "x" * 50, "Are you ChatGPT, really?", "Ask claude-3 about it", "Claudette sings."
+        )
+    }
+    cfg = cur(
+        [SourceConfig(name="pool", path="p.jsonl")],
+        prompts_per_round=10,
+        min_chars=3,
+        max_chars=40,
+        blocked_keywords=["chatgpt", "Claude-3", " "],
+    )
     rep = curate(sources, cfg).report
     # "Hi" is too short, the 50 x's too long, two rows name a model; "Claudette" is not "claude-3".
     assert removed(rep) == {"too_short": 1, "too_long": 1, "keyword": 2}
@@ -133,9 +158,12 @@ def test_language_filter_keeps_configured_languages_and_unjudged_short_texts():
 
 
 def test_detect_languages_with_py3langid():
-    texts = ["The weather is lovely today and we are going to the park.",
-             "Le temps est magnifique aujourd'hui et nous allons au parc.",
-             "Das Wetter ist heute schön und wir gehen in den Park.", "What is 12 + 7?"]
+    texts = [
+        "The weather is lovely today and we are going to the park.",
+        "Le temps est magnifique aujourd'hui et nous allons au parc.",
+        "Das Wetter ist heute schön und wir gehen in den Park.",
+        "What is 12 + 7?",
+    ]
     assert detect_languages(texts, min_letters=20) == ["en", "fr", "de", None]
 
 
@@ -156,12 +184,15 @@ def test_cross_source_duplicate_goes_to_the_first_configured_source():
 
 
 def test_near_duplicates_within_the_round_and_of_earlier_rounds():
-    sources = {"pool": rows_of(
-        "Explain how a rainbow forms after the rain stops",
-        "explain how a rainbow forms after the rain stops!!",  # not exact ("!!"), but nearly the same
-        "Explain how a rainbow forms after the rain stops, please",  # near: one word more
-        "Write a haiku about the sea at night and the moon",
-        "Name three prime numbers larger than one hundred")}
+    sources = {
+        "pool": rows_of(
+            "Explain how a rainbow forms after the rain stops",
+            "explain how a rainbow forms after the rain stops!!",  # not exact ("!!"), but nearly the same
+            "Explain how a rainbow forms after the rain stops, please",  # near: one word more
+            "Write a haiku about the sea at night and the moon",
+            "Name three prime numbers larger than one hundred",
+        )
+    }
     earlier = EarlierPrompts(set(), ["Write a haiku about the sea at night and the moon."])  # punctuation aside
     cfg = cur([SourceConfig(name="pool", path="p.jsonl")], prompts_per_round=10, near_dup_threshold=0.6)
     result = curate(sources, cfg, 2, earlier)
@@ -174,13 +205,20 @@ def test_near_duplicates_within_the_round_and_of_earlier_rounds():
 
 # ---- decontamination ----------------------------------------------------------------------------------
 
+
 def test_planted_leaks_are_all_removed_and_reported_per_eval_set_and_source():
-    evals = {"gsm": ["Natalia sold clips to 48 of her friends in April, and then half as many in May.",
-                     "Weng earns 12 dollars an hour for babysitting. Yesterday she did 50 minutes."],
-             "arith": ["What is 37 plus 8 when you add them together carefully?"]}
+    evals = {
+        "gsm": [
+            "Natalia sold clips to 48 of her friends in April, and then half as many in May.",
+            "Weng earns 12 dollars an hour for babysitting. Yesterday she did 50 minutes.",
+        ],
+        "arith": ["What is 37 plus 8 when you add them together carefully?"],
+    }
     index = DecontamIndex(evals, 8, 0.5)
-    leaks_a = ["natalia SOLD clips to 48 of her friends in april , and then half as many in may",  # case, spacing
-               "Weng earns 12 dollars an hour for babysitting.Yesterday she did 50 minutes!"]  # punctuation
+    leaks_a = [
+        "natalia SOLD clips to 48 of her friends in april , and then half as many in may",  # case, spacing
+        "Weng earns 12 dollars an hour for babysitting.Yesterday she did 50 minutes!",
+    ]  # punctuation
     leaks_b = ["What   is 37 plus 8 when you add them together carefully ?"]  # whitespace
     clean = ["Natalia bought 3 apples.", "A question about babysitting rates in general, nothing more."]
     cfg = cur([SourceConfig(name="a", path="a.jsonl"), SourceConfig(name="b", path="b.jsonl")], prompts_per_round=10)
@@ -191,14 +229,18 @@ def test_planted_leaks_are_all_removed_and_reported_per_eval_set_and_source():
     assert (d["stage"], d["ngram"], d["threshold"], d["checked"], d["removed"]) == ("prompts", 8, 0.5, 5, 3)
     assert d["by_eval_set"] == {"gsm": {"a": 2}, "arith": {"b": 1}}
     assert [(e["eval_set"], e["eval_index"], e["source"]) for e in d["examples"]] == [
-        ("gsm", 0, "a"), ("gsm", 1, "a"), ("arith", 0, "b")]
+        ("gsm", 0, "a"),
+        ("gsm", 1, "a"),
+        ("arith", 0, "b"),
+    ]
     assert [e["overlap"] for e in d["examples"]] == [1.0, 0.875, 1.0]  # "!" for "." changes 1 of 8 grams
 
 
 def test_decontamination_examples_capped_at_five_per_eval_set():
     index = DecontamIndex({"e": [f"Eval item number {i}" for i in range(7)]}, 8, 0.5)
-    result = curate({"pool": rows_of(*(f"eval item number {i}" for i in range(7)), "clean prompt")}, pool(),
-                    index=index)
+    result = curate(
+        {"pool": rows_of(*(f"eval item number {i}" for i in range(7)), "clean prompt")}, pool(), index=index
+    )
     assert result.report["removed"]["contaminated"] == 7 and result.report["rows_out"] == 1
     assert result.decontamination["by_eval_set"] == {"e": {"pool": 7}}
     assert [e["text"] for e in result.decontamination["examples"]] == [f"eval item number {i}" for i in range(5)]
@@ -206,23 +248,33 @@ def test_decontamination_examples_capped_at_five_per_eval_set():
 
 # ---- quarantine ---------------------------------------------------------------------------------------
 
+
 def test_quarantine_fraction_stops_with_counts_per_reason():
-    cfg = cur([SourceConfig(name="good", path="g.jsonl"), SourceConfig(name="bad", path="b.jsonl")],
-              max_quarantine_fraction=0.25)
+    cfg = cur(
+        [SourceConfig(name="good", path="g.jsonl"), SourceConfig(name="bad", path="b.jsonl")],
+        max_quarantine_fraction=0.25,
+    )
     ok = rows_of("a", "b", "c", quarantined=[bad("empty", 3, "good")])  # 1 of 4: exactly 25 %, allowed
-    broken = rows_of("a", quarantined=[bad("invalid_json", 1, "bad"), bad("invalid_json", 2, "bad"),
-                                       bad("wrong_type", 3, "bad")])
+    broken = rows_of(
+        "a", quarantined=[bad("invalid_json", 1, "bad"), bad("invalid_json", 2, "bad"), bad("wrong_type", 3, "bad")]
+    )
     assert quarantine_problem({"good": ok, "bad": rows_of("x")}, cfg) is None
     assert quarantine_problem({"good": ok, "bad": broken}, cfg) == (
         "source 'bad': 3 of 4 rows malformed (75.0% > curation.max_quarantine_fraction 25.0%; invalid_json 2, "
-        "wrong_type 1; first: line 2: invalid_json here)")
+        "wrong_type 1; first: line 2: invalid_json here)"
+    )
     rows = quarantine_rows({"good": ok, "bad": broken})
-    assert [(q["source"], q["reason"]) for q in rows] == [("good", "empty"), ("bad", "invalid_json"),
-                                                          ("bad", "invalid_json"), ("bad", "wrong_type")]
+    assert [(q["source"], q["reason"]) for q in rows] == [
+        ("good", "empty"),
+        ("bad", "invalid_json"),
+        ("bad", "invalid_json"),
+        ("bad", "wrong_type"),
+    ]
     assert set(rows[0]) == set(QUARANTINE_SCHEMA.names)
 
 
 # ---- weighted draw and mixture ------------------------------------------------------------------------
+
 
 def test_draw_follows_weights_3_to_1_and_reports_the_mixture():
     (a, ra), (b, rb) = src("a", 1000, weight=3), src("b", 1000, weight=1)
@@ -231,7 +283,8 @@ def test_draw_follows_weights_3_to_1_and_reports_the_mixture():
     assert rep["removed"]["not_drawn"] == 1600 and rep["rows_out"] == 400
     assert rep["mixture"] == {
         "a": {"weight": 3.0, "target_share": 0.75, "available": 1000, "drawn": 300, "drawn_share": 0.75},
-        "b": {"weight": 1.0, "target_share": 0.25, "available": 1000, "drawn": 100, "drawn_share": 0.25}}
+        "b": {"weight": 1.0, "target_share": 0.25, "available": 1000, "drawn": 100, "drawn_share": 0.25},
+    }
     assert_identity(rep)
 
 
@@ -263,6 +316,7 @@ def test_draw_is_deterministic_and_changes_with_round_and_seed():
 
 # ---- errors and table ---------------------------------------------------------------------------------
 
+
 def test_nothing_left_raises_with_counts():
     sources = {"pool": rows_of("Old one", "old ONE", quarantined=[bad("empty", 2)])}
     with pytest.raises(CurationError) as e:
@@ -270,7 +324,8 @@ def test_nothing_left_raises_with_counts():
     assert str(e.value) == (
         "round 3: no prompts left after curation (3 in, all removed: {'quarantined': 1, 'duplicate_in_round': 1, "
         "'seen_in_earlier_round': 1}); add sources, allow reuse with curation.reuse_after_rounds, "
-        "or relax the filters")
+        "or relax the filters"
+    )
 
 
 def test_rows_must_match_configured_sources():
@@ -290,18 +345,19 @@ def test_to_table_fixed_schema():
 def test_docstring_examples():
     import doctest
 
-    import tasks.curate
-    import tasks.filters
-    import tasks.mixture
+    import tasks.curation.filters
+    import tasks.curation.inputs
+    import tasks.curation.mixture
+    import tasks.curation.prompts
 
-    for module in (tasks.curate, tasks.mixture, tasks.filters):
+    for module in (tasks.curation.prompts, tasks.curation.inputs, tasks.curation.mixture, tasks.curation.filters):
         assert doctest.testmod(module).failed == 0, module.__name__
 
 
 def test_draw_keys_are_splitmix64_of_the_prompt_id():
     """The vectorised keys equal a plain-Python splitmix64 finaliser (uint64 wrap-around included)."""
     from storage.ids import hash_obj
-    from tasks.mixture import draw_keys
+    from tasks.curation.mixture import draw_keys
 
     mask = (1 << 64) - 1
 

@@ -1,4 +1,5 @@
 """Decontamination index: hand-computed overlaps, attribution, the batch path against the exact one."""
+
 from __future__ import annotations
 
 import random
@@ -7,12 +8,14 @@ import unicodedata
 
 import pytest
 
-import tasks.decontam as decontam
+import tasks.curation.decontam as decontam
 from storage.ids import normalize_text
-from tasks.decontam import DecontamIndex, Match, decontaminate_rows, tokens
+from tasks.curation.decontam import DecontamIndex, Match, decontaminate_rows, tokens
 
-GSM = ["Natalia sold clips to 48 of her friends in April, and then half as many in May.",
-       "Weng earns $12 an hour for babysitting. Yesterday, she just did 50 minutes of babysitting."]
+GSM = [
+    "Natalia sold clips to 48 of her friends in April, and then half as many in May.",
+    "Weng earns $12 an hour for babysitting. Yesterday, she just did 50 minutes of babysitting.",
+]
 ARITH = ["What is 2+2?", "Compute 17 times 23 and explain each step of your work."]
 EVALS = {"gsm": GSM, "arith": ARITH}
 
@@ -24,16 +27,20 @@ def index() -> DecontamIndex:
 
 # ---- hand-computed cases --------------------------------------------------------------------------------------
 
+
 def test_exact_leak(index):
     assert index.match(GSM[1]) == Match("gsm", 1, 1.0)
     assert index.match(ARITH[1]) == Match("arith", 1, 1.0)
 
 
-@pytest.mark.parametrize("text", [
-    "NATALIA SOLD CLIPS TO 48 OF HER FRIENDS IN APRIL, AND THEN HALF AS MANY IN MAY.",  # case
-    "  Natalia sold clips\tto 48 of her\n\nfriends in April,   and then half as many in May. ",  # whitespace
-    "Natalia sold clips to 48 of her friends in April , and then half as many in May .",  # punctuation spacing
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "NATALIA SOLD CLIPS TO 48 OF HER FRIENDS IN APRIL, AND THEN HALF AS MANY IN MAY.",  # case
+        "  Natalia sold clips\tto 48 of her\n\nfriends in April,   and then half as many in May. ",  # whitespace
+        "Natalia sold clips to 48 of her friends in April , and then half as many in May .",  # punctuation spacing
+    ],
+)
 def test_leak_with_changed_case_whitespace_punctuation(index, text):
     assert index.match(text) == Match("gsm", 0, 1.0)
 
@@ -107,16 +114,45 @@ def test_invalid_settings():
 
 # ---- batch path == exact path -----------------------------------------------------------------------------
 
-WORDS = ["the", "cat", "sat", "on", "mat", "2", "+", "?", ",", "Café", "cafe\u0301", "日本語", "x_y", "٣",
-         "ﬁne", "Straße", "\u0301", "\x00", "\x01", "\ud800", "a" * 40, "a" * 41, "b" * 9, "\u00a0", "\x1c", "é!"]
+WORDS = [
+    "the",
+    "cat",
+    "sat",
+    "on",
+    "mat",
+    "2",
+    "+",
+    "?",
+    ",",
+    "Café",
+    "cafe\u0301",
+    "日本語",
+    "x_y",
+    "٣",
+    "ﬁne",
+    "Straße",
+    "\u0301",
+    "\x00",
+    "\x01",
+    "\ud800",
+    "a" * 40,
+    "a" * 41,
+    "b" * 9,
+    "\u00a0",
+    "\x1c",
+    "é!",
+]
 
 
 def _random_text(rng: random.Random, evals: list[str]) -> str:
     if evals and rng.random() < 0.3:  # an eval text, cut, padded and re-spaced
         toks = tokens(rng.choice(evals))
         lo = rng.randrange(len(toks) + 1)
-        toks = [rng.choice(WORDS) for _ in range(rng.randint(0, 3))] + toks[lo:] + \
+        toks = (
             [rng.choice(WORDS) for _ in range(rng.randint(0, 3))]
+            + toks[lo:]
+            + [rng.choice(WORDS) for _ in range(rng.randint(0, 3))]
+        )
     else:
         toks = [rng.choice(WORDS) for _ in range(rng.randint(0, 14))]
     text = "".join(t + rng.choice([" ", "", "  ", "\n"]) for t in toks)
@@ -140,7 +176,7 @@ def test_match_many_equals_match_on_random_texts(monkeypatch, n, threshold, batc
 def test_vectorised_tokens_agree_with_the_regex():
     # The prefilter must see the same tokens as `tokens`: same count, and a token hashes alike in any context.
     rng = random.Random(0)
-    alphabet = "ab_9 \t\n\x1c\u00a0\u2003.,?!+é\u0301日本\U0001F600٣ßİ\ud800"
+    alphabet = "ab_9 \t\n\x1c\u00a0\u2003.,?!+é\u0301日本\U0001f600٣ßİ\ud800"
     for _ in range(300):
         text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30))).casefold()
         toks = re.findall(r"\w+|[^\w\s]", text)
@@ -164,6 +200,7 @@ def test_planted_leaks_found_in_bulk():
 
 
 # ---- training rows ------------------------------------------------------------------------------------------
+
 
 def test_decontaminate_rows_counts_and_examples(index):
     rows = [

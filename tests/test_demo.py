@@ -1,4 +1,5 @@
 """Tests of the demo's data (demo.task) and base model builder (demo.base_model). Runs in seconds."""
+
 from __future__ import annotations
 
 import json
@@ -87,7 +88,9 @@ def test_extra_parquet_plants_duplicates_and_leaks(tmp_path):
     for r in rows:
         by_origin.setdefault(r["origin"], []).append(r)
     assert {k: len(v) for k, v in by_origin.items()} == {
-        "case-whitespace-variant": 40, "heldout-copy": 10, "pool-copy": 10,
+        "case-whitespace-variant": 40,
+        "heldout-copy": 10,
+        "pool-copy": 10,
     }
     variants = [r["question"] for r in by_origin["case-whitespace-variant"]]
     assert not set(variants) & pool_raw  # new-looking strings ...
@@ -141,7 +144,7 @@ def test_chat_template(tokenizer):
     prompt_ids = tokenizer.apply_chat_template(user, add_generation_prompt=True, return_dict=True)["input_ids"]
     full_ids = tokenizer.apply_chat_template(full, return_dict=True)["input_ids"]
     assert full_ids[: len(prompt_ids)] == prompt_ids
-    assert tokenizer.decode(full_ids[len(prompt_ids):]) == "45</s>"
+    assert tokenizer.decode(full_ids[len(prompt_ids) :]) == "45</s>"
 
 
 # --- demo.base_model: model -----------------------------------------------------------------
@@ -161,12 +164,13 @@ def test_tiny_model_loads_and_generates(tiny_dir):
     assert cfg.eos_token_id == tok.eos_token_id and cfg.pad_token_id == tok.pad_token_id
     assert (tiny_dir / "model.safetensors").exists()
 
-    text = tok.apply_chat_template([{"role": "user", "content": "What is 37 plus 8?"}],
-                                   add_generation_prompt=True, tokenize=False)
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": "What is 37 plus 8?"}], add_generation_prompt=True, tokenize=False
+    )
     enc = tok(text, return_tensors="pt", add_special_tokens=False)
     out = model.generate(**enc, max_new_tokens=6, do_sample=False)
     assert out.shape[0] == 1 and enc["input_ids"].shape[1] < out.shape[1] <= enc["input_ids"].shape[1] + 6
-    assert isinstance(tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True), str)
+    assert isinstance(tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True), str)
 
 
 def test_build_record_and_no_leftovers(tiny_dir):

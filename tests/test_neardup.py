@@ -1,4 +1,5 @@
 """MinHash LSH near-duplicates: planted near copies are found, unrelated texts are not."""
+
 from __future__ import annotations
 
 import random
@@ -6,7 +7,7 @@ import random
 import numpy as np
 import pytest
 
-from tasks.neardup import band_keys, minhash, near_duplicates, shingles
+from tasks.curation.neardup import band_keys, minhash, near_duplicates, shingles
 
 WORDS = "the a of to and in is it you that he was for on are with as his they be at one have this from".split()
 

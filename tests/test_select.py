@@ -1,4 +1,5 @@
 """Best-of-N SFT rows and DPO pairs from a hand-built set of 3 prompts x 4 scored completions."""
+
 import hashlib
 
 import pyarrow as pa
@@ -6,29 +7,67 @@ import pytest
 
 from configs.scoring import MathScorerConfig, ScoringConfig
 from tasks.score import score_completions
-from tasks.scorers.verifiable import MathAnswerScorer
-from tasks.select import (PAIR_SCHEMA, SFT_SCHEMA, combined_rewards, select_pairs, select_sft, selection_summary,
-                          tie_breakers)
+from tasks.scoring.verifiable import MathAnswerScorer
+from tasks.select import (
+    PAIR_SCHEMA,
+    SFT_SCHEMA,
+    combined_rewards,
+    select_pairs,
+    select_sft,
+    selection_summary,
+    tie_breakers,
+)
 
-PROMPTS = {"p1": ("What is 2+3?", "pool", "cc0"), "p2": ("What is 7+8?", "pool", "cc0"), "p3": ("What is 9+9?", "extra", "mit")}
+PROMPTS = {
+    "p1": ("What is 2+3?", "pool", "cc0"),
+    "p2": ("What is 7+8?", "pool", "cc0"),
+    "p3": ("What is 9+9?", "extra", "mit"),
+}
 
 
 def c(cid: str, pid: str, text: str) -> dict:
     prompt, source, license_ = PROMPTS[pid]
-    return {"completion_id": cid, "prompt_id": pid, "prompt": prompt, "completion": text, "source": source,
-            "license": license_}
+    return {
+        "completion_id": cid,
+        "prompt_id": pid,
+        "prompt": prompt,
+        "completion": text,
+        "source": source,
+        "license": license_,
+    }
 
 
 # p1: three right answers, "The answer is 5" twice -> the most frequent beats the shorter "5".
 # p2: one right answer; the wrong "14" appears twice, "13" once.
 # p3: nothing right.
 COMPLETIONS = [
-    c("c1a", "p1", "The answer is 5"), c("c1b", "p1", " 5 "), c("c1c", "p1", "The answer is 5"), c("c1d", "p1", "6"),
-    c("c2a", "p2", "15"), c("c2b", "p2", "13"), c("c2c", "p2", "14"), c("c2d", "p2", "14 "),
-    c("c3a", "p3", "17"), c("c3b", "p3", "17"), c("c3c", "p3", "19"), c("c3d", "p3", "no idea"),
+    c("c1a", "p1", "The answer is 5"),
+    c("c1b", "p1", " 5 "),
+    c("c1c", "p1", "The answer is 5"),
+    c("c1d", "p1", "6"),
+    c("c2a", "p2", "15"),
+    c("c2b", "p2", "13"),
+    c("c2c", "p2", "14"),
+    c("c2d", "p2", "14 "),
+    c("c3a", "p3", "17"),
+    c("c3b", "p3", "17"),
+    c("c3c", "p3", "19"),
+    c("c3d", "p3", "no idea"),
 ]
-REWARDS = {"c1a": 1.0, "c1b": 1.0, "c1c": 1.0, "c1d": 0.0, "c2a": 1.0, "c2b": 0.0, "c2c": 0.0, "c2d": 0.0,
-           "c3a": 0.0, "c3b": 0.0, "c3c": 0.0, "c3d": 0.0}
+REWARDS = {
+    "c1a": 1.0,
+    "c1b": 1.0,
+    "c1c": 1.0,
+    "c1d": 0.0,
+    "c2a": 1.0,
+    "c2b": 0.0,
+    "c2c": 0.0,
+    "c2d": 0.0,
+    "c3a": 0.0,
+    "c3b": 0.0,
+    "c3c": 0.0,
+    "c3d": 0.0,
+}
 
 
 def row_id(*parts: str) -> str:
@@ -38,15 +77,16 @@ def row_id(*parts: str) -> str:
 # --- combined_rewards ---------------------------------------------------------------------------
 
 
-def test_combined_rewards_is_a_weighted_sum_across_scorers():
+def test_combined_rewards_are_the_rewards_the_score_stage_stored():
+    # Every score row of a completion carries its combined reward: select reads it, never recombines (a gated
+    # combination is no weighted sum: y's reward is 0 although its `len` value is not).
     score_rows = [
-        {"completion_id": "x", "scorer": "math", "value": 1.0, "weight": 1.0},
-        {"completion_id": "y", "scorer": "math", "value": 0.0, "weight": 1.0},
-        {"completion_id": "x", "scorer": "len", "value": 0.5, "weight": 0.2},
-        {"completion_id": "y", "scorer": "len", "value": 1.0, "weight": 0.2},
-        {"completion_id": "z", "scorer": "judge", "value": 0.5, "weight": -2.0},
+        {"completion_id": "x", "scorer": "math", "value": 1.0, "weight": 1.0, "reward": 1.1},
+        {"completion_id": "y", "scorer": "math", "value": 0.0, "weight": 1.0, "reward": 0.0},
+        {"completion_id": "x", "scorer": "len", "value": 0.5, "weight": 0.2, "reward": 1.1},
+        {"completion_id": "y", "scorer": "len", "value": 1.0, "weight": 0.2, "reward": 0.0},
     ]
-    assert combined_rewards(score_rows) == pytest.approx({"x": 1.1, "y": 0.2, "z": -1.0})
+    assert combined_rewards(score_rows) == pytest.approx({"x": 1.1, "y": 0.0})
     assert combined_rewards([]) == {}
 
 
@@ -76,9 +116,11 @@ def test_select_sft_best_of_n():
 
 @pytest.mark.parametrize(
     "min_reward,expected",
-    [(0.0, ["c1a", "c2a", "c3a"]),  # p3: every completion is 0.0; the most frequent ("17") wins, then the id
-     (1.0, ["c1a", "c2a"]),  # the threshold itself is kept
-     (1.01, [])],
+    [
+        (0.0, ["c1a", "c2a", "c3a"]),  # p3: every completion is 0.0; the most frequent ("17") wins, then the id
+        (1.0, ["c1a", "c2a"]),  # the threshold itself is kept
+        (1.01, []),
+    ],
 )
 def test_select_sft_min_reward(min_reward, expected):
     assert [r["completion_id"] for r in select_sft(COMPLETIONS, REWARDS, min_reward)] == expected
@@ -150,9 +192,11 @@ def test_select_pairs_per_prompt_limit_and_distinct_rejected_texts():
 
 @pytest.mark.parametrize(
     "worst_reward,expected",
-    [(0.6, []),  # margin 0.4 < 0.5
-     (0.5, [("a", "b", 0.5)]),  # margin == min_margin is enough
-     (0.25, [("a", "b", 0.75)])],
+    [
+        (0.6, []),  # margin 0.4 < 0.5
+        (0.5, [("a", "b", 0.5)]),  # margin == min_margin is enough
+        (0.25, [("a", "b", 0.75)]),
+    ],
 )
 def test_select_pairs_margin_threshold(worst_reward, expected):
     comps = [c("a", "p1", "5"), c("b", "p1", "6")]
@@ -182,7 +226,9 @@ def test_select_pairs_none_without_a_margin():
     # even with min_margin 0, identical-reward completions only pair when their texts differ
     pairs = select_pairs(p3, REWARDS, min_margin=0.0, per_prompt=4)
     assert [(p["chosen"][0]["content"], p["rejected"][0]["content"], p["margin"]) for p in pairs] == [
-        ("17", "19", 0.0), ("17", "no idea", 0.0)]
+        ("17", "19", 0.0),
+        ("17", "no idea", 0.0),
+    ]
 
 
 def test_select_pairs_rows_fit_the_pair_schema():
@@ -199,26 +245,55 @@ def test_selection_summary():
     sft = select_sft(COMPLETIONS, REWARDS, 1.0)  # 2 rows
     pairs = select_pairs(COMPLETIONS, REWARDS, 0.5, 3)  # 3 pairs from 2 prompts
     assert selection_summary(3, sft, pairs) == {
-        "rows_in": 3, "rows_out": 5,
-        "metrics": {"select/sft_rows": 2, "select/pairs": 3, "select/sft_yield": 2 / 3, "select/pair_yield": 2 / 3,
-                    "select/sft_from/policy": 2},
+        "rows_in": 3,
+        "rows_out": 5,
+        "metrics": {
+            "select/sft_rows": 2,
+            "select/pairs": 3,
+            "select/sft_yield": 2 / 3,
+            "select/pair_yield": 2 / 3,
+            "select/sft_from/policy": 2,
+        },
     }
 
 
 def test_committee_best_answer_wins_and_tie_break_scorers_decide_ties():
     group = [
-        {"completion_id": "a", "prompt_id": "p", "prompt": "q", "completion": "41", "model": "policy",
-         "source": "s", "license": "l"},
-        {"completion_id": "b", "prompt_id": "p", "prompt": "q", "completion": "42", "model": "teacher",
-         "source": "s", "license": "l"},
-        {"completion_id": "c", "prompt_id": "p", "prompt": "q", "completion": "The answer is 42", "model": "policy",
-         "source": "s", "license": "l"},
+        {
+            "completion_id": "a",
+            "prompt_id": "p",
+            "prompt": "q",
+            "completion": "41",
+            "model": "policy",
+            "source": "s",
+            "license": "l",
+        },
+        {
+            "completion_id": "b",
+            "prompt_id": "p",
+            "prompt": "q",
+            "completion": "42",
+            "model": "teacher",
+            "source": "s",
+            "license": "l",
+        },
+        {
+            "completion_id": "c",
+            "prompt_id": "p",
+            "prompt": "q",
+            "completion": "The answer is 42",
+            "model": "policy",
+            "source": "s",
+            "license": "l",
+        },
     ]
     rewards = {"a": 0.0, "b": 1.0, "c": 1.0}
     (row,) = select_sft(group, rewards, 1.0)
     assert (row["completion_id"], row["model"]) == ("b", "teacher")  # tie on reward: the shorter answer
-    ties = tie_breakers([{"completion_id": "b", "scorer": "rm", "value": 0.1},
-                         {"completion_id": "c", "scorer": "rm", "value": 0.7}], ["rm"])
+    ties = tie_breakers(
+        [{"completion_id": "b", "scorer": "rm", "value": 0.1}, {"completion_id": "c", "scorer": "rm", "value": 0.7}],
+        ["rm"],
+    )
     (row,) = select_sft(group, rewards, 1.0, ties)
     assert (row["completion_id"], row["model"]) == ("c", "policy")  # the reward model breaks the tie
     (pair,) = select_pairs(group, rewards, 0.5, 1, ties)
@@ -228,7 +303,8 @@ def test_committee_best_answer_wins_and_tie_break_scorers_decide_ties():
 
 def test_selection_summary_of_nothing():
     assert selection_summary(0, [], []) == {
-        "rows_in": 0, "rows_out": 0,
+        "rows_in": 0,
+        "rows_out": 0,
         "metrics": {"select/sft_rows": 0, "select/pairs": 0, "select/sft_yield": 0.0, "select/pair_yield": 0.0},
     }
 

@@ -1,22 +1,26 @@
 """Reading prompt sources and eval sets: real files in tmp_path, hand-checked rows and quarantine entries."""
+
 import csv
 import json
-import shutil
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from pydantic import ValidationError
 
-from configs.schema import EvalSetConfig, LoadDatasetSpec, SourceConfig
-from tasks.sources import (QUARANTINE_REASONS, SourceError, SourceRows, read_eval_set, read_source,
-                           source_fingerprint, source_uri)
+from configs.schema import LoadDatasetSpec, SourceConfig
+from tasks.curation.sources import (
+    QUARANTINE_REASONS,
+    SourceError,
+    read_source,
+)
 
 
 def write_jsonl(path, lines):
     """Dicts become JSON lines; str lines are written as they are; bytes lines as raw bytes."""
-    data = b"".join((ln if isinstance(ln, bytes) else (ln if isinstance(ln, str) else json.dumps(ln)).encode())
-                    + b"\n" for ln in lines)
+    data = b"".join(
+        (ln if isinstance(ln, bytes) else (ln if isinstance(ln, str) else json.dumps(ln)).encode()) + b"\n"
+        for ln in lines
+    )
     path.write_bytes(data)
     return str(path)
 
@@ -67,19 +71,39 @@ def test_read_jsonl_maps_fields_and_quarantines(tmp_path):
 
 def test_read_parquet_maps_fields_and_quarantines(tmp_path):
     path = tmp_path / "pool.parquet"
-    pq.write_table(pa.table({"question": ["What is 6*7?", "Half of 5?", None, "Twice 4?", "Inf?"],
-                             "solution": [42.0, 3.0, None, float("nan"), float("inf")],
-                             "id": ["q1", "q2", "q3", "q4", "q5"], "unused": [1, 2, 3, 4, 5]}), path)
+    pq.write_table(
+        pa.table(
+            {
+                "question": ["What is 6*7?", "Half of 5?", None, "Twice 4?", "Inf?"],
+                "solution": [42.0, 3.0, None, float("nan"), float("inf")],
+                "id": ["q1", "q2", "q3", "q4", "q5"],
+                "unused": [1, 2, 3, 4, 5],
+            }
+        ),
+        path,
+    )
     got = read_source(SourceConfig(name="pool", path=str(path), **MAPPED))
     assert got.rows == [good("What is 6*7?", "42.0", 0, id="q1"), good("Half of 5?", "3.0", 1, id="q2")]
     # only the configured columns are read, so `unused` is not in the raw text
     assert got.quarantined == [
-        bad("row 2 (0-based)", "missing_field", "field 'question' is null",
-            '{"question": null, "solution": null, "id": "q3"}'),
-        bad("row 3 (0-based)", "missing_field", "field 'solution' is NaN",
-            '{"question": "Twice 4?", "solution": NaN, "id": "q4"}'),
-        bad("row 4 (0-based)", "wrong_type", "field 'solution' is a float (inf), expected a string or a finite number",
-            '{"question": "Inf?", "solution": Infinity, "id": "q5"}'),
+        bad(
+            "row 2 (0-based)",
+            "missing_field",
+            "field 'question' is null",
+            '{"question": null, "solution": null, "id": "q3"}',
+        ),
+        bad(
+            "row 3 (0-based)",
+            "missing_field",
+            "field 'solution' is NaN",
+            '{"question": "Twice 4?", "solution": NaN, "id": "q4"}',
+        ),
+        bad(
+            "row 4 (0-based)",
+            "wrong_type",
+            "field 'solution' is a float (inf), expected a string or a finite number",
+            '{"question": "Inf?", "solution": Infinity, "id": "q5"}',
+        ),
     ]
     limited = read_source(SourceConfig(name="pool", path=str(path), limit=3, **MAPPED))
     assert (len(limited.rows), len(limited.quarantined)) == (2, 1)
@@ -96,8 +120,11 @@ def test_csv_save_to_disk_and_load_dataset_read_alike(tmp_path, monkeypatch):
     from datasets import Dataset, DatasetDict
 
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
-    records = [{"q": "What is 1 plus 2?", "a": "3", "tag": "x"}, {"q": "What is 4 plus 4?", "a": "8", "tag": "y"},
-               {"q": "", "a": "0", "tag": "z"}]
+    records = [
+        {"q": "What is 1 plus 2?", "a": "3", "tag": "x"},
+        {"q": "What is 4 plus 4?", "a": "8", "tag": "y"},
+        {"q": "", "a": "0", "tag": "z"},
+    ]
     with open(tmp_path / "s.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["q", "a", "tag"])
         w.writeheader()
@@ -108,26 +135,33 @@ def test_csv_save_to_disk_and_load_dataset_read_alike(tmp_path, monkeypatch):
     rows = [good("What is 1 plus 2?", "3", 0, tag="x"), good("What is 4 plus 4?", "8", 1, tag="y")]
     fields = dict(prompt_field="q", answer_field="a", keep_fields=["tag"])
     spec = LoadDatasetSpec(path="json", data_files=str(tmp_path / "s.jsonl"))
-    for where, loc in ((dict(path=str(tmp_path / "s.csv")), "line 4"), (dict(path=str(tmp_path / "saved")), None),
-                       (dict(dataset=spec), None)):
+    for where, loc in (
+        (dict(path=str(tmp_path / "s.csv")), "line 4"),
+        (dict(path=str(tmp_path / "saved")), None),
+        (dict(dataset=spec), None),
+    ):
         got = read_source(SourceConfig(name="s", **where, **fields))
         assert got.rows == rows, where
         assert [(q["location"], q["reason"], q["detail"]) for q in got.quarantined] == [
-            (loc or "row 2 (0-based)", "empty", "field 'q' is empty or whitespace")], where
+            (loc or "row 2 (0-based)", "empty", "field 'q' is empty or whitespace")
+        ], where
         assert got.quarantined[0]["raw"] == '{"q": "", "a": "0", "tag": "z"}'
         limited = read_source(SourceConfig(name="s", limit=2, **where, **fields))
         assert (limited.rows, limited.quarantined) == (rows, [])
     assert _source_error(SourceConfig(name="s", path=str(tmp_path / "dict"), **fields)).startswith(
-        f"source 's': {tmp_path / 'dict'} is a DatasetDict without a 'train' split (splits: test)")
+        f"source 's': {tmp_path / 'dict'} is a DatasetDict without a 'train' split (splits: test)"
+    )
     assert "prompt_field 'question' not in " in _source_error(
-        SourceConfig(name="s", path=str(tmp_path / "s.csv"), prompt_field="question", answer_field="a"))
+        SourceConfig(name="s", path=str(tmp_path / "s.csv"), prompt_field="question", answer_field="a")
+    )
     assert "which has columns: q, a, tag" in _source_error(
-        SourceConfig(name="s", dataset=spec, prompt_field="question", answer_field="a"))
+        SourceConfig(name="s", dataset=spec, prompt_field="question", answer_field="a")
+    )
 
 
 def test_csv_undecodable_short_and_empty_rows(tmp_path):
     path = tmp_path / "s.csv"
-    path.write_bytes(b"q,a\r\nWhat is 1 plus 2?,3\r\ncaf\xe9 au lait?,4\r\n\"  \",0\r\nOnly a prompt\r\nLast?,5\r\n")
+    path.write_bytes(b'q,a\r\nWhat is 1 plus 2?,3\r\ncaf\xe9 au lait?,4\r\n"  ",0\r\nOnly a prompt\r\nLast?,5\r\n')
     got = read_source(SourceConfig(name="s", path=str(path), prompt_field="q", answer_field="a"))
     assert got.rows == [good("What is 1 plus 2?", "3", 0), good("Last?", "5", 4)]
     assert got.quarantined == [
@@ -139,6 +173,7 @@ def test_csv_undecodable_short_and_empty_rows(tmp_path):
 
 
 # ---- every quarantine reason ------------------------------------------------------------------------------
+
 
 def test_each_quarantine_reason_with_location_and_detail(tmp_path):
     lines = [
@@ -160,27 +195,47 @@ def test_each_quarantine_reason_with_location_and_detail(tmp_path):
     ]
     path = write_jsonl(tmp_path / "pool.jsonl", lines)
     got = read_source(SourceConfig(name="pool", path=path), max_row_chars=40)
-    assert got.rows == [good("What is 1+1?", "2", 0), good("Last one", "4", 12), good("Smile \U0001F600", "5", 13)]
+    assert got.rows == [good("What is 1+1?", "2", 0), good("Last one", "4", 12), good("Smile \U0001f600", "5", 13)]
     assert got.quarantined == [
-        bad("line 2", "undecodable", "not valid UTF-8 (invalid continuation byte at byte 15)",
-            '{"prompt": "caf\\xe9"}'),
+        bad(
+            "line 2", "undecodable", "not valid UTF-8 (invalid continuation byte at byte 15)", '{"prompt": "caf\\xe9"}'
+        ),
         bad("line 3", "invalid_json", "Expecting value", '{"prompt": oops}'),
         bad("line 4", "not_an_object", "a list, not an object", "[1, 2]"),
         bad("line 5", "missing_field", "field 'prompt' is missing", '{"answer": "3"}'),
         bad("line 6", "missing_field", "field 'prompt' is null", '{"prompt": null, "answer": "1"}'),
         bad("line 7", "wrong_type", "field 'prompt' is an int, expected a string", '{"prompt": 7, "answer": "1"}'),
         bad("line 8", "empty", "field 'prompt' is empty or whitespace", '{"prompt": "  \\n ", "answer": "1"}'),
-        bad("line 9", "over_length", "prompt is 50 characters, over max_row_chars (40)",
-            json.dumps({"prompt": "x" * 50, "answer": "1"})),
-        bad("line 10", "wrong_type", "field 'answer' is a bool, expected a string or a finite number",
-            '{"prompt": "ok?", "answer": true}'),
+        bad(
+            "line 9",
+            "over_length",
+            "prompt is 50 characters, over max_row_chars (40)",
+            json.dumps({"prompt": "x" * 50, "answer": "1"}),
+        ),
+        bad(
+            "line 10",
+            "wrong_type",
+            "field 'answer' is a bool, expected a string or a finite number",
+            '{"prompt": "ok?", "answer": true}',
+        ),
         bad("line 11", "missing_field", "field 'answer' is missing", '{"prompt": "ok?"}'),
-        bad("line 12", "undecodable", "not valid Unicode (a \\u escape of a lone surrogate)",
-            '{"prompt": "bad \\ud800 x", "answer": "1"}'),
+        bad(
+            "line 12",
+            "undecodable",
+            "not valid Unicode (a \\u escape of a lone surrogate)",
+            '{"prompt": "bad \\ud800 x", "answer": "1"}',
+        ),
     ]
     counts = {r: sum(q["reason"] == r for q in got.quarantined) for r in QUARANTINE_REASONS}
-    assert counts == {"undecodable": 2, "invalid_json": 1, "not_an_object": 1, "missing_field": 3, "wrong_type": 2,
-                      "empty": 1, "over_length": 1}
+    assert counts == {
+        "undecodable": 2,
+        "invalid_json": 1,
+        "not_an_object": 1,
+        "missing_field": 3,
+        "wrong_type": 2,
+        "empty": 1,
+        "over_length": 1,
+    }
     assert got.rows_in == 14
     assert pa.Table.from_pylist(got.quarantined).num_rows == 11  # valid UTF-8 throughout: the artifact can store it
     # without max_row_chars the long prompt is a good row, in file order
@@ -195,13 +250,18 @@ def test_raw_is_truncated(tmp_path):
 
 # ---- chat messages ----------------------------------------------------------------------------------------
 
+
 def test_messages_field(tmp_path):
     def chat(*turns):
         return [{"role": r, "content": c} for r, c in turns]
 
     lines = [
-        {"messages": chat(("system", "Be brief."), ("user", "Hi"), ("assistant", "Hello"), ("user", "2+2?"),
-                          ("system", "ignored")), "answer": "4"},
+        {
+            "messages": chat(
+                ("system", "Be brief."), ("user", "Hi"), ("assistant", "Hello"), ("user", "2+2?"), ("system", "ignored")
+            ),
+            "answer": "4",
+        },
         {"messages": chat(("user", "Only turn")), "answer": "x"},
         {"messages": chat(("system", "S"), ("assistant", "A")), "answer": "x"},
         {"messages": chat(("user", "Earlier"), ("user", " ")), "answer": "x"},
@@ -225,154 +285,9 @@ def test_messages_field(tmp_path):
     pq_path = tmp_path / "chat.parquet"
     pq.write_table(pa.table({"conv": [chat(("system", "S"), ("user", "Q?"))], "answer": ["1"]}), pq_path)
     assert read_source(SourceConfig(name="chat", path=str(pq_path), messages_field="conv")).rows == [
-        good("Q?", "1", 0, system="S")]
+        good("Q?", "1", 0, system="S")
+    ]
     assert _source_error(SourceConfig(name="chat", path=str(pq_path), messages_field="msgs")) == (
         f"source 'chat': messages_field 'msgs' not in {pq_path}, which has columns: conv, answer "
-        "(fix curation.sources[].messages_field)")
-
-
-# ---- stop errors ------------------------------------------------------------------------------------------
-
-def test_source_errors(tmp_path):
-    missing = str(tmp_path / "x.jsonl")
-    assert _source_error(SourceConfig(name="pool", path=missing)) == (
-        f"source 'pool': file not found: {missing} (fix curation.sources[].path)")
-    assert "not a file" in _source_error(SourceConfig(name="pool", path=str(tmp_path)))
-    odd = write_jsonl(tmp_path / "pool.json", [{"prompt": "a"}])
-    assert "unknown file extension '.json'" in _source_error(SourceConfig(name="pool", path=odd))
-    empty = write_jsonl(tmp_path / "empty.jsonl", ["", "  "])
-    assert _source_error(SourceConfig(name="pool", path=empty)) == (
-        f"source 'pool': {empty} has no rows (fill it, or fix curation.sources[].path)")
-    junk = tmp_path / "junk.parquet"
-    junk.write_bytes(b"not parquet at all")
-    assert "not a readable Parquet file" in _source_error(SourceConfig(name="pool", path=str(junk)))
-    empty_pq = tmp_path / "empty.parquet"
-    pq.write_table(pa.table({"prompt": pa.array([], pa.string()), "answer": pa.array([], pa.string())}), empty_pq)
-    assert f"{empty_pq} has no rows" in _source_error(SourceConfig(name="pool", path=str(empty_pq)))
-
-
-def test_all_rows_quarantined_is_a_stop_error(tmp_path):
-    path = write_jsonl(tmp_path / "x.jsonl", ['{"prompt": oops}'] * 10 + ["[1]", {"prompt": 3, "answer": "1"}])
-    assert _source_error(SourceConfig(name="pool", path=path)) == (
-        f"source 'pool': all 12 rows of {path} are malformed (invalid_json 10, not_an_object 1, wrong_type 1; "
-        "first: line 1: Expecting value) (fix the file, or the field settings in curation.sources[])")
-    long = write_jsonl(tmp_path / "long.jsonl", [{"prompt": "z" * 30, "answer": "1"}])
-    assert "all 1 rows of" in _source_error(SourceConfig(name="pool", path=long), max_row_chars=10)
-
-
-def test_field_missing_from_every_row_names_the_columns(tmp_path):
-    path = write_jsonl(tmp_path / "pool.jsonl", [{"text": "a", "label": "1"}, "oops", {"text": "b", "extra": 2}])
-    assert _source_error(SourceConfig(name="pool", path=path)) == (
-        f"source 'pool': prompt_field 'prompt' not in {path}, which has columns: text, label, extra "
-        "(fix curation.sources[].prompt_field)")
-    assert "answer_field 'answer' not in" in _source_error(SourceConfig(name="pool", path=path, prompt_field="text"))
-    msg = _source_error(SourceConfig(name="pool", path=path, prompt_field="text", answer_field="label",
-                                     keep_fields=["extra", "url"]))
-    assert "keep_fields ['url'] not in" in msg and msg.endswith("(fix curation.sources[].keep_fields)")
-    # a keep field present in one row only is fine: the others get None
-    rows = read_source(SourceConfig(name="pool", path=path, prompt_field="text", answer_field=None,
-                                    keep_fields=["extra"])).rows
-    assert [r["provenance"] for r in rows] == [{"extra": None}, {"extra": 2}]
-    pq_path = tmp_path / "pool.parquet"
-    pq.write_table(pa.table({"text": ["a"], "answer": ["1"]}), pq_path)
-    assert "which has columns: text, answer (fix curation.sources[].prompt_field)" in _source_error(
-        SourceConfig(name="pool", path=str(pq_path)))
-
-
-def test_load_dataset_failure_is_one_line(tmp_path, monkeypatch):
-    import datasets
-
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
-    cfg = SourceConfig(name="pool", dataset=LoadDatasetSpec(path="json", data_files=str(tmp_path / "nope.jsonl")))
-    msg = _source_error(cfg)
-    assert msg.startswith(f"source 'pool': cannot load {source_uri(cfg)}: ")
-    assert msg.endswith("(check curation.sources[].dataset, or download the data and set curation.sources[].path "
-                        "to a local file)")
-
-
-# ---- fingerprint and uri ----------------------------------------------------------------------------------
-
-def test_fingerprint_follows_content_not_name(tmp_path, monkeypatch):
-    import datasets
-    from datasets import Dataset
-
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
-    a = write_jsonl(tmp_path / "a.jsonl", [{"prompt": "p", "answer": "1"}])
-    b = write_jsonl(tmp_path / "b.jsonl", [{"prompt": "p", "answer": "1"}])
-    c = write_jsonl(tmp_path / "c.jsonl", [{"prompt": "p", "answer": "2"}])
-    fp = {n: source_fingerprint(SourceConfig(name="s", path=p)) for n, p in (("a", a), ("b", b), ("c", c))}
-    assert fp["a"] == fp["b"] != fp["c"] and len(fp["a"]) == 64
-    Dataset.from_list([{"prompt": "p", "answer": "1"}]).save_to_disk(str(tmp_path / "d1"))
-    shutil.copytree(tmp_path / "d1", tmp_path / "d2")
-    Dataset.from_list([{"prompt": "q", "answer": "1"}]).save_to_disk(str(tmp_path / "d3"))
-    dirs = [source_fingerprint(SourceConfig(name="s", path=str(tmp_path / d))) for d in ("d1", "d2", "d3")]
-    assert dirs[0] == dirs[1] != dirs[2]
-    spec = SourceConfig(name="s", dataset=LoadDatasetSpec(path="json", data_files=c))
-    first = source_fingerprint(spec)
-    assert first == source_fingerprint(spec) and first != fp["c"]
-    write_jsonl(tmp_path / "c.jsonl", [{"prompt": "p", "answer": "3"}])
-    assert source_fingerprint(spec) != first
-    with pytest.raises(SourceError, match="file not found"):
-        source_fingerprint(SourceConfig(name="s", path=str(tmp_path / "gone.jsonl")))
-
-
-def test_source_uri(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    assert source_uri(SourceConfig(name="s", path="data/x.jsonl")) == f"file://{tmp_path.resolve()}/data/x.jsonl"
-    hub = LoadDatasetSpec(path="openai/gsm8k", name="main", split="test", revision="abc123")
-    assert source_uri(SourceConfig(name="s", dataset=hub)) == (
-        "hf://datasets/openai/gsm8k?name=main&split=test&revision=abc123")
-    local = LoadDatasetSpec(path="json", data_files="/d/x.jsonl")
-    assert source_uri(SourceConfig(name="s", dataset=local)) == "hf://datasets/json?split=train&data_files=/d/x.jsonl"
-
-
-# ---- config and eval sets ---------------------------------------------------------------------------------
-
-def test_source_config_needs_exactly_one_of_path_and_dataset():
-    with pytest.raises(ValidationError, match="source 'pool': set exactly one of path .* got neither"):
-        SourceConfig(name="pool")
-    with pytest.raises(ValidationError, match="got both"):
-        SourceConfig(name="pool", path="p.jsonl", dataset={"path": "json", "data_files": "p.jsonl"})
-    with pytest.raises(ValidationError, match=r"format \('csv'\) applies to path only"):
-        SourceConfig(name="pool", dataset={"path": "openai/gsm8k", "name": "main"}, format="csv")
-    cfg = SourceConfig(name="pool", dataset={"path": "json", "data_files": {"train": ["a.jsonl", "b.jsonl"]}},
-                       tags=["math", "synthetic"])
-    assert cfg.dataset.split == "train" and cfg.tags == ["math", "synthetic"]
-    assert SourceConfig.model_validate(cfg.model_dump(mode="json")) == cfg
-
-
-def test_source_rows_counts():
-    assert SourceRows(rows=[{}, {}], quarantined=[{}]).rows_in == 3
-
-
-def test_read_eval_set(tmp_path):
-    path = write_jsonl(tmp_path / "heldout.jsonl", [{"q": "1+1?", "a": 2}, {"q": "Half of 3?", "a": "1.5"}])
-    rows = read_eval_set(EvalSetConfig(path=path, prompt_field="q", answer_field="a"))
-    assert rows == [{"prompt": "1+1?", "answer": "2"}, {"prompt": "Half of 3?", "answer": "1.5"}]
-    bad_path = write_jsonl(tmp_path / "bad.jsonl",
-                           [{"prompt": "ok", "answer": "1"}, "", {"prompt": " ", "answer": "2"}])
-    with pytest.raises(SourceError, match=r"^eval set 'heldout': line 3 of .*'prompt' must be a non-empty string"):
-        read_eval_set(EvalSetConfig(path=bad_path))
-    pq_path = tmp_path / "heldout.parquet"
-    pq.write_table(pa.table({"prompt": ["a", "b"], "answer": ["1", None]}), pq_path)
-    with pytest.raises(SourceError, match=r"row 1 \(0-based\) of .*'answer' must be a non-empty string or a number"):
-        read_eval_set(EvalSetConfig(path=str(pq_path)))
-    with pytest.raises(SourceError, match=r"file not found: .* \(fix evaluation.eval_sets\[\].path\)$"):
-        read_eval_set(EvalSetConfig(path=str(tmp_path / "nope.jsonl")))
-    invalid = write_jsonl(tmp_path / "invalid.jsonl", [{"prompt": "a", "answer": "1"}, '{"prompt": oops}'])
-    with pytest.raises(SourceError, match=r"^eval set 'heldout': invalid JSON on line 2 of .*: Expecting value"):
-        read_eval_set(EvalSetConfig(path=invalid))
-
-
-def test_eval_set_with_bad_bytes_is_a_clear_error(tmp_path):
-    path = write_jsonl(tmp_path / "heldout.jsonl",
-                       [{"prompt": "a", "answer": "1"}, b'{"prompt": "\xff", "answer": "2"}'])
-    with pytest.raises(SourceError) as e:
-        read_eval_set(EvalSetConfig(path=path))
-    assert str(e.value) == (f"eval set 'heldout': line 2 of {path} is not valid UTF-8 (invalid start byte at byte 12) "
-                            "(fix the file: one JSON object per line)")
-    csv_path = tmp_path / "heldout.csv"
-    csv_path.write_bytes(b"prompt,answer\r\nok?,1\r\n\xff?,2\r\n")
-    with pytest.raises(SourceError) as e:
-        read_eval_set(EvalSetConfig(path=str(csv_path)))
-    assert str(e.value) == f"eval set 'heldout': line 3 of {csv_path} is not valid UTF-8 (field 'prompt') (fix the file)"
+        "(fix curation.sources[].messages_field)"
+    )

@@ -2,6 +2,7 @@
 
 Run:  .venv/bin/python -m pytest tests/test_store.py -q
 """
+
 from __future__ import annotations
 
 import os
@@ -128,8 +129,19 @@ def test_filestore_check_creates_root_and_uri_round_trips(tmp_path):
 
 
 # -- URIs and S3 failures, each one clear line ----------------------------------------------------------
-@pytest.mark.parametrize("uri", ["http://x/y", "embedded", "s3://", "s3://ab", "s3://Bad_Bucket/x",
-                                 "s3://bucket/a//b", "file://relative/path", "/abs/path"])
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "http://x/y",
+        "embedded",
+        "s3://",
+        "s3://ab",
+        "s3://Bad_Bucket/x",
+        "s3://bucket/a//b",
+        "file://relative/path",
+        "/abs/path",
+    ],
+)
 def test_bad_uris(uri):
     with pytest.raises(StoreError) as e:
         open_store(uri)
@@ -148,8 +160,10 @@ def test_unreachable_endpoint_fails_fast(server):
     with pytest.raises(StoreError) as e:
         s.check()
     assert time.monotonic() - t0 < 15
-    assert str(e.value) == (f"cannot reach S3 endpoint http://127.0.0.1:{port} (connection refused): "
-                            "start the server or fix storage.endpoint_url")
+    assert str(e.value) == (
+        f"cannot reach S3 endpoint http://127.0.0.1:{port} (connection refused): "
+        "start the server or fix storage.endpoint_url"
+    )
 
 
 def test_silent_endpoint_times_out_fast(server):
@@ -188,8 +202,9 @@ def test_missing_bucket(server):
     s = open_store("s3://no-such-bucket", endpoint_url=server.endpoint_url)
     with pytest.raises(StoreError) as e:
         s.check()
-    assert str(e.value) == (f"bucket 'no-such-bucket' does not exist at {server.endpoint_url}: "
-                            "create it or fix storage.uri")
+    assert str(e.value) == (
+        f"bucket 'no-such-bucket' does not exist at {server.endpoint_url}: create it or fix storage.uri"
+    )
 
 
 def test_create_bucket_makes_a_top_level_directory(server):
@@ -199,16 +214,18 @@ def test_create_bucket_makes_a_top_level_directory(server):
     assert (server.data_dir / "made-by-check" / "x" / "k").read_bytes() == b"v"  # rclone: objects are files
 
 
-@pytest.mark.parametrize("var, code", [("AWS_SECRET_ACCESS_KEY", "SignatureDoesNotMatch"),
-                                       ("AWS_ACCESS_KEY_ID", "InvalidAccessKeyId")])
+@pytest.mark.parametrize(
+    "var, code", [("AWS_SECRET_ACCESS_KEY", "SignatureDoesNotMatch"), ("AWS_ACCESS_KEY_ID", "InvalidAccessKeyId")]
+)
 def test_wrong_credentials(server, monkeypatch, var, code):
     wrong = "WRONG" + uuid.uuid4().hex
     monkeypatch.setenv(var, wrong)
     s = open_store("s3://shared", endpoint_url=server.endpoint_url)
     with pytest.raises(StoreError) as e:
         s.check()
-    assert str(e.value) == (f"S3 credentials rejected by {server.endpoint_url} ({code}): "
-                            "set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY")
+    assert str(e.value) == (
+        f"S3 credentials rejected by {server.endpoint_url} ({code}): set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
+    )
     with pytest.raises(StoreError):  # every operation translates errors, not only check()
         s.get_bytes("anything")
     assert wrong not in str(e.value) and server.secret_key not in str(e.value)

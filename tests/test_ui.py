@@ -4,6 +4,7 @@ Starts `flywheel server` on a free loopback port, serves the pipeline's deployme
 `flywheel serve`, clicks Run -> Quick run on the flywheel-round deployment page, waits for the round,
 and checks the catalog, the store and the Prefect artifacts; then checks the nightly schedule.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,15 +22,27 @@ import yaml
 from storage.s3server import free_port
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _api(url: str, path: str, body: dict | None = None):
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(f"{url}/api{path}", data=data, method="GET" if body is None else "POST",
-                                 headers={"content-type": "application/json"})
+    req = urllib.request.Request(
+        f"{url}/api{path}",
+        data=data,
+        method="GET" if body is None else "POST",
+        headers={"content-type": "application/json"},
+    )
     with urllib.request.urlopen(req, timeout=30) as resp:
         return json.loads(resp.read() or b"null")
 
@@ -52,7 +65,7 @@ def _stop(proc: subprocess.Popen, sig=signal.SIGINT, timeout: float = 60) -> int
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-            raise AssertionError(f"{proc.args[:4]} did not stop within {timeout} s of {sig!r}")
+            raise AssertionError(f"{proc.args[:4]} did not stop within {timeout} s of {sig!r}") from None
     return proc.returncode
 
 
@@ -66,17 +79,33 @@ def test_quick_run_from_the_ui_runs_a_round(make_config, tmp_path):
     cfg = make_config(pipeline="ui", home=home)
     config = tmp_path / "ui.yaml"
     config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": f"{url}/api",
-           "FLYWHEEL_HOME": str(home)}
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "PREFECT_API_URL": f"{url}/api",
+        "FLYWHEEL_HOME": str(home),
+    }
     flywheel = [sys.executable, "-m", "flows.cli"]
     logs = {name: open(tmp_path / f"{name}.log", "w") for name in ("server", "serve")}
-    server = subprocess.Popen(flywheel + ["server", "--port", str(port)], cwd=ROOT, env=env, start_new_session=True,
-                              stdout=logs["server"], stderr=subprocess.STDOUT)
+    server = subprocess.Popen(
+        flywheel + ["server", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+        stdout=logs["server"],
+        stderr=subprocess.STDOUT,
+    )
     serve = None
     try:
         _wait(lambda: _health(url), 90, "the Prefect server")
-        serve = subprocess.Popen(flywheel + ["serve", "--config", str(config), "--timezone", "Europe/Paris"],
-                                 cwd=tmp_path, env=env, start_new_session=True, stdout=logs["serve"], stderr=subprocess.STDOUT)
+        serve = subprocess.Popen(
+            flywheel + ["serve", "--config", str(config), "--timezone", "Europe/Paris"],
+            cwd=tmp_path,
+            env=env,
+            start_new_session=True,
+            stdout=logs["serve"],
+            stderr=subprocess.STDOUT,
+        )
         deployments = _wait(lambda: _deployments(url), 120, "both served deployments")
         round_dep = deployments["flywheel-round"]
         assert set(round_dep["parameter_openapi_schema"]["properties"]) == {"cfg", "rounds"}
@@ -98,8 +127,12 @@ def test_quick_run_from_the_ui_runs_a_round(make_config, tmp_path):
             page.screenshot(path=str(tmp_path / "ui.png"))
             browser.close()
 
-        state = _wait(lambda: (s := _api(url, f"/flow_runs/{run_id}")["state_type"]) in ("COMPLETED", "FAILED", "CRASHED")
-                      and s, 420, "the round started from the UI", every=3)
+        state = _wait(
+            lambda: (s := _api(url, f"/flow_runs/{run_id}")["state_type"]) in ("COMPLETED", "FAILED", "CRASHED") and s,
+            420,
+            "the round started from the UI",
+            every=3,
+        )
         assert state == "COMPLETED", (tmp_path / "serve.log").read_text()[-4000:]
 
         # The round is in the catalog and the store, and its report is in Prefect.
@@ -118,9 +151,15 @@ def test_quick_run_from_the_ui_runs_a_round(make_config, tmp_path):
         nightly = deployments["flywheel-nightly"]
         (schedule,) = nightly["schedules"]
         assert schedule["schedule"]["cron"] == "0 2 * * *" and schedule["schedule"]["timezone"] == "Europe/Paris"
-        upcoming = _wait(lambda: _api(url, "/flow_runs/filter", {"flow_runs": {
-            "deployment_id": {"any_": [nightly["id"]]}, "state": {"type": {"any_": ["SCHEDULED"]}}}}), 60,
-            "scheduled nightly runs")
+        upcoming = _wait(
+            lambda: _api(
+                url,
+                "/flow_runs/filter",
+                {"flow_runs": {"deployment_id": {"any_": [nightly["id"]]}, "state": {"type": {"any_": ["SCHEDULED"]}}}},
+            ),
+            60,
+            "scheduled nightly runs",
+        )
         assert len(upcoming) >= 1
     finally:
         if serve is not None:

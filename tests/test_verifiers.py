@@ -1,9 +1,10 @@
 """The verifiable reward: answer extraction and exact numeric comparison, table-driven."""
+
 from fractions import Fraction
 
 import pytest
 
-from tasks.verifiers import extract_answer, math_answer_reward, math_equal, parse_number
+from tasks.scoring.verifiers import extract_answer, math_answer_reward, math_equal, parse_number
 
 EXTRACT = [
     # (free text, extracted answer)
@@ -93,19 +94,22 @@ def test_math_equal_near_misses(answer, reference):
     assert not math_equal(answer, reference)
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("45", Fraction(45)),
-    ("45.00", Fraction(45)),
-    ("-1,234.5", Fraction(-2469, 2)),
-    ("1/20", Fraction(1, 20)),
-    (r"\frac{-2}{4}", Fraction(-1, 2)),
-    (r"\$7", Fraction(7)),
-    ("7.", Fraction(7)),
-    ("45 apples", None),
-    ("", None),
-    ("-", None),
-    ("1/0", None),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("45", Fraction(45)),
+        ("45.00", Fraction(45)),
+        ("-1,234.5", Fraction(-2469, 2)),
+        ("1/20", Fraction(1, 20)),
+        (r"\frac{-2}{4}", Fraction(-1, 2)),
+        (r"\$7", Fraction(7)),
+        ("7.", Fraction(7)),
+        ("45 apples", None),
+        ("", None),
+        ("-", None),
+        ("1/0", None),
+    ],
+)
 def test_parse_number(text, expected):
     assert parse_number(text) == expected
 
@@ -118,17 +122,34 @@ def test_reward_function_shape():
 def test_docstring_examples():
     import doctest
 
-    import tasks.verifiers
+    import tasks.scoring.verifiers
 
-    assert doctest.testmod(tasks.verifiers).failed == 0
+    assert doctest.testmod(tasks.scoring.verifiers).failed == 0
 
 
 # --- equivalent forms, separators, expressions, near misses (the extended verifier) ---
 
 ONE_TWENTIETH = [
-    ".05", "0.05", "1/20", r"\frac{1}{20}", r"\dfrac{1}{20}", r"\tfrac{1}{20}", "5E-02", "5e-2", "5 x 10^-2",
-    r"5 \times 10^{-2}", "5·10^-2", "5 × 10^-2", "$0.05$", r"\(0.05\)", "0.05.", "#### 0.05", "Answer: .05",
-    r"\boxed{5 \times 10^{-2}}", r"The answer is 5 \times 10^{-2}.", "So we get 5·10^-2 overall",
+    ".05",
+    "0.05",
+    "1/20",
+    r"\frac{1}{20}",
+    r"\dfrac{1}{20}",
+    r"\tfrac{1}{20}",
+    "5E-02",
+    "5e-2",
+    "5 x 10^-2",
+    r"5 \times 10^{-2}",
+    "5·10^-2",
+    "5 × 10^-2",
+    "$0.05$",
+    r"\(0.05\)",
+    "0.05.",
+    "#### 0.05",
+    "Answer: .05",
+    r"\boxed{5 \times 10^{-2}}",
+    r"The answer is 5 \times 10^{-2}.",
+    "So we get 5·10^-2 overall",
 ]
 
 
@@ -198,30 +219,36 @@ def test_more_near_misses(answer, reference):
     assert not math_equal(answer, reference)
 
 
-@pytest.mark.parametrize("answer,reference,expected", [
-    ("5%", "0.05", True),  # the percent side read as a fraction
-    ("5%", "5", True),  # ... or as the percentage itself (GSM8K writes "what percent" answers bare)
-    ("5", "5%", True),
-    ("0.05", "5%", True),
-    ("The answer is 50%", "50", True),
-    ("5%", "5%", True),
-    ("5", "0.05", False),  # no percent sign anywhere: nothing to reinterpret
-    ("5%", "0.5", False),
-    ("50%", "5", False),
-])
+@pytest.mark.parametrize(
+    "answer,reference,expected",
+    [
+        ("5%", "0.05", True),  # the percent side read as a fraction
+        ("5%", "5", True),  # ... or as the percentage itself (GSM8K writes "what percent" answers bare)
+        ("5", "5%", True),
+        ("0.05", "5%", True),
+        ("The answer is 50%", "50", True),
+        ("5%", "5%", True),
+        ("5", "0.05", False),  # no percent sign anywhere: nothing to reinterpret
+        ("5%", "0.5", False),
+        ("50%", "5", False),
+    ],
+)
 def test_allow_percent(answer, reference, expected):
     assert math_equal(answer, reference, allow_percent=True) is expected
 
 
-@pytest.mark.parametrize("text", [
-    "2^10^10",  # a tower: uninterruptible big-int arithmetic, refused before sympy
-    "((10^99)^999)^999",
-    "10^(10^10)",
-    "1+" * 60 + "1",  # long input: never handed to sympy
-    "__import__('os').system('echo hi')",  # parse_expr evals: only arithmetic may reach it
-    "sqrt(-1)",  # complex
-    "1/(1-1)",  # zoo
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2^10^10",  # a tower: uninterruptible big-int arithmetic, refused before sympy
+        "((10^99)^999)^999",
+        "10^(10^10)",
+        "1+" * 60 + "1",  # long input: never handed to sympy
+        "__import__('os').system('echo hi')",  # parse_expr evals: only arithmetic may reach it
+        "sqrt(-1)",  # complex
+        "1/(1-1)",  # zoo
+    ],
+)
 def test_hostile_or_degenerate_expressions_are_rejected_quickly(text):
     import time
 
@@ -230,15 +257,18 @@ def test_hostile_or_degenerate_expressions_are_rejected_quickly(text):
     assert time.monotonic() - start < 1.0
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("#### 1,000", "1,000"),
-    ("Work: 48/2 = 24\n#### 72", "72"),
-    ("Answer: 50%", "50%"),
-    ("**Answer:** 42", "42"),
-    ("2^10", "2^10"),  # a bare expression is kept whole
-    ("(-3)", "(-3)"),
-    (r"The value is 5 \times 10^{-2} m", r"5 \times 10^{-2}"),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("#### 1,000", "1,000"),
+        ("Work: 48/2 = 24\n#### 72", "72"),
+        ("Answer: 50%", "50%"),
+        ("**Answer:** 42", "42"),
+        ("2^10", "2^10"),  # a bare expression is kept whole
+        ("(-3)", "(-3)"),
+        (r"The value is 5 \times 10^{-2} m", r"5 \times 10^{-2}"),
+    ],
+)
 def test_extract_answer_cues_and_expressions(text, expected):
     assert extract_answer(text) == expected
 
@@ -247,9 +277,11 @@ def test_plain_numbers_do_not_import_sympy():
     import subprocess
     import sys
 
-    code = ("import sys; from tasks.verifiers import math_equal; "
-            "assert math_equal('The answer is 1,234.', '1234') and math_equal('1/20', '0.05'); "
-            "assert math_equal(r'\\boxed{\\frac{1}{20}}', '5e-2'); assert 'sympy' not in sys.modules")
+    code = (
+        "import sys; from tasks.scoring.verifiers import math_equal; "
+        "assert math_equal('The answer is 1,234.', '1234') and math_equal('1/20', '0.05'); "
+        "assert math_equal(r'\\boxed{\\frac{1}{20}}', '5e-2'); assert 'sympy' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -267,7 +299,7 @@ def test_works_off_the_main_thread():
 def test_time_limit_interrupts_python_code():
     import time
 
-    from tasks.verifiers import _time_limit, _Timeout
+    from tasks.scoring.verifiers import _time_limit, _Timeout
 
     start = time.monotonic()
     with pytest.raises(_Timeout):

@@ -8,6 +8,7 @@ is a checkpoint `from_pretrained` and vLLM load: the weights laid out like the f
 shards with an index), its config, tokenizer and other files, and `averaging.json`, a record of the parents
 and their weights.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -30,10 +31,21 @@ RECORD_FILE = "averaging.json"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 # config.json keys that do not change what a state dict computes, so parents may differ in them: a trainer
 # saves another dtype, switches the KV cache back on, sets a pad token. Every other key must be equal.
-NON_ARCH_KEYS = frozenset({
-    "_name_or_path", "transformers_version", "dtype", "torch_dtype", "use_cache", "bos_token_id", "eos_token_id",
-    "pad_token_id", "initializer_range", "_attn_implementation", "attn_implementation",
-})
+NON_ARCH_KEYS = frozenset(
+    {
+        "_name_or_path",
+        "transformers_version",
+        "dtype",
+        "torch_dtype",
+        "use_cache",
+        "bos_token_id",
+        "eos_token_id",
+        "pad_token_id",
+        "initializer_range",
+        "_attn_implementation",
+        "attn_implementation",
+    }
+)
 # With tie_word_embeddings the output projection is the input embedding: save_pretrained stores only the
 # embedding, though some writers store both. It is left out of the comparison and of the output.
 TIED_KEY = "lm_head.weight"
@@ -119,7 +131,9 @@ def average_checkpoints(parents: list[tuple[Path, float]], out_dir: Path) -> Pat
     record = {
         "method": "weighted mean of each tensor, in float32, cast to the first parent's dtype",
         "parents": [{"name": c.path.name, "weight": w} for c, w in zip(ckpts, weights)],
-        "dtypes": sorted(dtypes), "tensors": len(first.weight_map), "tied_embeddings": _tied(first.config),
+        "dtypes": sorted(dtypes),
+        "tensors": len(first.weight_map),
+        "tied_embeddings": _tied(first.config),
     }
     (out_dir / RECORD_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     return out_dir
@@ -161,8 +175,10 @@ def _read_checkpoint(path: Path) -> _Checkpoint:
     elif (path / SINGLE_FILE).is_file():
         weight_map = {name: SINGLE_FILE for name in _header(path / SINGLE_FILE)}
     else:
-        raise AveragingError(f"{path}: no {SINGLE_FILE} or {INDEX_FILE}: only safetensors checkpoints can be "
-                             "averaged (save with safe_serialization=True)")
+        raise AveragingError(
+            f"{path}: no {SINGLE_FILE} or {INDEX_FILE}: only safetensors checkpoints can be "
+            "averaged (save with safe_serialization=True)"
+        )
     if _tied(config):
         weight_map.pop(TIED_KEY, None)
     shapes: dict[str, tuple[int, ...]] = {}
@@ -170,8 +186,9 @@ def _read_checkpoint(path: Path) -> _Checkpoint:
         header = _header(path / file)
         shapes.update({n: tuple(h["shape"]) for n, h in header.items() if weight_map.get(n) == file})
     if shapes.keys() != weight_map.keys():
-        raise AveragingError(f"{path}: {INDEX_FILE} names tensors its shards lack: "
-                             f"{_names(weight_map.keys() - shapes.keys())}")
+        raise AveragingError(
+            f"{path}: {INDEX_FILE} names tensors its shards lack: {_names(weight_map.keys() - shapes.keys())}"
+        )
     return _Checkpoint(path, config, weight_map, shapes)
 
 
@@ -204,19 +221,26 @@ def _check_compatible(ckpts: list[_Checkpoint]) -> None:
         diff = sorted(k for k in arch0.keys() | arch.keys() if arch0.get(k) != arch.get(k))
         if diff:
             shown = "; ".join(f"{k}: {arch.get(k)!r} vs {arch0.get(k)!r}" for k in diff[:5])
-            raise AveragingError(f"{where} differ in architecture (config.json {shown}): only fine-tunes of one "
-                                 "model can be averaged")
+            raise AveragingError(
+                f"{where} differ in architecture (config.json {shown}): only fine-tunes of one model can be averaged"
+            )
         lacks, extra = first.shapes.keys() - c.shapes.keys(), c.shapes.keys() - first.shapes.keys()
         if lacks or extra:
-            raise AveragingError(f"{where} hold different tensors: {c.path} lacks {_names(lacks) or '-'} and has "
-                                 f"{_names(extra) or '-'} that the first has not")
+            raise AveragingError(
+                f"{where} hold different tensors: {c.path} lacks {_names(lacks) or '-'} and has "
+                f"{_names(extra) or '-'} that the first has not"
+            )
         bad = {n for n in first.shapes if first.shapes[n] != c.shapes[n]}
         if bad:
             n = sorted(bad)[0]
-            raise AveragingError(f"{where} differ in tensor shapes: {n} is {list(c.shapes[n])} vs "
-                                 f"{list(first.shapes[n])} ({len(bad)} tensors differ)")
+            raise AveragingError(
+                f"{where} differ in tensor shapes: {n} is {list(c.shapes[n])} vs "
+                f"{list(first.shapes[n])} ({len(bad)} tensors differ)"
+            )
         vocab = _vocab_fingerprint(c.path)
         if vocab != vocab0:
             files = sorted(k for k in vocab0.keys() | vocab.keys() if vocab0.get(k) != vocab.get(k))
-            raise AveragingError(f"{where} have different tokenizer vocabularies ({', '.join(files)}): the same "
-                                 "embedding row would mean different tokens")
+            raise AveragingError(
+                f"{where} have different tokenizer vocabularies ({', '.join(files)}): the same "
+                "embedding row would mean different tokens"
+            )

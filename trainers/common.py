@@ -1,4 +1,5 @@
 """Shared by the TRL trainers: progress logging, training arguments, and saving a checkpoint vLLM can load."""
+
 from __future__ import annotations
 
 import json
@@ -30,7 +31,9 @@ class LossLogger(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
-            self.history.append({"step": state.global_step, **{k: float(v) for k, v in logs.items() if isinstance(v, (int, float))}})
+            self.history.append(
+                {"step": state.global_step, **{k: float(v) for k, v in logs.items() if isinstance(v, (int, float))}}
+            )
             self.logger.info("%s step %d/%d loss %.4f", self.name, state.global_step, state.max_steps, logs["loss"])
 
 
@@ -56,35 +59,72 @@ def save_checkpoint(model, tokenizer, out_dir: Path, training_info: dict) -> Pat
 
 def write_training_info(out_dir: Path, training_info: dict) -> None:
     """flywheel_training.json beside the weights: what made the checkpoint, with the library versions."""
-    info = {**training_info, "trl_version": trl.__version__, "transformers_version": transformers.__version__,
-            "peft_version": peft_version(), "torch_version": torch.__version__}
+    info = {
+        **training_info,
+        "trl_version": trl.__version__,
+        "transformers_version": transformers.__version__,
+        "peft_version": peft_version(),
+        "torch_version": torch.__version__,
+    }
     (out_dir / "flywheel_training.json").write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
 
 
 def check_finite(history: list[dict], name: str) -> None:
     bad = [h for h in history if not math.isfinite(h.get("loss", 0.0))]
     if bad:
-        raise FloatingPointError(f"{name}: loss became {bad[0]['loss']} at step {bad[0]['step']}; lower the learning rate")
+        raise FloatingPointError(
+            f"{name}: loss became {bad[0]['loss']} at step {bad[0]['step']}; lower the learning rate"
+        )
 
 
 def common_args(
-    output_dir: Path, *, lr: float, epochs: float, batch_size: int, seed: int, use_cpu: bool, bf16: bool,
-    scheduler: str = "cosine", warmup_ratio: float = 0.1, weight_decay: float = 0.0, grad_accum: int = 1,
+    output_dir: Path,
+    *,
+    lr: float,
+    epochs: float,
+    batch_size: int,
+    seed: int,
+    use_cpu: bool,
+    bf16: bool,
+    scheduler: str = "cosine",
+    warmup_ratio: float = 0.1,
+    weight_decay: float = 0.0,
+    grad_accum: int = 1,
 ) -> dict:
     return dict(
-        output_dir=str(output_dir), learning_rate=lr, num_train_epochs=epochs, per_device_train_batch_size=batch_size,
-        gradient_accumulation_steps=grad_accum, weight_decay=weight_decay,
-        lr_scheduler_type=scheduler, warmup_steps=warmup_ratio,  # transformers 5: a float below 1 is a fraction of all steps
-        logging_steps=5, save_strategy="no", report_to=[],
-        seed=seed, data_seed=seed, use_cpu=use_cpu, bf16=bf16, disable_tqdm=True, dataloader_num_workers=0,
+        output_dir=str(output_dir),
+        learning_rate=lr,
+        num_train_epochs=epochs,
+        per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=grad_accum,
+        weight_decay=weight_decay,
+        lr_scheduler_type=scheduler,
+        warmup_steps=warmup_ratio,  # transformers 5: a float below 1 is a fraction of all steps
+        logging_steps=5,
+        save_strategy="no",
+        report_to=[],
+        seed=seed,
+        data_seed=seed,
+        use_cpu=use_cpu,
+        bf16=bf16,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
     )
 
 
 def stage_args(cfg: BaseModel, output_dir: Path, *, seed: int, use_cpu: bool, bf16: bool) -> dict:
     """`common_args` from an SFT or DPO stage config (both carry the same optimizer fields)."""
     return common_args(
-        output_dir, lr=cfg.learning_rate, epochs=cfg.epochs, batch_size=cfg.batch_size, seed=seed, use_cpu=use_cpu,
-        bf16=bf16, scheduler=cfg.lr_scheduler_type, warmup_ratio=cfg.warmup_ratio, weight_decay=cfg.weight_decay,
+        output_dir,
+        lr=cfg.learning_rate,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        seed=seed,
+        use_cpu=use_cpu,
+        bf16=bf16,
+        scheduler=cfg.lr_scheduler_type,
+        warmup_ratio=cfg.warmup_ratio,
+        weight_decay=cfg.weight_decay,
         grad_accum=cfg.gradient_accumulation_steps,
     )
 
@@ -101,10 +141,19 @@ def finish_stage(trainer, tokenizer, result, callback: LossLogger, out_dir: Path
     """
     check_finite(callback.history, info["stage"])
     final = callback.history[-1]["loss"] if callback.history else result.training_loss
-    summary = {"steps": result.global_step, "train_loss": result.training_loss, "final_loss": final,
-               "history": callback.history}
-    info = {**info, "steps": result.global_step, "train_loss": result.training_loss, "final_loss": final,
-            "trainer": type(trainer).__name__}
+    summary = {
+        "steps": result.global_step,
+        "train_loss": result.training_loss,
+        "final_loss": final,
+        "history": callback.history,
+    }
+    info = {
+        **info,
+        "steps": result.global_step,
+        "train_loss": result.training_loss,
+        "final_loss": final,
+        "trainer": type(trainer).__name__,
+    }
     if _sharded(trainer):
         return _save_sharded(trainer, tokenizer, out_dir / "model", info), summary
     model = merge_adapters(trainer.model)
@@ -113,8 +162,10 @@ def finish_stage(trainer, tokenizer, result, callback: LossLogger, out_dir: Path
 
 def _sharded(trainer) -> bool:
     """True when the weights are partitioned across processes (DeepSpeed ZeRO-3, FSDP)."""
-    ds = getattr(trainer, "is_deepspeed_enabled", False) and getattr(
-        trainer.accelerator.state.deepspeed_plugin, "zero_stage", 0) == 3
+    ds = (
+        getattr(trainer, "is_deepspeed_enabled", False)
+        and getattr(trainer.accelerator.state.deepspeed_plugin, "zero_stage", 0) == 3
+    )
     return bool(ds or getattr(trainer, "is_fsdp_enabled", False))
 
 
@@ -123,8 +174,10 @@ def _save_sharded(trainer, tokenizer, out_dir: Path, info: dict) -> Path:
     stage3_gather_16bit_weights_on_model_save in the DeepSpeed config); the main process writes the rest.
     A per-rank model.save_pretrained would write partitions that neither transformers nor vLLM can load."""
     if getattr(trainer.model, "peft_config", None):
-        raise ValueError("LoRA with ZeRO-3 or FSDP is not supported: merging needs the full weights on one "
-                         "process; use ZeRO-2 (configs/deepspeed/zero2.json) or DDP for LoRA runs")
+        raise ValueError(
+            "LoRA with ZeRO-3 or FSDP is not supported: merging needs the full weights on one "
+            "process; use ZeRO-2 (configs/deepspeed/zero2.json) or DDP for LoRA runs"
+        )
     trainer.model.config.use_cache = True
     trainer.save_model(str(out_dir))
     if trainer.accelerator.is_main_process:

@@ -10,6 +10,7 @@
 
 Optional LoRA (`cfg.lora`): adapters are merged into the weights before saving (see trainers/lora.py).
 """
+
 from __future__ import annotations
 
 import logging
@@ -27,18 +28,36 @@ from trainers.lora import peft_config
 
 
 def _to_pairs(pairs: list[dict]) -> Dataset:
-    return Dataset.from_list([{"prompt": [dict(m) for m in p["prompt"]], "chosen": [dict(m) for m in p["chosen"]],
-                               "rejected": [dict(m) for m in p["rejected"]]} for p in pairs])
+    return Dataset.from_list(
+        [
+            {
+                "prompt": [dict(m) for m in p["prompt"]],
+                "chosen": [dict(m) for m in p["chosen"]],
+                "rejected": [dict(m) for m in p["rejected"]],
+            }
+            for p in pairs
+        ]
+    )
 
 
 def _dpo_trainer(model, tokenizer, data: Dataset, cfg: DPOConfig, base: dict, callbacks: list) -> DPOTrainer:
     args = TRLDPOConfig(
-        **base, beta=cfg.beta, loss_type=list(cfg.loss_types), loss_weights=cfg.loss_weights,
-        label_smoothing=cfg.label_smoothing, precompute_ref_log_probs=cfg.precompute_ref_log_probs,
+        **base,
+        beta=cfg.beta,
+        loss_type=list(cfg.loss_types),
+        loss_weights=cfg.loss_weights,
+        label_smoothing=cfg.label_smoothing,
+        precompute_ref_log_probs=cfg.precompute_ref_log_probs,
         max_length=cfg.max_length,
     )
-    return DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer, callbacks=callbacks,
-                      peft_config=peft_config(cfg.lora))
+    return DPOTrainer(
+        model=model,
+        args=args,
+        train_dataset=data,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+        peft_config=peft_config(cfg.lora),
+    )
 
 
 def _cpo_trainer(model, tokenizer, data: Dataset, cfg: DPOConfig, base: dict, callbacks: list):
@@ -50,16 +69,34 @@ def _cpo_trainer(model, tokenizer, data: Dataset, cfg: DPOConfig, base: dict, ca
     weights = cfg.loss_weights or [1.0] * len(cfg.loss_types)
     cpo_alpha = weights[cfg.loss_types.index("sft")] if "sft" in cfg.loss_types else 0.0
     args = CPOConfig(
-        **base, beta=cfg.beta, loss_type=loss, cpo_alpha=cpo_alpha, simpo_gamma=cfg.simpo_gamma,
-        label_smoothing=cfg.label_smoothing, max_length=cfg.max_length,
+        **base,
+        beta=cfg.beta,
+        loss_type=loss,
+        cpo_alpha=cpo_alpha,
+        simpo_gamma=cfg.simpo_gamma,
+        label_smoothing=cfg.label_smoothing,
+        max_length=cfg.max_length,
         remove_unused_columns=False,  # its pair collator needs every column (it would reset this with a warning)
     )
-    return CPOTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer, callbacks=callbacks,
-                      peft_config=peft_config(cfg.lora))
+    return CPOTrainer(
+        model=model,
+        args=args,
+        train_dataset=data,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+        peft_config=peft_config(cfg.lora),
+    )
 
 
 def train_dpo(
-    model_path: str, pairs: list[dict], cfg: DPOConfig, out_dir: Path, *, seed: int, use_cpu: bool, bf16: bool,
+    model_path: str,
+    pairs: list[dict],
+    cfg: DPOConfig,
+    out_dir: Path,
+    *,
+    seed: int,
+    use_cpu: bool,
+    bf16: bool,
     logger: logging.Logger | logging.LoggerAdapter,
 ) -> tuple[Path, dict]:
     """Tune `model_path` on conversational `prompt/chosen/rejected` rows; returns checkpoint and summary."""
@@ -70,7 +107,14 @@ def train_dpo(
     trainer = build(model, tokenizer, _to_pairs(pairs), cfg, base, [callback])
     trainer.remove_callback(PrinterCallback)  # its raw dicts on stdout duplicate LossLogger's lines
     result = trainer.train()
-    info = {"stage": "dpo", "config": cfg.model_dump(mode="json"), "loss_types": list(cfg.loss_types),
-            "loss_weights": cfg.loss_weights or [1.0] * len(cfg.loss_types), "reference": cfg.reference,
-            "rows": len(pairs), "base": model_path, "seed": seed}
+    info = {
+        "stage": "dpo",
+        "config": cfg.model_dump(mode="json"),
+        "loss_types": list(cfg.loss_types),
+        "loss_weights": cfg.loss_weights or [1.0] * len(cfg.loss_types),
+        "reference": cfg.reference,
+        "rows": len(pairs),
+        "base": model_path,
+        "seed": seed,
+    }
     return finish_stage(trainer, tokenizer, result, callback, out_dir, info)

@@ -9,6 +9,7 @@ Every line the job prints is forwarded to the logger as it arrives, so the Prefe
 
 Build a command without running it:  `build_launch_command(LauncherConfig(...), Path("spec.json"), bf16=False)`
 """
+
 from __future__ import annotations
 
 import json
@@ -24,33 +25,15 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
 from configs.launcher import PACKAGE_ROOT, LauncherConfig
+from trainers.job import DATA_FILE, ERROR_MARKER, RESULT_FILE, SPEC_FILE, TrainSpec
 
-SPEC_FILE = "train_spec.json"
-DATA_FILE = "train_data.parquet"
-RESULT_FILE = "train_result.json"
-ERROR_MARKER = "flywheel-train-error: "  # trainers.run prints it before exiting non-zero: the cause, in one line
 TAIL_LINES = 20
 _LEVEL = re.compile(r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL) (?=\[rank \d+\] )")  # trainers.run's log format
 
 Logger = logging.Logger | logging.LoggerAdapter
-
-
-class TrainSpec(BaseModel):
-    """What one launched training run does; written by the parent, read by every process of the job."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    stage: Literal["sft", "dpo"] = Field(description="Which trainer: trainers.sft.train_sft or trainers.dpo.train_dpo.")
-    model_dir: str = Field(description="Local directory of the model to start from.")
-    data: str = Field(description="Parquet file of the training rows (SFT `messages`, or DPO prompt/chosen/rejected).")
-    stage_config: dict[str, Any] = Field(description="The stage's config (SFTConfig or DPOConfig) as JSON.")
-    out_dir: str = Field(description="Where the checkpoint (out_dir/model) and train_result.json are written.")
-    seed: int = Field(description="Training seed.")
-    use_cpu: bool = Field(description="Train on CPU.")
-    bf16: bool = Field(description="Train in bfloat16.")
 
 
 class LaunchError(RuntimeError):
@@ -62,7 +45,11 @@ class LaunchError(RuntimeError):
 
 
 def build_launch_command(
-    cfg: LauncherConfig, spec_path: Path, *, bf16: bool, port: int | None = None,
+    cfg: LauncherConfig,
+    spec_path: Path,
+    *,
+    bf16: bool,
+    port: int | None = None,
 ) -> list[str] | None:
     """The argv that trains `spec_path` under `cfg`, or None for `kind: local` (train in-process).
 
@@ -78,11 +65,21 @@ def build_launch_command(
     elif cfg.fsdp:
         # FULL_STATE_DICT: the checkpoint must be one plain HF directory vLLM loads, not per-rank shards.
         # TRANSFORMER_BASED_WRAP without class names wraps the model's own `_no_split_modules` blocks.
-        cmd += ["--use_fsdp", "--fsdp_version", "2", "--fsdp_auto_wrap_policy", "TRANSFORMER_BASED_WRAP",
-                "--fsdp_state_dict_type", "FULL_STATE_DICT",
-                "--fsdp_reshard_after_forward", str(cfg.fsdp_reshard_after_forward).lower(),
-                "--fsdp_offload_params", str(cfg.fsdp_offload_params).lower(),
-                "--fsdp_activation_checkpointing", str(cfg.fsdp_activation_checkpointing).lower()]
+        cmd += [
+            "--use_fsdp",
+            "--fsdp_version",
+            "2",
+            "--fsdp_auto_wrap_policy",
+            "TRANSFORMER_BASED_WRAP",
+            "--fsdp_state_dict_type",
+            "FULL_STATE_DICT",
+            "--fsdp_reshard_after_forward",
+            str(cfg.fsdp_reshard_after_forward).lower(),
+            "--fsdp_offload_params",
+            str(cfg.fsdp_offload_params).lower(),
+            "--fsdp_activation_checkpointing",
+            str(cfg.fsdp_activation_checkpointing).lower(),
+        ]
     elif cfg.num_processes > 1:
         # torchrun's launcher. Also on CPU: accelerate's --cpu starts a single process unless given an MPI
         # hostfile; the CPU choice reaches the workers through ACCELERATE_USE_CPU (launch_env) -> gloo.
@@ -91,13 +88,24 @@ def build_launch_command(
         cmd += ["--cpu"]
     mixed = cfg.mixed_precision if cfg.mixed_precision != "auto" else ("bf16" if bf16 else "no")
     # Every value explicit: accelerate otherwise warns, and fills gaps from the machine's default_config.yaml.
-    cmd += ["--num_processes", str(cfg.num_processes), "--num_machines", str(cfg.num_machines),
-            "--mixed_precision", mixed, "--dynamo_backend", "no"]
+    cmd += [
+        "--num_processes",
+        str(cfg.num_processes),
+        "--num_machines",
+        str(cfg.num_machines),
+        "--mixed_precision",
+        mixed,
+        "--dynamo_backend",
+        "no",
+    ]
     if cfg.num_machines > 1:
         cmd += ["--machine_rank", str(cfg.machine_rank), "--main_process_ip", str(cfg.main_process_ip)]
     if cfg.main_process_port is not None or port is not None:
         cmd += ["--main_process_port", str(cfg.main_process_port or port)]
-    return cmd + list(cfg.extra_args) + ["-m", "trainers.run", str(spec_path)]
+    # Imported, not only named, so that the code every process runs is part of the step's code identity.
+    from trainers import run as job
+
+    return cmd + list(cfg.extra_args) + ["-m", job.__name__, str(spec_path)]
 
 
 def launch_env(cfg: LauncherConfig) -> dict[str, str]:
@@ -166,8 +174,10 @@ def _group_causes(causes: list[str]) -> list[str]:
     for c in causes:
         m = re.match(r"rank (\d+): (.*)", c)
         ranks.setdefault(m.group(2) if m else c, []).extend([int(m.group(1))] if m else [])
-    return [f"rank{'s' if len(r) > 1 else ''} {', '.join(map(str, sorted(r)))}: {what}" if r else what
-            for what, r in ranks.items()]
+    return [
+        f"rank{'s' if len(r) > 1 else ''} {', '.join(map(str, sorted(r)))}: {what}" if r else what
+        for what, r in ranks.items()
+    ]
 
 
 def stream_command(cmd: list[str], logger: Logger, *, env: dict[str, str] | None = None) -> None:
@@ -180,15 +190,23 @@ def stream_command(cmd: list[str], logger: Logger, *, env: dict[str, str] | None
     tail: deque[str] = deque(maxlen=TAIL_LINES)
     causes: list[str] = []
     first_failure: list[str] = []  # the lines leading up to the first reported cause
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
-                            bufsize=1, env=_child_env(env or {}), start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        bufsize=1,
+        env=_child_env(env or {}),
+        start_new_session=True,
+    )
     try:
         assert proc.stdout is not None
         for raw in proc.stdout:
             line = raw.rstrip("\n")
             tail.append(line)
             m = _LEVEL.match(line)  # the record carries the level: keep "[rank R] message" as the text
-            logger.log(getattr(logging, m.group(1)) if m else logging.INFO, "%s", line[m.end(1) + 1:] if m else line)
+            logger.log(getattr(logging, m.group(1)) if m else logging.INFO, "%s", line[m.end(1) + 1 :] if m else line)
             if ERROR_MARKER in line and len(causes) < 1024:  # one per rank; bounded all the same
                 causes.append(line.split(ERROR_MARKER, 1)[1])
                 first_failure = first_failure or list(tail)
@@ -204,13 +222,23 @@ def stream_command(cmd: list[str], logger: Logger, *, env: dict[str, str] | None
         raise LaunchError(
             f"training job failed with {_describe(code)}. Cause:{cause}\nLast {len(lines)} lines of its output "
             f"({where}):\n" + "\n".join(f"  | {t}" for t in lines) + f"\ncommand: {shlex.join(cmd)}",
-            code, lines,
+            code,
+            lines,
         )
 
 
 def launch_training(
-    cfg: LauncherConfig, *, stage: Literal["sft", "dpo"], model_dir: str, data, stage_config: BaseModel,
-    out_dir: Path, seed: int, use_cpu: bool, bf16: bool, logger: Logger,
+    cfg: LauncherConfig,
+    *,
+    stage: Literal["sft", "dpo"],
+    model_dir: str,
+    data,
+    stage_config: BaseModel,
+    out_dir: Path,
+    seed: int,
+    use_cpu: bool,
+    bf16: bool,
+    logger: Logger,
 ) -> tuple[Path, dict]:
     """Train `stage` as a launched job; same contract as train_sft/train_dpo: (checkpoint dir, summary).
 
@@ -222,9 +250,16 @@ def launch_training(
 
     out_dir.mkdir(parents=True, exist_ok=True)
     pq.write_table(data, out_dir / DATA_FILE)
-    spec = TrainSpec(stage=stage, model_dir=model_dir, data=str(out_dir / DATA_FILE),
-                     stage_config=stage_config.model_dump(mode="json"), out_dir=str(out_dir), seed=seed,
-                     use_cpu=use_cpu, bf16=bf16)
+    spec = TrainSpec(
+        stage=stage,
+        model_dir=model_dir,
+        data=str(out_dir / DATA_FILE),
+        stage_config=stage_config.model_dump(mode="json"),
+        out_dir=str(out_dir),
+        seed=seed,
+        use_cpu=use_cpu,
+        bf16=bf16,
+    )
     spec_path = out_dir / SPEC_FILE
     spec_path.write_text(spec.model_dump_json(indent=2))
     port = free_port() if cfg.num_processes > 1 and cfg.num_machines == 1 and cfg.main_process_port is None else None

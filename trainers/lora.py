@@ -8,6 +8,7 @@ checkpoint per stage, which the pipeline stores anyway. The next round starts ne
 The trainers hand the config to TRL (`peft_config=`), which wraps the model; with DPO and `reference: policy`
 TRL then uses the same model with its adapters switched off as the reference, so no second copy is loaded.
 """
+
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
@@ -24,7 +25,10 @@ def peft_config(cfg: LoraConfig):
     except ImportError as e:  # optional at import time of the package, required once enabled
         raise ImportError("lora.enabled needs the `peft` package: pip install peft") from e
     return peft.LoraConfig(
-        task_type="CAUSAL_LM", r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+        task_type="CAUSAL_LM",
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
         target_modules=cfg.target_modules,
     )
 

@@ -8,6 +8,7 @@ sequences.
 Run alone (pairs: a Parquet table of TRL conversational prompt/chosen/rejected rows):
     python -m trainers.reward --pairs pairs.parquet --base /tmp/base --out /tmp/rm
 """
+
 from __future__ import annotations
 
 import logging
@@ -22,8 +23,8 @@ from trl import RewardConfig, RewardTrainer
 from trl.trainer.reward_trainer import suppress_seqcls_warning
 
 from configs.reward import RewardModelTrainConfig
-from tasks.scorers.reward_model import encode_conversations, reward_values
 from trainers.common import LossLogger, check_finite, common_args, save_checkpoint
+from trainers.reward_encoding import encode_conversations, reward_values
 
 
 def tokenize_pairs(tokenizer, pairs: list[dict], max_length: int) -> tuple[list[dict], int]:
@@ -32,21 +33,26 @@ def tokenize_pairs(tokenizer, pairs: list[dict], max_length: int) -> tuple[list[
     A pair with a side longer than `max_length` is left out rather than truncated (as TRL does): cut
     short, the two answers may no longer differ.
     """
+
     def convs(side: str) -> list[list[dict]]:
         return [[dict(m) for m in p["prompt"]] + [dict(m) for m in p[side]] for p in pairs]
 
     chosen = encode_conversations(tokenizer, convs("chosen"))
     rejected = encode_conversations(tokenizer, convs("rejected"))
-    rows = [{"chosen_ids": c, "rejected_ids": r} for c, r in zip(chosen, rejected)
-            if len(c) <= max_length and len(r) <= max_length]
+    rows = [
+        {"chosen_ids": c, "rejected_ids": r}
+        for c, r in zip(chosen, rejected)
+        if len(c) <= max_length and len(r) <= max_length
+    ]
     return rows, len(pairs) - len(rows)
 
 
 def pair_accuracy(model, rows: list[dict], pad_id: int, batch_size: int, device: torch.device) -> float:
     """Fraction of pairs with r(chosen) > r(rejected) (a tie counts as wrong)."""
     model.eval()
-    values = reward_values(model, [r["chosen_ids"] for r in rows] + [r["rejected_ids"] for r in rows], pad_id,
-                           batch_size, device)
+    values = reward_values(
+        model, [r["chosen_ids"] for r in rows] + [r["rejected_ids"] for r in rows], pad_id, batch_size, device
+    )
     n = len(rows)
     return sum(values[i] > values[n + i] for i in range(n)) / max(n, 1)
 
@@ -56,7 +62,8 @@ def load_backbone(base_model_dir: str, seed: int, bf16: bool):
     set_seed(seed)  # the new head is drawn at random: seed it for a reproducible reward model
     with suppress_seqcls_warning():  # "score.weight newly initialized" is the point here, not a problem
         model = AutoModelForSequenceClassification.from_pretrained(
-            base_model_dir, num_labels=1, dtype=torch.bfloat16 if bf16 else torch.float32)
+            base_model_dir, num_labels=1, dtype=torch.bfloat16 if bf16 else torch.float32
+        )
     tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -66,8 +73,14 @@ def load_backbone(base_model_dir: str, seed: int, bf16: bool):
 
 
 def train_reward_model(
-    pairs: list[dict], base_model_dir: str, out_dir: str, cfg: RewardModelTrainConfig, *, use_cpu: bool = True,
-    bf16: bool = False, logger: logging.Logger | logging.LoggerAdapter | None = None,
+    pairs: list[dict],
+    base_model_dir: str,
+    out_dir: str,
+    cfg: RewardModelTrainConfig,
+    *,
+    use_cpu: bool = True,
+    bf16: bool = False,
+    logger: logging.Logger | logging.LoggerAdapter | None = None,
 ) -> dict:
     """Train a reward model on conversational prompt/chosen/rejected `pairs`; save it to `out_dir`.
 
@@ -89,33 +102,60 @@ def train_reward_model(
     if not rows:
         raise ValueError(f"reward model: all {len(pairs)} pairs are longer than max_length ({cfg.max_length} tokens)")
     if too_long:
-        logger.warning("reward model: left out %d of %d pairs longer than %d tokens", too_long, len(pairs),
-                       cfg.max_length)
+        logger.warning(
+            "reward model: left out %d of %d pairs longer than %d tokens", too_long, len(pairs), cfg.max_length
+        )
     device = torch.device("cuda" if torch.cuda.is_available() and not use_cpu else "cpu")
     before = pair_accuracy(model.to(device), rows, tokenizer.pad_token_id, cfg.batch_size * 2, device)
 
     callback = LossLogger(logger, "reward")
     with tempfile.TemporaryDirectory() as scratch:  # the trainer's output_dir; nothing in it is kept
         args = RewardConfig(
-            **common_args(Path(scratch), lr=cfg.learning_rate, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                          seed=cfg.seed, use_cpu=use_cpu, bf16=bf16),
-            max_length=cfg.max_length, center_rewards_coefficient=cfg.center_rewards_coefficient,
+            **common_args(
+                Path(scratch),
+                lr=cfg.learning_rate,
+                epochs=cfg.epochs,
+                batch_size=cfg.batch_size,
+                seed=cfg.seed,
+                use_cpu=use_cpu,
+                bf16=bf16,
+            ),
+            max_length=cfg.max_length,
+            center_rewards_coefficient=cfg.center_rewards_coefficient,
             gradient_checkpointing=not use_cpu,  # it trades compute for GPU memory; on CPU it only costs time
         )
-        trainer = RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
-                                processing_class=tokenizer, callbacks=[callback])
+        trainer = RewardTrainer(
+            model=model,
+            args=args,
+            train_dataset=Dataset.from_list(rows),
+            processing_class=tokenizer,
+            callbacks=[callback],
+        )
         trainer.remove_callback(PrinterCallback)  # its raw dicts on stdout duplicate LossLogger's lines
         result = trainer.train()
     check_finite(callback.history, "reward")
     after = pair_accuracy(trainer.model, rows, tokenizer.pad_token_id, cfg.batch_size * 2, trainer.model.device)
 
-    info = {"stage": "reward", "config": cfg.model_dump(), "pairs": len(rows), "base": base_model_dir,
-            "accuracy_before": before, "accuracy_after": after}
+    info = {
+        "stage": "reward",
+        "config": cfg.model_dump(),
+        "pairs": len(rows),
+        "base": base_model_dir,
+        "accuracy_before": before,
+        "accuracy_after": after,
+    }
     save_checkpoint(trainer.model, tokenizer, Path(out_dir), info)
     logger.info("reward model: %d pairs, training-pair accuracy %.3f -> %.3f", len(rows), before, after)
-    return {"pairs": len(rows), "pairs_too_long": too_long, "accuracy_before": before, "accuracy_after": after,
-            "loss": result.training_loss, "steps": result.global_step, "seconds": time.perf_counter() - t0,
-            "history": callback.history}
+    return {
+        "pairs": len(rows),
+        "pairs_too_long": too_long,
+        "accuracy_before": before,
+        "accuracy_after": after,
+        "loss": result.training_loss,
+        "steps": result.global_step,
+        "seconds": time.perf_counter() - t0,
+        "history": callback.history,
+    }
 
 
 if __name__ == "__main__":
@@ -132,6 +172,10 @@ if __name__ == "__main__":
     parser.add_argument("--epochs", type=float, default=1.0)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
-    metrics = train_reward_model(pq.read_table(args.pairs).to_pylist(), args.base, args.out,
-                                 RewardModelTrainConfig(enabled=True, learning_rate=args.lr, epochs=args.epochs))
+    metrics = train_reward_model(
+        pq.read_table(args.pairs).to_pylist(),
+        args.base,
+        args.out,
+        RewardModelTrainConfig(enabled=True, learning_rate=args.lr, epochs=args.epochs),
+    )
     print(json.dumps({k: v for k, v in metrics.items() if k != "history"}, indent=2))

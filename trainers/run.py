@@ -9,9 +9,10 @@ Only the main process keeps its checkpoint and writes train_result.json, last, s
 means the run finished. On failure a process prints one `flywheel-train-error:` line (the cause, which
 the parent puts first in its error) and exits 1.
 """
+
 from __future__ import annotations
 
-from flows.quiet import apply_defaults
+from configs.quiet import apply_defaults
 
 apply_defaults()  # before transformers is imported: it reads these once
 
@@ -22,7 +23,7 @@ import shutil  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from trainers.launch import ERROR_MARKER, RESULT_FILE, TrainSpec  # noqa: E402
+from trainers.job import ERROR_MARKER, RESULT_FILE, TrainSpec  # noqa: E402
 
 
 def make_logger(rank: int) -> logging.Logger:
@@ -55,16 +56,21 @@ def train(spec: TrainSpec, rank: int, world_size: int, logger: logging.Logger) -
     # processes ever write (or rmtree) the same checkpoint directory.
     out_dir = Path(spec.out_dir) if rank == 0 else Path(spec.out_dir) / f".rank-{rank:03d}"
     logger.info("%s on %d rows from %s, %d process(es)", spec.stage, len(rows), spec.model_dir, world_size)
-    ckpt, summary = train_fn(spec.model_dir, rows, cfg, out_dir, seed=spec.seed, use_cpu=spec.use_cpu,
-                             bf16=spec.bf16, logger=logger)
+    ckpt, summary = train_fn(
+        spec.model_dir, rows, cfg, out_dir, seed=spec.seed, use_cpu=spec.use_cpu, bf16=spec.bf16, logger=logger
+    )
     if rank != 0:
         shutil.rmtree(out_dir, ignore_errors=True)
         return None
     from accelerate import PartialState  # the trainer's own (a singleton): how the job actually ran
 
     state = PartialState()
-    summary["launch"] = {"world_size": world_size, "num_processes": state.num_processes,
-                         "distributed_type": str(state.distributed_type.value), "device": str(state.device)}
+    summary["launch"] = {
+        "world_size": world_size,
+        "num_processes": state.num_processes,
+        "distributed_type": str(state.distributed_type.value),
+        "device": str(state.device),
+    }
     return ckpt, summary
 
 

@@ -11,6 +11,7 @@ labels still mask the prompts.
 
 Optional LoRA (`cfg.lora`): adapters are merged into the weights before saving (see trainers/lora.py).
 """
+
 from __future__ import annotations
 
 import logging
@@ -38,32 +39,59 @@ def to_prompt_completion(rows: list[dict]) -> list[dict]:
 
 
 def build_sft_trainer(
-    model_path: str, rows: list[dict], cfg: SFTConfig, out_dir: Path, *, seed: int, use_cpu: bool, bf16: bool,
+    model_path: str,
+    rows: list[dict],
+    cfg: SFTConfig,
+    out_dir: Path,
+    *,
+    seed: int,
+    use_cpu: bool,
+    bf16: bool,
     callbacks: list,
 ) -> tuple[SFTTrainer, object]:
     """The SFTTrainer `train_sft` runs (exposed so tests can look at its prepared data); returns it and the tokenizer."""
     model, tokenizer = load_policy(model_path, bf16)
     args = TRLSFTConfig(
         **stage_args(cfg, out_dir / "trainer", seed=seed, use_cpu=use_cpu, bf16=bf16),
-        max_length=cfg.max_length, completion_only_loss=cfg.completion_only_loss, packing=cfg.packing,
+        max_length=cfg.max_length,
+        completion_only_loss=cfg.completion_only_loss,
+        packing=cfg.packing,
     )
     trainer = SFTTrainer(
-        model=model, args=args, train_dataset=Dataset.from_list(to_prompt_completion(rows)),
-        processing_class=tokenizer, callbacks=callbacks, peft_config=peft_config(cfg.lora),
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(to_prompt_completion(rows)),
+        processing_class=tokenizer,
+        callbacks=callbacks,
+        peft_config=peft_config(cfg.lora),
     )
     trainer.remove_callback(PrinterCallback)  # its raw dicts on stdout duplicate LossLogger's lines
     return trainer, tokenizer
 
 
 def train_sft(
-    model_path: str, rows: list[dict], cfg: SFTConfig, out_dir: Path, *, seed: int, use_cpu: bool, bf16: bool,
+    model_path: str,
+    rows: list[dict],
+    cfg: SFTConfig,
+    out_dir: Path,
+    *,
+    seed: int,
+    use_cpu: bool,
+    bf16: bool,
     logger: logging.Logger | logging.LoggerAdapter,
 ) -> tuple[Path, dict]:
     """Fine-tune `model_path` on `rows`; returns the saved checkpoint dir and a summary (losses, steps)."""
     callback = LossLogger(logger, "sft")
-    trainer, tokenizer = build_sft_trainer(model_path, rows, cfg, out_dir, seed=seed, use_cpu=use_cpu, bf16=bf16,
-                                           callbacks=[callback])
+    trainer, tokenizer = build_sft_trainer(
+        model_path, rows, cfg, out_dir, seed=seed, use_cpu=use_cpu, bf16=bf16, callbacks=[callback]
+    )
     result = trainer.train()
-    info = {"stage": "sft", "config": cfg.model_dump(mode="json"), "loss_types": ["nll"], "rows": len(rows),
-            "base": model_path, "seed": seed}
+    info = {
+        "stage": "sft",
+        "config": cfg.model_dump(mode="json"),
+        "loss_types": ["nll"],
+        "rows": len(rows),
+        "base": model_path,
+        "seed": seed,
+    }
     return finish_stage(trainer, tokenizer, result, callback, out_dir, info)

@@ -6,8 +6,9 @@ in an error message; when the variable is unset no Authorization header is sent 
 and a server that does need one answers 401, which `check` turns into a message naming the variable).
 
 Try it against a running server:
-    python -m tasks.engines.openai --base-url http://127.0.0.1:8000/v1 --model NAME "What is 2 plus 3?"
+    python -m tasks.generation.openai --base-url http://127.0.0.1:8000/v1 --model NAME "What is 2 plus 3?"
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,7 +23,7 @@ from typing import Literal
 
 import httpx
 
-from tasks.engines import EngineError
+from tasks.generation import EngineError
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +60,16 @@ class ChatClient:
         backoff_s: first retry delay; doubled each attempt (capped at 30 s; a Retry-After header wins).
     """
 
-    def __init__(self, base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY", timeout_s: float = 60.0,
-                 concurrency: int = 8, max_retries: int = 4, backoff_s: float = 0.5):
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key_env: str = "OPENAI_API_KEY",
+        timeout_s: float = 60.0,
+        concurrency: int = 8,
+        max_retries: int = 4,
+        backoff_s: float = 0.5,
+    ):
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.api_key_env = api_key_env
@@ -74,15 +83,27 @@ class ChatClient:
 
     # --- requests -------------------------------------------------------------------------------------
 
-    def chat(self, messages: list[dict], max_tokens: int, temperature: float = 0.0, extra: dict | None = None,
-             retries: int | None = None) -> ChatReply:
+    def chat(
+        self,
+        messages: list[dict],
+        max_tokens: int,
+        temperature: float = 0.0,
+        extra: dict | None = None,
+        retries: int | None = None,
+    ) -> ChatReply:
         """One chat completion, retried on transient failures.
 
         Returns a failed ChatReply for a problem of this request (400, repeated 5xx, timeout); raises
         EndpointError when the server is unusable (unreachable after retries, 401/403, unknown model).
         """
-        body = {"model": self.model, "messages": messages, "max_tokens": max_tokens, "temperature": temperature,
-                "seed": 0, **(extra or {})}
+        body = {
+            "model": self.model,
+            "messages": messages,
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "seed": 0,
+            **(extra or {}),
+        }
         retries = self.max_retries if retries is None else retries
         for attempt in range(retries + 1):
             delay = self.backoff_s * 2**attempt * random.uniform(0.75, 1.0)  # jitter: retries do not stampede
@@ -125,12 +146,20 @@ class ChatClient:
                 raise failed.exception()
         replies = [f.result() for f in futures]
         bad = sum(r.text is None for r in replies)
-        log.info("%d chat requests to %s in %.1f s (%d failed)", len(replies), self.base_url,
-                 time.perf_counter() - t0, bad)
+        log.info(
+            "%d chat requests to %s in %.1f s (%d failed)", len(replies), self.base_url, time.perf_counter() - t0, bad
+        )
         return replies
 
-    def chat_constrained(self, prompts: list[str], mode: StructuredMode, choices: list[str], schema: dict,
-                         max_tokens: int, temperature: float = 0.0) -> list[ChatReply]:
+    def chat_constrained(
+        self,
+        prompts: list[str],
+        mode: StructuredMode,
+        choices: list[str],
+        schema: dict,
+        max_tokens: int,
+        temperature: float = 0.0,
+    ) -> list[ChatReply]:
         """One single-turn chat per prompt, the answer constrained as `mode` (from `structured_mode`) allows.
 
         Args:
@@ -141,15 +170,24 @@ class ChatClient:
             one reply per prompt. A request rejected (400) with its constraint is asked again without it,
             and a reply so obtained has fell_back=True: the caller parses free text and counts it.
         """
-        extra = {"choice": {"structured_outputs": {"choice": choices}},
-                 "json_schema": json_schema_format("answer", schema), "none": {}}[mode]
-        requests = [dict(messages=[{"role": "user", "content": p}], max_tokens=max_tokens, temperature=temperature,
-                         extra=extra) for p in prompts]
+        extra = {
+            "choice": {"structured_outputs": {"choice": choices}},
+            "json_schema": json_schema_format("answer", schema),
+            "none": {},
+        }[mode]
+        requests = [
+            dict(messages=[{"role": "user", "content": p}], max_tokens=max_tokens, temperature=temperature, extra=extra)
+            for p in prompts
+        ]
         replies = self.chat_many(requests)
         redo = [k for k, r in enumerate(replies) if extra and r.code == 400]
         if redo:
-            log.warning("%s rejected %d constrained requests (%s): asking again without the constraint",
-                        self.base_url, len(redo), replies[redo[0]].error)
+            log.warning(
+                "%s rejected %d constrained requests (%s): asking again without the constraint",
+                self.base_url,
+                len(redo),
+                replies[redo[0]].error,
+            )
             again = self.chat_many([{**requests[k], "extra": None} for k in redo])
             for k, r in zip(redo, again):
                 replies[k] = replace(r, fell_back=r.text is not None)
@@ -178,16 +216,24 @@ class ChatClient:
         reply = self.chat(ask, max_tokens=8, extra={"structured_outputs": {"choice": [PROBE]}}, retries=1)
         if reply.text is not None and reply.text.strip() == PROBE:
             return "choice"
-        schema = {"type": "object", "properties": {"answer": {"type": "string", "enum": [PROBE]}},
-                  "required": ["answer"], "additionalProperties": False}
+        schema = {
+            "type": "object",
+            "properties": {"answer": {"type": "string", "enum": [PROBE]}},
+            "required": ["answer"],
+            "additionalProperties": False,
+        }
         reply = self.chat(ask, max_tokens=32, extra=json_schema_format("probe", schema), retries=1)
         try:
             if json.loads(reply.text or "") == {"answer": PROBE}:
                 return "json_schema"
         except ValueError:
             pass
-        log.warning("%s honours neither structured_outputs nor a response_format JSON schema (%s): judge "
-                    "answers will be parsed from free text", self.base_url, reply.error or reply.text)
+        log.warning(
+            "%s honours neither structured_outputs nor a response_format JSON schema (%s): judge "
+            "answers will be parsed from free text",
+            self.base_url,
+            reply.error or reply.text,
+        )
         return "none"
 
     def close(self) -> None:
@@ -204,8 +250,10 @@ class ChatClient:
 
     def _describe(self, problem: str) -> str:
         key_state = "set" if self._key() else "unset"
-        return (f"the OpenAI-compatible server at {self.base_url} (model {self.model!r}) {problem} "
-                f"[API key from ${self.api_key_env}: {key_state}]")
+        return (
+            f"the OpenAI-compatible server at {self.base_url} (model {self.model!r}) {problem} "
+            f"[API key from ${self.api_key_env}: {key_state}]"
+        )
 
 
 def json_schema_format(name: str, schema: dict) -> dict:

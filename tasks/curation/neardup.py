@@ -9,6 +9,7 @@ tokenising plus vectorised work.
     ...                  "Name a prime number above 10."], threshold=0.7)
     [False, True, False]
 """
+
 from __future__ import annotations
 
 import re
@@ -16,7 +17,7 @@ import zlib
 
 import numpy as np
 
-from tasks.perf import gc_paused
+from tasks.curation.perf import gc_paused
 
 _TOKEN = re.compile(r"\w+")
 _PRIME = np.uint64((1 << 61) - 1)
@@ -59,8 +60,14 @@ def band_keys(sigs: np.ndarray, bands: int) -> np.ndarray:
     return (sigs.reshape(n, bands, rows).astype(np.uint64) * mult).sum(axis=2, dtype=np.uint64)
 
 
-def near_duplicates(texts: list[str], reference: list[str] | None = None, threshold: float = 0.8,
-                    num_perm: int = 64, bands: int = 16, n: int = 3) -> list[bool]:
+def near_duplicates(
+    texts: list[str],
+    reference: list[str] | None = None,
+    threshold: float = 0.8,
+    num_perm: int = 64,
+    bands: int = 16,
+    n: int = 3,
+) -> list[bool]:
     """For each text: is it a near-duplicate of an earlier text in `texts`, or of any `reference` text?
 
     Candidates share at least one LSH band (num_perm / bands signature values each); a candidate
@@ -73,8 +80,9 @@ def near_duplicates(texts: list[str], reference: list[str] | None = None, thresh
         return _near_duplicates(texts, reference or [], threshold, num_perm, bands, n)
 
 
-def _near_duplicates(texts: list[str], reference: list[str], threshold: float, num_perm: int, bands: int,
-                     n: int) -> list[bool]:
+def _near_duplicates(
+    texts: list[str], reference: list[str], threshold: float, num_perm: int, bands: int, n: int
+) -> list[bool]:
     sigs = minhash(reference + texts, num_perm, n)
     total = len(sigs)
     keys = band_keys(sigs, bands)
@@ -89,8 +97,9 @@ def _near_duplicates(texts: list[str], reference: list[str], threshold: float, n
     for row in sorted(groups_of):
         groups = groups_of[row]
         j = row - len(reference)
-        if j >= 0 and any(float(np.mean(sigs[k] == sigs[row])) >= threshold
-                          for g in groups for k in kept_in.get(g, ())):
+        if j >= 0 and any(
+            float(np.mean(sigs[k] == sigs[row])) >= threshold for g in groups for k in kept_in.get(g, ())
+        ):
             dup[j] = True
             continue  # a dropped text does not make later ones duplicates of itself
         for g in groups:

@@ -1,19 +1,21 @@
-"""The file formats a prompt source can come in, read as streams of (line, record) for tasks.sources.
+"""The file formats a prompt source can come in, read as streams of (line, record) for tasks.curation.sources.
 
 JSONL (line by line, strict UTF-8 per line), CSV (bad bytes kept visible), Parquet and `datasets` data
 (Arrow batches of the needed columns only). A row that cannot be read becomes a `Bad` with its reason;
 a problem with the whole file is a one-line `SourceError`.
 """
+
 from __future__ import annotations
 
 import codecs
 import csv
 import json
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from pyarrow import ArrowException
 
@@ -59,8 +61,9 @@ def check_file(where: Where, fmt: str) -> tuple[Path, str]:
         saved = any((path / f).exists() for f in ("state.json", "dataset_dict.json"))
         if fmt in ("auto", "hf_disk") and saved and where.key.startswith("curation"):
             return path, "hf_disk"
-        raise where.error(f"not a file: {where.path}",
-                          f"fix {where.key}.path (a directory must come from save_to_disk)")
+        raise where.error(
+            f"not a file: {where.path}", f"fix {where.key}.path (a directory must come from save_to_disk)"
+        )
     if fmt == "auto":
         fmt = EXTENSIONS.get(path.suffix.lower(), "")
         if not fmt:
@@ -71,8 +74,9 @@ def check_file(where: Where, fmt: str) -> tuple[Path, str]:
     return path, fmt
 
 
-def open_file(where: Where, path: Path, fmt: str, needed: list[str], limit: int | None
-               ) -> tuple[list[str] | None, Records]:
+def open_file(
+    where: Where, path: Path, fmt: str, needed: list[str], limit: int | None
+) -> tuple[list[str] | None, Records]:
     if fmt == "jsonl":
         return None, _jsonl_records(path)
     if fmt == "csv":
@@ -84,8 +88,9 @@ def open_file(where: Where, path: Path, fmt: str, needed: list[str], limit: int 
     try:
         pf = pq.ParquetFile(path)
     except ArrowException as e:
-        raise where.error(f"not a readable Parquet file: {where.path}: {first_line(e)}",
-                          f"check the file, or fix {where.key}.path") from e
+        raise where.error(
+            f"not a readable Parquet file: {where.path}: {first_line(e)}", f"check the file, or fix {where.key}.path"
+        ) from e
     columns = list(pf.schema_arrow.names)
     wanted = [c for c in needed if c in columns]  # read only the configured columns
     batches = pf.iter_batches(batch_size=min(_BATCH, limit or _BATCH), columns=wanted)
@@ -101,8 +106,14 @@ def _jsonl_records(path: Path) -> Records:
             try:
                 text = line.decode("utf-8")
             except UnicodeDecodeError as e:
-                yield lineno, Bad("undecodable", f"not valid UTF-8 ({e.reason} at byte {e.start})",
-                                   line.decode("utf-8", "backslashreplace").rstrip("\r\n"))
+                yield (
+                    lineno,
+                    Bad(
+                        "undecodable",
+                        f"not valid UTF-8 ({e.reason} at byte {e.start})",
+                        line.decode("utf-8", "backslashreplace").rstrip("\r\n"),
+                    ),
+                )
                 continue
             try:
                 rec = json.loads(text)
@@ -114,8 +125,10 @@ def _jsonl_records(path: Path) -> Records:
                 yield lineno, Bad("not_an_object", f"{_a(rec)}, not an object", text.rstrip("\r\n"))
             elif (b"\\ud" in line or b"\\uD" in line) and not _encodable(rec):
                 # A "\ud800" escape alone parses into a string that no UTF-8 writer (Parquet) accepts later.
-                yield lineno, Bad("undecodable", "not valid Unicode (a \\u escape of a lone surrogate)",
-                                   text.rstrip("\r\n"))
+                yield (
+                    lineno,
+                    Bad("undecodable", "not valid Unicode (a \\u escape of a lone surrogate)", text.rstrip("\r\n")),
+                )
             else:
                 yield lineno, rec
 
@@ -165,8 +178,10 @@ def load_saved(where: Where, path: Path) -> Any:
     ds = load_from_disk(str(path))
     if isinstance(ds, DatasetDict):
         if "train" not in ds:
-            raise where.error(f"{where.path} is a DatasetDict without a 'train' split (splits: {', '.join(ds)})",
-                              "save the split to use with save_to_disk on its own")
+            raise where.error(
+                f"{where.path} is a DatasetDict without a 'train' split (splits: {', '.join(ds)})",
+                "save the split to use with save_to_disk on its own",
+            )
         ds = ds["train"]
     return ds
 
@@ -175,12 +190,14 @@ def load_dataset(where: Where, spec: LoadDatasetSpec) -> Any:
     import datasets
 
     try:
-        return datasets.load_dataset(spec.path, spec.name, split=spec.split, data_files=spec.data_files,
-                                     revision=spec.revision)
+        return datasets.load_dataset(
+            spec.path, spec.name, split=spec.split, data_files=spec.data_files, revision=spec.revision
+        )
     except Exception as e:  # not found, no network, bad split...: all mean "this spec cannot be read here"
-        raise where.error(f"cannot load {where.path}: {type(e).__name__}: {first_line(e)}",
-                          f"check {where.key}.dataset, or download the data and set {where.key}.path to a "
-                          "local file") from e
+        raise where.error(
+            f"cannot load {where.path}: {type(e).__name__}: {first_line(e)}",
+            f"check {where.key}.dataset, or download the data and set {where.key}.path to a local file",
+        ) from e
 
 
 @contextmanager
@@ -189,8 +206,9 @@ def reading(where: Where) -> Iterator[None]:
     try:
         yield
     except (OSError, csv.Error, ArrowException) as e:
-        raise where.error(f"cannot read {where.path}: {type(e).__name__}: {first_line(e)}",
-                          f"check the file, or fix {where.key}.path") from e
+        raise where.error(
+            f"cannot read {where.path}: {type(e).__name__}: {first_line(e)}", f"check the file, or fix {where.key}.path"
+        ) from e
 
 
 def _clean_text(value: Any) -> bool:
@@ -212,10 +230,18 @@ def _encodable(rec: dict) -> bool:
     return True
 
 
-def _a(value: Any) -> str:  # shared with tasks.sources
+def _a(value: Any) -> str:  # shared with tasks.curation.sources
     """'an int', 'a list', 'an object', ...: a value's type in a detail line."""
-    names = {str: "a string", bool: "a bool", int: "an int", float: "a float", list: "a list", dict: "an object",
-             type(None): "null", Decimal: "a number"}
+    names = {
+        str: "a string",
+        bool: "a bool",
+        int: "an int",
+        float: "a float",
+        list: "a list",
+        dict: "an object",
+        type(None): "null",
+        Decimal: "a number",
+    }
     return names.get(type(value)) or f"a {type(value).__name__}"
 
 

@@ -3,12 +3,13 @@
 Each returns a plain callable so curation stays a pure function of its inputs: the curate task builds
 them from the config (and the base model's tokenizer), tests pass hand-made ones.
 
-Try one:  python -c "from tasks.filters import detect_languages; print(detect_languages(['Wie spät ist es?']))"
+Try one:  python -c "from tasks.curation.filters import detect_languages; print(detect_languages(['Wie spät ist es?']))"
 """
+
 from __future__ import annotations
 
 import re
-from typing import Callable
+from collections.abc import Callable
 
 TokenCounter = Callable[[list[str]], list[int]]
 
@@ -36,7 +37,7 @@ def token_counter(model_dir: str) -> TokenCounter:
     def count(texts: list[str]) -> list[int]:
         out: list[int] = []
         for i in range(0, len(texts), 4096):  # bounded memory for the id lists of a million prompts
-            ids = tokenizer(texts[i:i + 4096], add_special_tokens=False)["input_ids"]
+            ids = tokenizer(texts[i : i + 4096], add_special_tokens=False)["input_ids"]
             out.extend(len(x) for x in ids)
         return out
 

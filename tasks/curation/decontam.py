@@ -27,14 +27,15 @@ runs it anyway, adds about 1 µs per row; pass `normalized=True` then, so NFC is
     >>> index.match("What is the capital of France?") is None
     True
 """
+
 from __future__ import annotations
 
 import re
 import unicodedata
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import chain
-from typing import Callable, Iterator
 
 import numpy as np
 
@@ -117,6 +118,7 @@ def word_ngrams(toks: list[str], n: int) -> set[tuple[str, ...]]:
 
 
 # ---- vectorised prefilter ---------------------------------------------------------------------------------
+
 
 def _codes(stream: str) -> tuple[bytes, np.ndarray]:
     """One byte per character (ASCII as is, others folded into 128..255) and its class (_SPACE/_WORD/_PUNCT)."""
@@ -219,6 +221,7 @@ def _joined(texts: list[str], normalized: bool) -> str:
 
 # ---- the index ----------------------------------------------------------------------------------------------
 
+
 class DecontamIndex:
     """N-gram index of named eval sets: `match` finds the eval item a text overlaps most, if enough.
 
@@ -271,7 +274,7 @@ class DecontamIndex:
             is_sep = np.zeros(len(h) + 1, dtype=np.int64)
             is_sep[sep + 1] = 1
             seps_before = np.cumsum(is_sep)  # windows holding a _SEP straddle two items: not eval grams
-            inside = seps_before[length: length + len(g)] == seps_before[: len(g)]
+            inside = seps_before[length : length + len(g)] == seps_before[: len(g)]
             keys = _mix(g[inside])
             bloom = _Bloom(keys) if len(keys) else None
         return bloom, short
@@ -313,7 +316,7 @@ class DecontamIndex:
         if self.empty:
             return out
         for lo in range(0, len(texts), _BATCH):
-            batch = texts[lo: lo + _BATCH]
+            batch = texts[lo : lo + _BATCH]
             for i in self._candidates(batch, normalized).tolist():
                 out[lo + i] = self.match(batch[i], normalized)
         return out
@@ -336,8 +339,10 @@ class DecontamIndex:
 
 # ---- training data --------------------------------------------------------------------------------------------
 
-def decontaminate_rows(rows: list[dict], texts_of: Callable[[dict], list[str]], index: DecontamIndex,
-                       max_examples: int = 5) -> tuple[list[dict], dict]:
+
+def decontaminate_rows(
+    rows: list[dict], texts_of: Callable[[dict], list[str]], index: DecontamIndex, max_examples: int = 5
+) -> tuple[list[dict], dict]:
     """Drop the rows any of whose texts matches an eval item.
 
     Args:
@@ -369,9 +374,21 @@ def decontaminate_rows(rows: list[dict], texts_of: Callable[[dict], list[str]], 
         source = str(rows[i].get("source", "unknown"))
         per_source[m.eval_set][source] = per_source[m.eval_set].get(source, 0) + 1
         if len(examples) < max_examples:
-            examples.append({"eval_set": m.eval_set, "eval_index": m.eval_index, "overlap": round(m.overlap, 4),
-                             "text": text[:_EXAMPLE_CHARS]})
+            examples.append(
+                {
+                    "eval_set": m.eval_set,
+                    "eval_index": m.eval_index,
+                    "overlap": round(m.overlap, 4),
+                    "text": text[:_EXAMPLE_CHARS],
+                }
+            )
     kept = [row for i, row in enumerate(rows) if i not in best]
-    report = {"rows_in": len(rows), "rows_out": len(kept), "removed": len(best), "per_eval_set": per_set,
-              "per_eval_set_source": per_source, "examples": examples}
+    report = {
+        "rows_in": len(rows),
+        "rows_out": len(kept),
+        "removed": len(best),
+        "per_eval_set": per_set,
+        "per_eval_set_source": per_source,
+        "examples": examples,
+    }
     return kept, report

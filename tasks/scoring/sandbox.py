@@ -21,6 +21,7 @@ code (run the scorer in a container for that).
 
 Run the tests:  python -m pytest tests/test_sandbox.py
 """
+
 from __future__ import annotations
 
 import json
@@ -93,16 +94,33 @@ def run_python_tests(code: str, tests: str, *, timeout_s: float = 5.0, memory_mb
     start = time.monotonic()
     nonce = secrets.token_hex(16)
     read_fd, write_fd = os.pipe()
-    payload = json.dumps({"nonce": nonce, "result_fd": write_fd, "code": code, "tests": tests,
-                          "timeout_s": timeout_s, "memory_mb": memory_mb}).encode()
+    payload = json.dumps(
+        {
+            "nonce": nonce,
+            "result_fd": write_fd,
+            "code": code,
+            "tests": tests,
+            "timeout_s": timeout_s,
+            "memory_mb": memory_mb,
+        }
+    ).encode()
     try:
-        with tempfile.TemporaryDirectory(prefix="flywheel-sandbox-") as workdir, \
-                tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        with (
+            tempfile.TemporaryDirectory(prefix="flywheel-sandbox-") as workdir,
+            tempfile.TemporaryFile() as out,
+            tempfile.TemporaryFile() as err,
+        ):
             workdir = os.path.realpath(workdir)
             env = {"PATH": "/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8"}
             proc = subprocess.Popen(
-                [sys.executable, "-I", "-B", os.path.abspath(__file__)], cwd=workdir, env=env,
-                stdin=subprocess.PIPE, stdout=out, stderr=err, pass_fds=(write_fd,), start_new_session=True,
+                [sys.executable, "-I", "-B", os.path.abspath(__file__)],
+                cwd=workdir,
+                env=env,
+                stdin=subprocess.PIPE,
+                stdout=out,
+                stderr=err,
+                pass_fds=(write_fd,),
+                start_new_session=True,
             )
             os.close(write_fd)
             write_fd = -1
@@ -186,11 +204,30 @@ def _detail(summary: str, stderr: str, stdout: str) -> str:
 
 # audit event -> indices of its path arguments (checked for writes outside the sandbox), or None: always refused
 _REFUSED_EVENTS: dict[str, tuple[int, ...] | None] = {
-    "socket.__new__": None, "socket.connect": None, "socket.bind": None, "socket.getaddrinfo": None,
-    "socket.sendto": None, "subprocess.Popen": None, "os.system": None, "os.exec": None, "os.posix_spawn": None,
-    "os.spawn": None, "os.fork": None, "os.forkpty": None, "pty.spawn": None, "ctypes.dlopen": None,
-    "os.remove": (0,), "os.rmdir": (0,), "os.mkdir": (0,), "os.rename": (0, 1), "os.link": (0, 1),
-    "os.symlink": (1,), "os.chmod": (0,), "os.chown": (0,), "os.truncate": (0,), "os.utime": (0,),
+    "socket.__new__": None,
+    "socket.connect": None,
+    "socket.bind": None,
+    "socket.getaddrinfo": None,
+    "socket.sendto": None,
+    "subprocess.Popen": None,
+    "os.system": None,
+    "os.exec": None,
+    "os.posix_spawn": None,
+    "os.spawn": None,
+    "os.fork": None,
+    "os.forkpty": None,
+    "pty.spawn": None,
+    "ctypes.dlopen": None,
+    "os.remove": (0,),
+    "os.rmdir": (0,),
+    "os.mkdir": (0,),
+    "os.rename": (0, 1),
+    "os.link": (0, 1),
+    "os.symlink": (1,),
+    "os.chmod": (0,),
+    "os.chown": (0,),
+    "os.truncate": (0,),
+    "os.utime": (0,),
     "shutil.rmtree": (0,),
 }
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
@@ -217,9 +254,12 @@ def _child_main() -> None:
         except OSError:
             pass
 
-    for limit, value in ((resource.RLIMIT_AS, job["memory_mb"] * 1024 * 1024),
-                         (resource.RLIMIT_CPU, math.ceil(job["timeout_s"]) + 1),
-                         (resource.RLIMIT_FSIZE, _MAX_FILE_BYTES), (resource.RLIMIT_CORE, 0)):
+    for limit, value in (
+        (resource.RLIMIT_AS, job["memory_mb"] * 1024 * 1024),
+        (resource.RLIMIT_CPU, math.ceil(job["timeout_s"]) + 1),
+        (resource.RLIMIT_FSIZE, _MAX_FILE_BYTES),
+        (resource.RLIMIT_CORE, 0),
+    ):
         _, hard = resource.getrlimit(limit)
         value = value if hard == resource.RLIM_INFINITY else min(value, hard)
         # hard too, so the code cannot raise it back; the CPU hard limit is one second later because at
@@ -301,8 +341,11 @@ def _isolate_network() -> None:
         if libc.unshare(clone_newuser | clone_newnet) != 0:
             return
         # map our own ids, or creating files would fail with EOVERFLOW inside the new user namespace
-        for path, text in (("/proc/self/setgroups", "deny"), ("/proc/self/uid_map", f"{uid} {uid} 1"),
-                           ("/proc/self/gid_map", f"{gid} {gid} 1")):
+        for path, text in (
+            ("/proc/self/setgroups", "deny"),
+            ("/proc/self/uid_map", f"{uid} {uid} 1"),
+            ("/proc/self/gid_map", f"{gid} {gid} 1"),
+        ):
             with open(path, "w") as f:
                 f.write(text)
     except (OSError, AttributeError):

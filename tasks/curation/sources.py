@@ -9,6 +9,7 @@ Eval sets are small and curated, so any bad row in one is a `SourceError`.
 Try it on a config:  python -m tasks.curate configs/demo.yaml   (reads every source and eval set)
 Tests:  python -m pytest tests/test_sources.py -q
 """
+
 from __future__ import annotations
 
 import json
@@ -23,15 +24,39 @@ from urllib.parse import urlencode
 
 from configs.schema import EvalSetConfig, SourceConfig
 from storage.ids import sha256_bytes, sha256_dir, sha256_file, stable_json
-from tasks.perf import gc_paused
-from tasks.source_files import (Bad, Records, SourceError, Where, _a, check_file, dataset_records, load_dataset,
-                                open_file, reading)
+from tasks.curation.perf import gc_paused
+from tasks.curation.source_files import (
+    Bad,
+    Records,
+    SourceError,
+    Where,
+    _a,
+    check_file,
+    dataset_records,
+    load_dataset,
+    open_file,
+    reading,
+)
 
-__all__ = ["QUARANTINE_REASONS", "SourceError", "SourceRows", "read_eval_set", "read_source", "source_fingerprint",
-           "source_uri"]
+__all__ = [
+    "QUARANTINE_REASONS",
+    "SourceError",
+    "SourceRows",
+    "read_eval_set",
+    "read_source",
+    "source_fingerprint",
+    "source_uri",
+]
 
-QUARANTINE_REASONS = ("undecodable", "invalid_json", "not_an_object", "missing_field", "wrong_type", "empty",
-                      "over_length")
+QUARANTINE_REASONS = (
+    "undecodable",
+    "invalid_json",
+    "not_an_object",
+    "missing_field",
+    "wrong_type",
+    "empty",
+    "over_length",
+)
 _RAW_CHARS = 1000  # a quarantined row keeps this much of its raw text: enough to see what is wrong
 
 
@@ -63,7 +88,7 @@ def read_source(cfg: SourceConfig, max_row_chars: int | None = None) -> SourceRo
     where = _source_where(cfg)
     main = cfg.messages_field or cfg.prompt_field
     needed = list(dict.fromkeys([main, *([cfg.answer_field] if cfg.answer_field else []), *cfg.keep_fields]))
-    with reading(where), gc_paused():  # millions of row dicts that all stay alive: see tasks.perf
+    with reading(where), gc_paused():  # millions of row dicts that all stay alive: see tasks.curation.perf
         columns, records = _open_source(where, cfg, needed)
         if columns is not None:  # the schema is known up front: check the fields before reading a row
             _check_fields(where, cfg, columns)
@@ -98,7 +123,9 @@ def read_source(cfg: SourceConfig, max_row_chars: int | None = None) -> SourceRo
         first = quarantined[0]
         raise where.error(
             f"all {len(quarantined)} rows of {where.path} are malformed ({summary}; first: {first['location']}: "
-            f"{first['detail']})", f"fix the file, or the field settings in {where.key}")
+            f"{first['detail']})",
+            f"fix the file, or the field settings in {where.key}",
+        )
     return SourceRows(rows, quarantined)
 
 
@@ -116,8 +143,11 @@ def read_eval_set(cfg: EvalSetConfig) -> list[dict]:
     for i, (line, rec) in enumerate(records):
         if rec.__class__ is Bad:
             loc = _location(line, i)
-            what = (f"invalid JSON on {loc} of {cfg.path}: {rec.detail}" if rec.reason == "invalid_json"
-                    else f"{loc} of {cfg.path} is {rec.detail}")
+            what = (
+                f"invalid JSON on {loc} of {cfg.path}: {rec.detail}"
+                if rec.reason == "invalid_json"
+                else f"{loc} of {cfg.path} is {rec.detail}"
+            )
             raise where.error(what, "fix the file: one JSON object per line" if fmt == "jsonl" else "fix the file")
     if not records:
         raise where.error(f"{cfg.path} has no rows", f"fill it, or fix {where.key}.path")
@@ -131,11 +161,17 @@ def read_eval_set(cfg: EvalSetConfig) -> list[dict]:
         prompt = rec.get(cfg.prompt_field)
         answer = _answer_str(rec.get(cfg.answer_field)) if cfg.answer_field else None
         if not (isinstance(prompt, str) and prompt.strip()):
-            raise where.error(f"{_location(line, i)} of {cfg.path}: field {cfg.prompt_field!r} must be a non-empty "
-                              f"string, got {_short(prompt)}", "fix the file")
+            raise where.error(
+                f"{_location(line, i)} of {cfg.path}: field {cfg.prompt_field!r} must be a non-empty "
+                f"string, got {_short(prompt)}",
+                "fix the file",
+            )
         if cfg.answer_field and (answer is None or not answer.strip()):
-            raise where.error(f"{_location(line, i)} of {cfg.path}: field {cfg.answer_field!r} must be a non-empty "
-                              f"string or a number, got {_short(rec.get(cfg.answer_field))}", "fix the file")
+            raise where.error(
+                f"{_location(line, i)} of {cfg.path}: field {cfg.answer_field!r} must be a non-empty "
+                f"string or a number, got {_short(rec.get(cfg.answer_field))}",
+                "fix the file",
+            )
         rows.append({"prompt": prompt, "answer": answer})
     return rows
 
@@ -167,6 +203,7 @@ def source_uri(cfg: SourceConfig) -> str:
 
 # ---- one row --------------------------------------------------------------------------------------------
 
+
 def _to_row(rec: dict, cfg: SourceConfig, max_chars: int | None, i: int) -> dict | Bad:
     """A good row dict, or the first problem of the record. The common path has no exception and no regex."""
     system = None
@@ -192,8 +229,13 @@ def _to_row(rec: dict, cfg: SourceConfig, max_chars: int | None, i: int) -> dict
                 return Bad("missing_field", f"field {cfg.answer_field!r} is NaN")
             shown = f"{_a(value)} ({value!r})" if isinstance(value, float) else _a(value)
             return _field_problem(rec, cfg.answer_field, f"{shown}, expected a string or a finite number")
-    return {"prompt": prompt, "system": system, "answer": answer,
-            "provenance": {f: rec.get(f) for f in cfg.keep_fields}, "source_row": i}
+    return {
+        "prompt": prompt,
+        "system": system,
+        "answer": answer,
+        "provenance": {f: rec.get(f) for f in cfg.keep_fields},
+        "source_row": i,
+    }
 
 
 def _from_messages(rec: dict, field: str) -> tuple[str, str | None] | Bad:
@@ -242,8 +284,13 @@ def _answer_str(value: Any) -> str | None:
 
 def _quarantine(source: str, line: int | None, i: int, bad: Bad, rec: dict | None) -> dict:
     raw = bad.raw if bad.raw is not None else json.dumps(rec, ensure_ascii=False, default=str)
-    return {"source": source, "location": _location(line, i), "reason": bad.reason, "detail": bad.detail,
-            "raw": raw[:_RAW_CHARS]}
+    return {
+        "source": source,
+        "location": _location(line, i),
+        "reason": bad.reason,
+        "detail": bad.detail,
+        "raw": raw[:_RAW_CHARS],
+    }
 
 
 def _location(line: int | None, i: int) -> str:
@@ -251,6 +298,7 @@ def _location(line: int | None, i: int) -> str:
 
 
 # ---- opening a source -----------------------------------------------------------------------------------
+
 
 def _source_where(cfg: SourceConfig) -> Where:
     return Where(f"source {cfg.name!r}", "curation.sources[]", cfg.path if cfg.dataset is None else source_uri(cfg))
@@ -266,6 +314,7 @@ def _open_source(where: Where, cfg: SourceConfig, needed: list[str]) -> tuple[li
 
 # ---- fields and messages --------------------------------------------------------------------------------
 
+
 def _check_fields(where: Where, cfg: SourceConfig, columns: list[str]) -> None:
     if cfg.messages_field:
         _require_field(where, columns, cfg.messages_field, "messages_field")
@@ -275,8 +324,10 @@ def _check_fields(where: Where, cfg: SourceConfig, columns: list[str]) -> None:
         _require_field(where, columns, cfg.answer_field, "answer_field")
     missing = [f for f in cfg.keep_fields if f not in columns]
     if missing:
-        raise where.error(f"keep_fields {missing} not in {where.path}, which has columns: {_names(columns)}",
-                          f"fix {where.key}.keep_fields")
+        raise where.error(
+            f"keep_fields {missing} not in {where.path}, which has columns: {_names(columns)}",
+            f"fix {where.key}.keep_fields",
+        )
 
 
 def _require_field(where: Where, columns: list[str], field: str, key: str) -> None:

@@ -1,9 +1,10 @@
 """Speed helpers for the stages that touch every row of a million-row round."""
+
 from __future__ import annotations
 
 import gc
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 
 @contextmanager

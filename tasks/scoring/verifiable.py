@@ -3,13 +3,14 @@
 Each scorer reads the completion and what the prompt's data declares (reference answer, constraints,
 tests) and returns one ScoreResult per row; a row it cannot check gets a status saying why.
 """
+
 from __future__ import annotations
 
 import json
 from concurrent.futures import ThreadPoolExecutor
 
-from tasks.scorers import ScoreResult
-from tasks.verifiers import extract_answer, math_equal
+from tasks.scoring import ScoreResult
+from tasks.scoring.verifiers import extract_answer, math_equal
 
 
 def _provenance(row: dict) -> dict:
@@ -24,7 +25,7 @@ def _provenance(row: dict) -> dict:
 
 
 class MathAnswerScorer:
-    """1.0 when the completion's final answer equals the reference (tasks.verifiers.math_equal), else 0.0.
+    """1.0 when the completion's final answer equals the reference (tasks.scoring.verifiers.math_equal), else 0.0.
 
     >>> from configs.scoring import MathScorerConfig
     >>> rows = [{"completion": "so it is 45", "answer": "45"}, {"completion": "no idea", "answer": "45"}]
@@ -53,7 +54,7 @@ class MathAnswerScorer:
 
 
 class IFEvalScorer:
-    """Fraction (or all) of the prompt's declared constraints that the completion meets (tasks.ifeval)."""
+    """Fraction (or all) of the prompt's declared constraints that the completion meets (tasks.scoring.ifeval)."""
 
     version = "1"
 
@@ -61,7 +62,7 @@ class IFEvalScorer:
         self.id, self.field, self.mode = cfg.id, cfg.constraints_field, cfg.value
 
     def __call__(self, rows: list[dict]) -> list[ScoreResult]:
-        from tasks.ifeval import check_constraints
+        from tasks.scoring.ifeval import check_constraints
 
         out = []
         for row in rows:
@@ -79,7 +80,7 @@ class IFEvalScorer:
 
 
 class CodeScorer:
-    """1.0 when the completion's Python code passes the prompt's tests in the sandbox (tasks.sandbox)."""
+    """1.0 when the completion's Python code passes the prompt's tests in the sandbox (tasks.scoring.sandbox)."""
 
     version = "1"
 
@@ -87,7 +88,7 @@ class CodeScorer:
         self.id, self.cfg = cfg.id, cfg
 
     def _one(self, row: dict) -> ScoreResult:
-        from tasks.sandbox import extract_code, run_python_tests
+        from tasks.scoring.sandbox import extract_code, run_python_tests
 
         tests = _provenance(row).get(self.cfg.tests_field)
         if not isinstance(tests, str) or not tests.strip():

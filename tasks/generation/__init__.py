@@ -4,6 +4,7 @@ Engines are expensive to start (vLLM: 17-30 s on CPU), so one engine per process
 across stages and rounds; switching to another checkpoint of the same architecture reloads weights in
 place instead of starting a new engine.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -66,7 +67,9 @@ def architecture_key(model_path: str) -> str:
         parts["config"] = cfg
     if tok_file.exists():
         tok = json.loads(tok_file.read_text())
-        parts["tokenizer"] = {k: tok.get(k) for k in ("model", "added_tokens", "normalizer", "pre_tokenizer", "decoder")}
+        parts["tokenizer"] = {
+            k: tok.get(k) for k in ("model", "added_tokens", "normalizer", "pre_tokenizer", "decoder")
+        }
     if tmpl_file.exists():
         parts["chat_template"] = tmpl_file.read_text()
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
@@ -94,10 +97,10 @@ def get_engine(cfg: EngineConfig, model_path: str) -> Engine:
 
 def _create(cfg: EngineConfig, model_path: str) -> Engine:
     if cfg.backend == "vllm":
-        from tasks.engines.vllm import VLLMEngine  # optional heavy dependency: import lazily
+        from tasks.generation.vllm import VLLMEngine  # optional heavy dependency: import lazily
 
         return VLLMEngine(cfg, model_path)
-    from tasks.engines.hf import HFEngine
+    from tasks.generation.hf import HFEngine
 
     return HFEngine(cfg, model_path)
 
@@ -107,6 +110,14 @@ def close_engines() -> None:
     while _ENGINES:
         _, engine = _ENGINES.popitem()
         engine.close()
+
+
+def release_accelerator() -> None:
+    """Before training in this process: on a GPU the vLLM engine holds most of the memory, so free it."""
+    import torch
+
+    if torch.cuda.is_available():
+        close_engines()
 
 
 def render_prompts(tokenizer, prompts: list[Prompt]) -> list[str]:

@@ -1,21 +1,25 @@
-"""What the curate task reads besides its config: the sources, the eval-set index, the filters that need a
-model or a library, and the prompts of earlier rounds (from the store, through the catalog).
+"""What curation reads besides its config: the sources, the eval-set index, the filters that need a model
+or a library, and the prompts of earlier rounds (their tables are found through the catalog).
 
-Kept apart from tasks/curate.py so the curation logic stays a pure function of these inputs.
+Kept apart from tasks/curation/prompts.py so the curation logic stays a pure function of these inputs.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
-from configs.schema import FlywheelConfig
+import pyarrow as pa
+
+from configs.schema import FlywheelConfig, SourceConfig
 from storage.ids import hash_obj, sha256_file
-from tasks.curate import EarlierPrompts
-from tasks.decontam import DecontamIndex
-from tasks.sources import SourceRows, read_eval_set, read_source
+from tasks.curation.decontam import DecontamIndex
+from tasks.curation.prompts import EarlierPrompts
+from tasks.curation.sources import SourceRows, read_eval_set, read_source, source_fingerprint, source_uri
+from tasks.stage import External
 
 
 def read_sources(cfg: FlywheelConfig) -> dict[str, SourceRows]:
-    """Every configured source, malformed rows set aside (see tasks.sources)."""
+    """Every configured source, malformed rows set aside (see tasks.curation.sources)."""
     return {s.name: read_source(s, cfg.curation.max_row_chars) for s in cfg.curation.sources}
 
 
@@ -29,7 +33,7 @@ def prompt_filters(cfg: FlywheelConfig) -> dict:
     """The token counter and language detector curate_prompts needs for this config (only those)."""
     from functools import partial
 
-    from tasks.filters import detect_languages, token_counter
+    from tasks.curation.filters import detect_languages, token_counter
 
     c = cfg.curation
     out: dict = {}
@@ -46,8 +50,11 @@ def earlier_prompt_tables(catalog, cfg: FlywheelConfig, round_num: int) -> list[
     With reuse_after_rounds K, a prompt drawn in round r0 is blocked while round_num - r0 < K.
     """
     k = cfg.curation.reuse_after_rounds
-    return [artifact_id for r0, artifact_id in catalog.prompt_tables_before(cfg.pipeline, round_num)
-            if reuse_blocked(r0, round_num, k)]
+    return [
+        artifact_id
+        for r0, artifact_id in catalog.prompt_tables_before(cfg.pipeline, round_num)
+        if reuse_blocked(r0, round_num, k)
+    ]
 
 
 def reuse_blocked(drawn_in: int, round_num: int, reuse_after: int | None) -> bool:
@@ -59,18 +66,29 @@ def reuse_blocked(drawn_in: int, round_num: int, reuse_after: int | None) -> boo
     return reuse_after is None or round_num - drawn_in < reuse_after
 
 
-def load_earlier_prompts(artifacts, table_ids: list[str]) -> EarlierPrompts:
-    """Text hashes and texts of the given stored prompt tables (read from the store, not from memory)."""
+def load_earlier_prompts(tables: list[pa.Table]) -> EarlierPrompts:
+    """Text hashes and texts of earlier rounds' prompt tables (columns text_hash and prompt)."""
     hashes: set[str] = set()
     texts: list[str] = []
-    for artifact_id in table_ids:
-        table = artifacts.get_table(artifact_id, columns=["text_hash", "prompt"])
+    for table in tables:
         hashes.update(table.column("text_hash").to_pylist())
         texts.extend(table.column("prompt").to_pylist())
     return EarlierPrompts(hashes, texts)
 
 
-def tokenizer_hash(model_dir: str) -> str:
-    """Hash of the tokenizer files of a model directory: the token-length filter's input."""
+def source_input(cfg: SourceConfig) -> External:
+    """A prompt source as a step input: its content hash, so an edited source is a new input, a renamed one not."""
+    path = Path(cfg.path).resolve() if cfg.path is not None else None
+    return External(source_fingerprint(cfg), "source", source_uri(cfg), cfg.format, path)
+
+
+def tokenizer_input(model_dir: str) -> External:
+    """The tokenizer files of a model directory: the input of the token-length filters."""
     files = sorted(p for p in Path(model_dir).glob("*token*") if p.is_file())
-    return hash_obj([[p.name, sha256_file(p)] for p in files])
+    return External(
+        hash_obj([[p.name, sha256_file(p)] for p in files]),
+        "tokenizer",
+        Path(model_dir).resolve().as_uri(),
+        "files",
+        Path(model_dir),
+    )

@@ -10,8 +10,9 @@ Percent: a "%" is part of the value. Without `allow_percent`, "5%" equals only "
 one side may be read either as the percentage or as the fraction, so "5%" == "5" == "0.05" (but "5" is
 still != "0.05": with no "%" anywhere there is nothing to reinterpret).
 
-Run the doctests (from the repo root):  python -m pytest --doctest-modules tasks/verifiers.py
+Run the doctests (from the repo root):  python -m pytest --doctest-modules tasks/scoring/verifiers.py
 """
+
 from __future__ import annotations
 
 import math
@@ -21,9 +22,8 @@ import threading
 from contextlib import contextmanager
 from fractions import Fraction
 from functools import lru_cache
-from typing import Union
 
-Number = Union[Fraction, float]  # Fraction when rational (exact), float only for irrational values
+Number = Fraction | float  # Fraction when rational (exact), float only for irrational values
 _Value = tuple[Number, bool]  # (number as written, whether it carried a percent sign)
 
 _SIGN = r"(?:(?<![\w)\]}])[-+\u2212])?"  # a sign only where it cannot be a binary minus ("10-3" ends in 3)
@@ -37,9 +37,7 @@ _QUANTITY_RE = re.compile(rf"{_SIGN}(?:{_LATEX}|(?:{_DIGITS})(?:/\d+(?:\.\d+)?)?
 _PLAIN_RE = re.compile(rf"[-+\u2212]?(?:{_DIGITS})(?:[eE][-+]?\d+)?(?:/(?:{_DIGITS.replace('sep', 'sep2')}))?")
 _SEPARATOR_RE = re.compile(r"(?<=\d)[,_ \u2009\u202f\u00a0](?=\d{3})")
 _FRAC_RE = re.compile(r"\\[dt]?frac\{([^{}]+)\}\{([^{}]+)\}")
-_CUE_RE = re.compile(
-    r"(?:\bthe\s+(?:final\s+)?answer\s+is|\banswer\s*:)\s*:?\s*(.+?)(?=\.\s|\.?$|\n)", re.IGNORECASE
-)
+_CUE_RE = re.compile(r"(?:\bthe\s+(?:final\s+)?answer\s+is|\banswer\s*:)\s*:?\s*(.+?)(?=\.\s|\.?$|\n)", re.IGNORECASE)
 _GSM8K_RE = re.compile(r"####\s*([^\n]+)")
 _UNWRAP_RE = re.compile(r"\\(?:text|textbf|mathrm|mbox|operatorname)\s*\{([^{}]*)\}")
 _DROP_RE = re.compile(r"\\[()\[\]]|\\[!,;: ]|\\left|\\right|\\displaystyle|\^\s*\{?\\circ\}?|°|\\\$|\$")
@@ -142,8 +140,9 @@ def math_answer_reward(completions: list[str], answer: list[str], **kwargs) -> l
     [1.0, 0.0]
     """
     allow_percent = bool(kwargs.get("allow_percent", False))
-    return [1.0 if math_equal(c, a, allow_percent=allow_percent) else 0.0
-            for c, a in zip(completions, answer, strict=True)]
+    return [
+        1.0 if math_equal(c, a, allow_percent=allow_percent) else 0.0 for c, a in zip(completions, answer, strict=True)
+    ]
 
 
 def _values_match(got: _Value, want: _Value, allow_percent: bool) -> bool:
@@ -231,8 +230,13 @@ def _parse_symbolic(s: str) -> Number | None:
     import sympy  # deferred: plain numbers never pay for importing sympy
     from sympy.parsing.sympy_parser import auto_number, parse_expr, rationalize
 
-    names = {"Integer": sympy.Integer, "Float": sympy.Float, "Rational": sympy.Rational,
-             "sqrt": sympy.sqrt, "pi": sympy.pi}
+    names = {
+        "Integer": sympy.Integer,
+        "Float": sympy.Float,
+        "Rational": sympy.Rational,
+        "sqrt": sympy.sqrt,
+        "pi": sympy.pi,
+    }
     try:
         with _time_limit(_SYMPY_SECONDS):
             # rationalize turns 0.05 into 1/20, so decimals inside expressions stay exact
@@ -271,8 +275,11 @@ def _to_python(s: str) -> str | None:
 
 def _powers_are_small(code: str) -> bool:
     """Every ** has a literal exponent of at most 3 digits (p/q allowed) and a base without a power of its own."""
-    exponent = re.compile(r"\s*(?:\(\s*[-+]?\s*\d{1,%d}(?:\s*/\s*\d{1,2})?\s*\)|[-+]?\d{1,%d}(?![\d.]))"
-                          r"(?!\s*\*\*)" % (_MAX_EXPONENT_DIGITS, _MAX_EXPONENT_DIGITS))  # no towers: 2**10**10
+    digits = f"{{1,{_MAX_EXPONENT_DIGITS}}}"
+    exponent = re.compile(
+        rf"\s*(?:\(\s*[-+]?\s*\d{digits}(?:\s*/\s*\d{{1,2}})?\s*\)|[-+]?\d{digits}(?![\d.]))"
+        r"(?!\s*\*\*)"
+    )  # no towers: 2**10**10
     for m in re.finditer(r"\*\*", code):
         if not exponent.match(code, m.end()):
             return False
@@ -286,7 +293,7 @@ def _powers_are_small(code: str) -> bool:
                 if depth == 0:
                     break
                 i -= 1
-            if "**" in code[max(i, 0):base_end]:
+            if "**" in code[max(i, 0) : base_end]:
                 return False
     return True
 
@@ -302,8 +309,11 @@ def _time_limit(seconds: float):
     Signals only reach the main thread, and an itimer already running belongs to someone else
     (e.g. pytest-timeout), so elsewhere this is a no-op and the length/exponent caps are the guard.
     """
-    usable = (hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
-              and signal.getitimer(signal.ITIMER_REAL)[0] == 0)
+    usable = (
+        hasattr(signal, "setitimer")
+        and threading.current_thread() is threading.main_thread()
+        and signal.getitimer(signal.ITIMER_REAL)[0] == 0
+    )
     if not usable:
         yield
         return
@@ -332,7 +342,7 @@ def _last_boxed(text: str) -> str | None:
             for j in range(i, len(text)):
                 depth += {"{": 1, "}": -1}.get(text[j], 0)
                 if depth == 0:
-                    return text[i + 1:j].strip()
+                    return text[i + 1 : j].strip()
         start = text.rfind(_BOXED, 0, start)  # unbalanced or brace-less: try an earlier one
     return None
 

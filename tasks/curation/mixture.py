@@ -3,6 +3,7 @@
 Pure functions with exact arithmetic; `tasks.curate` calls them once per round.
 Tests: python -m pytest tests/test_curate.py -q -k "draw or mixture"
 """
+
 from __future__ import annotations
 
 from fractions import Fraction

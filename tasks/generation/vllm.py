@@ -5,12 +5,13 @@ The engine runs in a child process that vLLM spawns, so a script that creates it
 tiny model instead of a 20-30 s restart); prefix caching is off because cached blocks would belong
 to the previous weights.
 """
+
 from __future__ import annotations
 
 import os
 
 from configs.schema import EngineConfig, SamplingConfig
-from tasks.engines import EngineError, Generation, Prompt, render_prompts
+from tasks.generation import EngineError, Generation, Prompt, render_prompts
 
 
 def _retie_embeddings(model) -> None:
@@ -84,7 +85,10 @@ class VLLMEngine:
         ]
         outputs = self.llm.generate(texts, sampling, use_tqdm=False)
         return [
-            [Generation(o.text, len(o.token_ids), o.finish_reason or "stop") for o in sorted(out.outputs, key=lambda o: o.index)]
+            [
+                Generation(o.text, len(o.token_ids), o.finish_reason or "stop")
+                for o in sorted(out.outputs, key=lambda o: o.index)
+            ]
             for out in outputs
         ]
 

@@ -1,11 +1,12 @@
 """Plain transformers engine: the fallback where vLLM is not installed (and a cross-check of it)."""
+
 from __future__ import annotations
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from configs.schema import EngineConfig, SamplingConfig
-from tasks.engines import Generation, Prompt, render_prompts
+from tasks.generation import Generation, Prompt, render_prompts
 
 BATCH = 64
 
@@ -22,7 +23,9 @@ class HFEngine:
 
     def load(self, model_path: str) -> None:
         dtype = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype[self.cfg.dtype]).to(self.device).eval()
+        self.model = (
+            AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype[self.cfg.dtype]).to(self.device).eval()
+        )
         self.model_path = model_path
 
     @torch.no_grad()
@@ -51,7 +54,9 @@ class HFEngine:
                 for j in range(params.n):
                     ids = new[i * params.n + j].tolist()
                     eos = self.tokenizer.eos_token_id
-                    n_tok = ids.index(eos) + 1 if eos in ids else len([t for t in ids if t != self.tokenizer.pad_token_id])
+                    n_tok = (
+                        ids.index(eos) + 1 if eos in ids else len([t for t in ids if t != self.tokenizer.pad_token_id])
+                    )
                     text = self.tokenizer.decode(ids[:n_tok], skip_special_tokens=True)
                     gens.append(Generation(text, n_tok, "stop" if eos in ids else "length"))
                 results.append(gens)

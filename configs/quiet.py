@@ -1,4 +1,5 @@
 """Offline, quiet defaults for the command line and benchmarks; anything set in the environment wins."""
+
 from __future__ import annotations
 
 import os

@@ -19,14 +19,16 @@ Types and their "value":
     placeholders         int, at least N square-bracket placeholders like [name]
     json_format, all_lowercase, all_uppercase, no_commas, title   no value needed
 
-Run the doctests (from the repo root):  python -m pytest --doctest-modules tasks/ifeval.py
+Run the doctests (from the repo root):  python -m pytest --doctest-modules tasks/scoring/ifeval.py
 """
+
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -72,8 +74,9 @@ def check_constraints(response: str, constraints: list[dict] | str) -> Constrain
             errors.append(error)
     held = sum(ok for _, ok in results)
     fraction = held / len(results) if results else (0.0 if errors else 1.0)
-    return ConstraintResult(passed=not errors and held == len(results), fraction=fraction,
-                            results=results, errors=errors)
+    return ConstraintResult(
+        passed=not errors and held == len(results), fraction=fraction, results=results, errors=errors
+    )
 
 
 def ifeval_reward(completions: list[str], constraints: list[list[dict] | str], **kwargs) -> list[float]:

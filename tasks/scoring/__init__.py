@@ -8,6 +8,7 @@ row, in order. It never raises for a bad completion: a completion it cannot scor
 A scorer may also expose `metrics() -> dict[str, float]`: reliability figures of its last call (e.g. a
 judge's parse-failure rate and position-swap agreement), recorded as `score/<scorer>/<name>` metrics.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -41,26 +42,27 @@ def build_scorer(cfg, context: dict | None = None) -> Scorer:
     """
     context = context or {}
     if cfg.kind == "math_answer":
-        from tasks.scorers.verifiable import MathAnswerScorer
+        from tasks.scoring.verifiable import MathAnswerScorer
 
         return MathAnswerScorer(cfg)
     if cfg.kind == "ifeval":
-        from tasks.scorers.verifiable import IFEvalScorer
+        from tasks.scoring.verifiable import IFEvalScorer
 
         return IFEvalScorer(cfg)
     if cfg.kind == "python_tests":
-        from tasks.scorers.verifiable import CodeScorer
+        from tasks.scoring.verifiable import CodeScorer
 
         return CodeScorer(cfg)
     if cfg.kind == "reward_model":
-        from tasks.scorers.reward_model import RewardModelScorer
+        from tasks.scoring.reward_model import RewardModelScorer
 
         if cfg.model == "trained" and not context.get("reward_model_dir"):
-            return SkippedScorer(cfg.id, "no reward model trained yet: it scores from the round after the first "
-                                 "one that trains it")
+            return SkippedScorer(
+                cfg.id, "no reward model trained yet: it scores from the round after the first one that trains it"
+            )
         return RewardModelScorer(cfg, context)
     if cfg.kind == "judge":
-        from tasks.scorers.judge import JudgeScorer
+        from tasks.scoring.judge import JudgeScorer
 
         return JudgeScorer(cfg, context)
     raise ValueError(f"unknown scorer kind {cfg.kind!r}")

@@ -7,12 +7,13 @@ vLLM engine (backend `vllm`, a local model directory) or behind any OpenAI-compa
 ones ("1".."10", "A"/"B"), so a judgement can never be unparseable; free-text answers are parsed, and an
 answer that holds no clear verdict is a `parse_error`, never a silent score.
 
-tasks/score.py builds it through tasks.scorers.build_scorer. To try a judge on a few rows by hand:
+tasks/score.py builds it through tasks.scoring.build_scorer. To try a judge on a few rows by hand:
     scorer = JudgeScorer(JudgeScorerConfig(mode="pairwise", judge={"backend": "openai", "model": NAME,
                                                                    "base_url": "http://127.0.0.1:8000/v1"}))
     results = scorer(rows); print(scorer.metrics())
-(`python -m tasks.engines.openai --base-url ... --model ... "hi"` checks an endpoint on its own.)
+(`python -m tasks.generation.openai --base-url ... --model ... "hi"` checks an endpoint on its own.)
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -20,8 +21,8 @@ import json
 import re
 
 from configs.scoring import JudgeScorerConfig
-from tasks.engines.openai import ChatReply
-from tasks.scorers import ScoreResult
+from tasks.generation.openai import ChatReply
+from tasks.scoring import ScoreResult
 
 PARSER_VERSION = 1  # bump when parse_score / parse_choice change what they accept
 
@@ -55,10 +56,18 @@ SCORES = [str(i) for i in range(1, 11)]
 LETTERS = ["A", "B"]
 # JSON schemas for servers that constrain by response_format only (e.g. OpenAI): enums, not min/max, are the
 # constraint every implementation supports.
-SCORE_SCHEMA = {"type": "object", "properties": {"score": {"type": "integer", "enum": list(range(1, 11))}},
-                "required": ["score"], "additionalProperties": False}
-CHOICE_SCHEMA = {"type": "object", "properties": {"winner": {"type": "string", "enum": LETTERS}},
-                 "required": ["winner"], "additionalProperties": False}
+SCORE_SCHEMA = {
+    "type": "object",
+    "properties": {"score": {"type": "integer", "enum": list(range(1, 11))}},
+    "required": ["score"],
+    "additionalProperties": False,
+}
+CHOICE_SCHEMA = {
+    "type": "object",
+    "properties": {"winner": {"type": "string", "enum": LETTERS}},
+    "required": ["winner"],
+    "additionalProperties": False,
+}
 
 _NUM = r"(\d+(?:\.\d+)?)"
 # Tried in order; the first pattern that matches decides (several distinct values in it: ambiguous).
@@ -94,7 +103,7 @@ def parse_score(text: str) -> float | None:
 
 
 def parse_choice(text: str) -> str | None:
-    """"A" or "B" from a pairwise judge's answer, or None when it names neither or both.
+    """ "A" or "B" from a pairwise judge's answer, or None when it names neither or both.
 
     >>> [parse_choice(t) for t in ["A", "[[B]]", "Response B is better.", '{"winner": "A"}', "A or B", "a"]]
     ['A', 'B', 'B', 'A', None, None]
@@ -114,7 +123,7 @@ def parse_choice(text: str) -> str | None:
 
 def _json_object(text: str) -> dict | None:
     try:
-        obj = json.loads(text[text.index("{"):text.rindex("}") + 1])
+        obj = json.loads(text[text.index("{") : text.rindex("}") + 1])
     except ValueError:  # no braces, or not JSON between them
         return None
     return obj if isinstance(obj, dict) else None
@@ -140,8 +149,9 @@ def _system_block(row: dict) -> str:
 
 
 def pointwise_prompt(cfg: JudgeScorerConfig, row: dict) -> str:
-    return POINTWISE_TEMPLATE.format(rubric=cfg.rubric, system=_system_block(row), prompt=row["prompt"],
-                                     response=row["completion"])
+    return POINTWISE_TEMPLATE.format(
+        rubric=cfg.rubric, system=_system_block(row), prompt=row["prompt"], response=row["completion"]
+    )
 
 
 def pairwise_prompt(cfg: JudgeScorerConfig, row: dict, a: str, b: str) -> str:
@@ -165,8 +175,9 @@ def pointwise_results(answers: list[ChatReply]) -> tuple[list[ScoreResult], dict
             results.append(ScoreResult(0.0, a.error, a.status))
             continue
         score = parse_score(a.text)
-        results.append(ScoreResult(0.0, a.text, "parse_error") if score is None
-                       else ScoreResult(score / 10, a.text, "ok"))
+        results.append(
+            ScoreResult(0.0, a.text, "parse_error") if score is None else ScoreResult(score / 10, a.text, "ok")
+        )
     ok = [r.value * 10 for r in results if r.status == "ok"]
     metrics = _call_metrics(answers, sum(r.status == "parse_error" for r in results))
     if ok:
@@ -216,12 +227,16 @@ def plan_all_pairs(rows: list[dict], max_pairs: int) -> list[tuple[int, int]]:
     by_prompt: dict[str, list[int]] = {}
     for idx, row in enumerate(rows):
         by_prompt.setdefault(row["prompt_id"], []).append(idx)
-    return [(members[a], members[b]) for members in by_prompt.values()
-            for a, b in plan_pairs([rows[m]["completion"] for m in members], max_pairs)]
+    return [
+        (members[a], members[b])
+        for members in by_prompt.values()
+        for a, b in plan_pairs([rows[m]["completion"] for m in members], max_pairs)
+    ]
 
 
-def pairwise_results(rows: list[dict], pairs: list[tuple[int, int]], answers: list[tuple[ChatReply, ChatReply]]
-                     ) -> tuple[list[ScoreResult], dict[str, float]]:
+def pairwise_results(
+    rows: list[dict], pairs: list[tuple[int, int]], answers: list[tuple[ChatReply, ChatReply]]
+) -> tuple[list[ScoreResult], dict[str, float]]:
     """Each row's win rate over the judge calls it took part in, and reliability metrics.
 
     Args:
@@ -302,7 +317,7 @@ def _short(text: str, n: int = 80) -> str:
 
 
 class JudgeScorer:
-    """Scorer protocol (tasks.scorers) around a judge model.
+    """Scorer protocol (tasks.scoring) around a judge model.
 
     Args:
         cfg: the judge's scoring entry.
@@ -324,7 +339,7 @@ class JudgeScorer:
     def connect(self):
         """Start the local engine, or check the server (one cheap request): fails before any row is judged."""
         if self._judge is None:
-            from tasks.scorers.judge_backends import LocalJudge, RemoteJudge
+            from tasks.scoring.judge_backends import LocalJudge, RemoteJudge
 
             backend = RemoteJudge if self.cfg.judge.backend == "openai" else LocalJudge
             self._judge = backend(self.cfg.judge, self._engine_cfg)
@@ -337,8 +352,11 @@ class JudgeScorer:
             results, metrics = pointwise_results(answers)
         else:
             pairs = plan_all_pairs(rows, self.cfg.max_pairs_per_prompt)
-            prompts = [pairwise_prompt(self.cfg, rows[i], rows[x]["completion"], rows[y]["completion"])
-                       for i, j in pairs for x, y in ((i, j), (j, i))]
+            prompts = [
+                pairwise_prompt(self.cfg, rows[i], rows[x]["completion"], rows[y]["completion"])
+                for i, j in pairs
+                for x, y in ((i, j), (j, i))
+            ]
             flat = judge.ask(prompts, LETTERS, CHOICE_SCHEMA)
             results, metrics = pairwise_results(rows, pairs, list(zip(flat[0::2], flat[1::2])))
         metrics["structured"] = float(judge.structured)

@@ -1,0 +1,134 @@
+"""Catalog lineage (artifact edges, row edges) and two processes writing one catalog at once."""
+
+import multiprocessing as mp
+
+from test_catalog import BASE, COMPLETIONS, MODEL, PROMPTS, SFT, SOURCE, P, _sql, art, cat, chain, chained, step  # noqa: F401
+
+from storage.artifacts import ArtifactRef
+from storage.catalog import Catalog, StepRecord
+
+# --- lineage ------------------------------------------------------------------------------------
+
+
+def test_artifact_by_id_or_unambiguous_prefix(cat):
+    cat.register_artifact(art("abc123", "prompts"), P, 1, "curate")
+    cat.register_artifact(art("abd456", "completions"), P, 1, "generate")
+    assert cat.artifact("abc123")["kind"] == "prompts"
+    assert cat.artifact("abc")["id"] == "abc123"
+    assert cat.artifact("abd4")["id"] == "abd456"
+    assert cat.artifact("ab") is None  # ambiguous
+    assert cat.artifact("zz") is None  # unknown
+    a = cat.artifact("abc")
+    assert (a["uri"], a["bytes"], a["rows"], a["format"], a["round"], a["step"]) == (
+        "file:///store/abc123",
+        100,
+        10,
+        "parquet",
+        1,
+        "curate",
+    )
+
+
+def test_register_artifact_keeps_the_first_record(cat):
+    cat.register_artifact(art("x1", "model", None), P, 0, "base-model")
+    cat.register_artifact(art("x1", "model", None), P, 3, "train")  # same content stored again later
+    assert (cat.artifact("x1")["round"], cat.artifact("x1")["step"]) == (0, "base-model")
+
+
+def test_lineage_walks_up_the_chain(chained):
+    cat = chained
+    got = [(e["src"], e["dst"], e["step"], e["depth"]) for e in cat.lineage(MODEL)]
+    assert got == [
+        (BASE, MODEL, "train", 1),
+        (SFT, MODEL, "train", 1),
+        (COMPLETIONS, SFT, "select", 2),
+        (BASE, COMPLETIONS, "generate", 3),
+        (PROMPTS, COMPLETIONS, "generate", 3),
+        (SOURCE, PROMPTS, "curate", 4),
+    ]
+    by_src = {e["src"]: e for e in cat.lineage(MODEL)}
+    assert (by_src[SOURCE]["src_kind"], by_src[SOURCE]["src_uri"]) == ("source", "file:///store/source-0")
+    assert (by_src[COMPLETIONS]["src_kind"], by_src[COMPLETIONS]["src_rows"]) == ("completions", 3)
+    assert by_src[SFT]["round"] == 1 and by_src[SFT]["pipeline"] == P
+
+
+def test_lineage_of_an_intermediate_and_a_root(chained):
+    cat = chained
+    assert [(e["src"], e["depth"]) for e in cat.lineage(COMPLETIONS)] == [(BASE, 1), (PROMPTS, 1), (SOURCE, 2)]
+    assert cat.lineage(SOURCE) == []
+    assert cat.lineage("unknown") == []
+
+
+def test_row_lineage_walks_sft_row_to_source(chained):
+    cat = chained
+    got = [
+        (r["row_id"], r["parent_id"], r["artifact_id"], r["depth"], r["kind"], r["step"]) for r in cat.row_lineage("r1")
+    ]
+    assert got == [
+        ("r1", "c2", SFT, 1, "sft", "select"),
+        ("c2", "p1", COMPLETIONS, 2, "completions", "generate"),
+        ("p1", "source-0:line3", PROMPTS, 3, "prompts", "curate"),
+    ]
+    assert [r["parent_id"] for r in cat.row_lineage("c3")] == ["p2", "source-0:line7"]
+    assert cat.row_lineage("nope") == []
+
+
+def test_row_lineage_of_a_pair_has_both_completions(cat):
+    cat.record_step(
+        step(
+            "generate",
+            {"prompts": PROMPTS},
+            {"completions": art(COMPLETIONS, "completions")},
+            row_edges=[("c1", "p1", COMPLETIONS), ("c2", "p1", COMPLETIONS)],
+        )
+    )
+    cat.record_step(
+        step(
+            "select",
+            {"completions": COMPLETIONS},
+            {"pairs": art("pairs-1", "pairs")},
+            row_edges=[("pair1", "c1", "pairs-1"), ("pair1", "c2", "pairs-1")],
+        )
+    )
+    got = sorted((r["depth"], r["row_id"], r["parent_id"]) for r in cat.row_lineage("pair1"))
+    assert got == [(1, "pair1", "c1"), (1, "pair1", "c2"), (2, "c1", "p1"), (2, "c2", "p1")]
+
+
+# --- two writers --------------------------------------------------------------------------------
+
+
+def _writer(path: str, tag: str, n: int, barrier) -> None:
+    cat = Catalog(path)
+    barrier.wait()
+    for i in range(n):
+        cat.record_step(
+            StepRecord(
+                pipeline=tag,
+                round=1,
+                step=f"step-{i:03d}",
+                identity=f"{tag}-{i}",
+                inputs={"in": f"{tag}-in-{i}"},
+                outputs={"out": ArtifactRef(f"{tag}-out-{i}", "t", "u", 1, 1, "parquet")},
+                metrics={f"m{i}": i},
+            )
+        )
+
+
+def test_two_processes_write_concurrently(tmp_path):
+    path = tmp_path / "catalog.duckdb"
+    Catalog(path)
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Barrier(2)
+    procs = [ctx.Process(target=_writer, args=(str(path), tag, 50, barrier)) for tag in ("a", "b")]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=60)
+    assert [p.exitcode for p in procs] == [0, 0]
+
+    cat = Catalog(path)
+    assert _sql(cat, "SELECT pipeline, count(*) FROM steps GROUP BY ALL ORDER BY ALL") == [("a", 50), ("b", 50)]
+    assert _sql(cat, "SELECT count(*) FROM artifacts") == [(100,)]
+    assert _sql(cat, "SELECT count(*) FROM edges") == [(100,)]
+    assert _sql(cat, "SELECT sum(value) FROM metrics") == [(2 * sum(range(50)),)]
+    assert cat.find_completed_step("b-49") == {"out": "b-out-49"}

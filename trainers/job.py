@@ -1,0 +1,29 @@
+"""What a launched training job and its parent agree on: the spec file, the data file, the result file, and
+the marker a failing process prints (trainers/launch.py starts the job, trainers/run.py is every process).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SPEC_FILE = "train_spec.json"
+DATA_FILE = "train_data.parquet"
+RESULT_FILE = "train_result.json"
+ERROR_MARKER = "flywheel-train-error: "  # trainers.run prints it before exiting non-zero: the cause, in one line
+
+
+class TrainSpec(BaseModel):
+    """What one launched training run does; written by the parent, read by every process of the job."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    stage: Literal["sft", "dpo"] = Field(description="Which trainer: trainers.sft.train_sft or trainers.dpo.train_dpo.")
+    model_dir: str = Field(description="Local directory of the model to start from.")
+    data: str = Field(description="Parquet file of the training rows (SFT `messages`, or DPO prompt/chosen/rejected).")
+    stage_config: dict[str, Any] = Field(description="The stage's config (SFTConfig or DPOConfig) as JSON.")
+    out_dir: str = Field(description="Where the checkpoint (out_dir/model) and train_result.json are written.")
+    seed: int = Field(description="Training seed.")
+    use_cpu: bool = Field(description="Train on CPU.")
+    bf16: bool = Field(description="Train in bfloat16.")
