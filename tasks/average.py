@@ -19,7 +19,7 @@ from typing import Any
 
 from configs.averaging import AveragingConfig
 from configs.schema import FlywheelConfig
-from tasks.stage import Model, StageContext, StageOutput, Step, get_logger, stage
+from tasks.stage import Model, StageContext, StageOutput, Step, stage
 
 STEP = "average"
 
@@ -80,25 +80,14 @@ def averaging_weights(cfg: AveragingConfig, n_parents: int) -> list[float]:
 def average_task(
     cfg: FlywheelConfig, round_num: int, candidate_id: str, policy_id: str, history: list[str] = ()
 ) -> Step | str:
-    """Artifact id of the round's candidate: the average, or `candidate_id` unchanged (nothing recorded) when
-    averaging is off, when weight_new is 1, or when training produced no new model (the gate says so).
-
-    `history`: the pipeline's earlier policies, newest first (policy_history), for `last_k_promoted`.
-    """
+    """The round's candidate: the average with the parents chosen from `history` (the pipeline's earlier
+    policies, newest first), or `candidate_id` unchanged and nothing recorded when averaging is off,
+    weight_new is 1, or training produced no new model (the gate says so)."""
     acfg: AveragingConfig = cfg.training.averaging
-    if not acfg.enabled or acfg.weight_new == 1:
-        return candidate_id
-    if candidate_id == policy_id:
-        get_logger().info("%s: training produced no new model; the candidate is not averaged", STEP)
+    if not acfg.enabled or acfg.weight_new == 1 or candidate_id == policy_id:
         return candidate_id
     parents = [p for p in choose_parents(acfg, policy_id, list(history)) if p != candidate_id]
     weights = averaging_weights(acfg, len(parents))
-    get_logger().info(
-        "%s: %.3g x the new model + %s",
-        STEP,
-        weights[0],
-        " + ".join(f"{w:.3g} x {p[:12]}" for p, w in zip(parents, weights[1:])),
-    )
     return Step(
         STEP,
         config=acfg,
@@ -110,6 +99,8 @@ def average_task(
 def average(ctx: StageContext, parents: list[str], weights: list[float]) -> StageOutput:
     from trainers.average import average_checkpoints  # torch: imported only when a round averages
 
+    parts = " + ".join(f"{w:.3g} x {p[:12]}" for p, w in zip(parents, weights[1:]))
+    ctx.log.info("%s: %.3g x the new model + %s", STEP, weights[0], parts)
     dirs = [ctx.model("candidate"), *(ctx.model(f"parent:{i}") for i in range(len(parents)))]
     out = average_checkpoints(list(zip(dirs, weights)), ctx.workdir / "model")
     return StageOutput(

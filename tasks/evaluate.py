@@ -100,15 +100,7 @@ def evaluate_task(
 ) -> Step:
     """Evaluate `model_id` as `role` ("policy" or "candidate"); the StepResult: metrics per eval set, and
     the per-prompt `results` table. `reward_model_id`: the trained reward model, for `reward_model: trained`."""
-    inputs = {
-        "model": model_id,
-        **{f"eval:{e.name}": External.file(e.path, "eval-set") for e in cfg.evaluation.eval_sets},
-    }
-    for i, e in enumerate(cfg.evaluation.eval_sets):
-        if e.metric == "reward" and e.reward_model != "trained" and Path(e.reward_model).expanduser().is_dir():
-            inputs[f"reward_model:{e.name}"] = External.model_dir(
-                e.reward_model, "reward-model", f"evaluation.eval_sets[{i}] ({e.name}) reward_model"
-            )
+    inputs = {"model": model_id, **eval_set_inputs(cfg.evaluation.eval_sets)}
     if reward_model_id:
         inputs["reward_model"] = reward_model_id
     config = {
@@ -124,6 +116,16 @@ def evaluate_task(
         same_work_as="evaluate",
         metric_name=lambda n: f"eval/{n}/{role}",
     )
+
+
+def eval_set_inputs(eval_sets: list[EvalSetConfig]) -> dict[str, External]:
+    """The eval-set files, and the local reward models of `reward` sets given by path."""
+    out = {f"eval:{e.name}": External.file(e.path, "eval-set") for e in eval_sets}
+    for i, e in enumerate(eval_sets):
+        if e.metric == "reward" and e.reward_model != "trained" and Path(e.reward_model).expanduser().is_dir():
+            what = f"evaluation.eval_sets[{i}] ({e.name}) reward_model"
+            out[f"reward_model:{e.name}"] = External.model_dir(e.reward_model, "reward-model", what)
+    return out
 
 
 def evaluate(ctx: StageContext, cfg: FlywheelConfig, role: str) -> StageOutput:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from configs.schema import FlywheelConfig, PromotionConfig
-from tasks.stage import Json, StageOutput, Step, get_logger, stage
+from tasks.stage import Json, StageContext, StageOutput, Step, stage
 
 
 @dataclass(frozen=True)
@@ -95,23 +95,26 @@ def gate_task(
     candidate_metrics: dict[str, float],
 ) -> Step:
     """Decide whether the candidate becomes the policy; returns the Decision."""
+    metrics = {"policy": policy_metrics, "candidate": candidate_metrics}
+    config = {"promotion": cfg.promotion.model_dump(mode="json"), **metrics}  # the decision is a function of these
+    return Step(
+        "promote",
+        config=config,
+        inputs={"policy": policy_id, "candidate": candidate_id},
+        run=lambda ctx: gate(ctx, cfg, round_num, **metrics),
+    )
+
+
+def gate(ctx: StageContext, cfg: FlywheelConfig, round_num: int, policy: dict, candidate: dict) -> StageOutput:
     metric_of = {e.name: e.metric for e in cfg.evaluation.eval_sets}
     decision = decide(
-        cfg.promotion, metric_of, cfg.gate_eval_set, policy_metrics, candidate_metrics, policy_id, candidate_id
+        cfg.promotion, metric_of, cfg.gate_eval_set, policy, candidate, ctx.id("policy"), ctx.id("candidate")
     )
-    get_logger().info("round %d: %s", round_num, decision.reason)
-    output = StageOutput(
+    ctx.log.info("round %d: %s", round_num, decision.reason)
+    return StageOutput(
         {"decision": Json(asdict(decision), "decision")},
         summary=asdict(decision),
         metrics={"promoted": float(decision.promoted)},
-    )
-    config = {
-        "promotion": cfg.promotion.model_dump(mode="json"),
-        "policy": policy_metrics,
-        "candidate": candidate_metrics,
-    }
-    return Step(
-        "promote", config=config, inputs={"policy": policy_id, "candidate": candidate_id}, run=lambda ctx: output
     )
 
 

@@ -7,11 +7,14 @@ policy). The step runs through the same mechanism as in a round (tasks/stage.py)
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from configs.schema import FlywheelConfig
+from storage.code_identity import module_name
 from tasks.stage import INPUT_ERROR_NAMES, PreflightError, Step, code_of, import_model, run_step, runtime
 
 
@@ -75,8 +78,10 @@ def run_alone(
     from tasks.generation import close_engines
 
     apply_defaults()
-    module = prefect_task.declare.__module__
-    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=(prefect_task.__doc__ or "").strip())
+    module = module_name(Path(inspect.getfile(prefect_task.declare)))  # not __main__
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {module}", description=(prefect_task.declare.__doc__ or "").strip()
+    )
     parser.add_argument("--config", required=True, help="pipeline YAML, e.g. configs/demo.yaml")
     parser.add_argument("--round", type=int, default=None, help="round number (default: the pipeline's next round)")
     parser.add_argument("--home", default=None, help="FLYWHEEL_HOME (catalog, caches, embedded store)")

@@ -29,27 +29,19 @@ PAIR_COLUMNS = ["prompt", "chosen", "rejected"]
 
 @stage("train-reward", returns="reward_model")
 def train_reward_task(cfg: FlywheelConfig, round_num: int, pairs_ids: list[str], policy_id: str) -> Step | None:
-    """Train the round's reward model on the pairs tables `pairs_ids`, from the policy or training.reward_model.base.
-
-    None when training.reward_model is disabled (no step is recorded); a step without output when the
-    tables hold no pairs (recorded as skipped).
-    """
+    """The round's reward model, trained on the pairs tables `pairs_ids` from the policy or a `base` directory;
+    None when training.reward_model is disabled (nothing recorded) or the tables hold no pairs (skipped)."""
     rm_cfg: RewardModelTrainConfig = cfg.training.reward_model
     if not rm_cfg.enabled:
         return None
-    base = (
-        policy_id
-        if rm_cfg.base == "policy"
-        else External.model_dir(rm_cfg.base, "reward-model-base", "training.reward_model.base")
-    )
+    base = policy_id
+    if rm_cfg.base != "policy":
+        base = External.model_dir(rm_cfg.base, "reward-model-base", "training.reward_model.base")
     stage_cfg = rm_cfg.model_copy(update={"seed": rm_cfg.seed + round_num})  # a different data order each round
+    config = {"reward_model": stage_cfg.model_dump(mode="json"), **cfg.training.model_dump(include={"use_cpu", "bf16"})}
     return Step(
         STEP,
-        config={
-            "reward_model": stage_cfg.model_dump(mode="json"),
-            "use_cpu": cfg.training.use_cpu,
-            "bf16": cfg.training.bf16,
-        },
+        config=config,
         inputs={"base": base, **{f"pairs{i}": p for i, p in enumerate(dict.fromkeys(pairs_ids))}},
         run=lambda ctx: train_reward(ctx, cfg, stage_cfg),
     )
