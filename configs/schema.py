@@ -103,6 +103,11 @@ class SelectionConfig(_Strict):
     sft_min_reward: float = Field(1.0, description="Best-of-N: keep a prompt's best completion only at or above this.")
     pair_min_margin: float = Field(0.5, ge=0, description="DPO pair: best minus worst reward must reach this margin.")
     pairs_per_prompt: int = Field(1, ge=0, description="DPO pairs per prompt (0: no pairs).")
+    allow_truncated: bool = Field(
+        False,
+        description="Let a completion cut off at max_tokens (finish_reason `length`) be an SFT row or a chosen "
+        "answer. Off: it can only be rejected (a verifier may pass a cut-off answer that still teaches rambling).",
+    )
     decontaminate: bool = Field(
         True,
         description="Drop SFT rows and DPO pairs whose prompt or answers overlap an eval set (same n-gram "
@@ -260,6 +265,15 @@ class FlywheelConfig(_Strict):
             raise ValueError(
                 f"scoring.scorers {trained} use `model: trained`, but training.reward_model.enabled is false: "
                 "enable it, or give the reward model's path"
+            )
+        longest = max(
+            [self.generation.sampling.max_tokens]
+            + [m.sampling.max_tokens for m in self.generation.committee if m.sampling is not None]
+        )
+        if longest >= self.generation.engine.max_model_len:
+            raise ValueError(
+                f"completions of up to {longest} tokens (generation sampling.max_tokens) leave no room for a prompt "
+                f"in generation.engine.max_model_len ({self.generation.engine.max_model_len}): raise max_model_len"
             )
         dpo = self.training.dpo
         if dpo.loss_weights is not None and len(dpo.loss_weights) != len(dpo.loss_types):

@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from configs.schema import FlywheelConfig
 from tasks.curation.inputs import (
+    context_budget,
     earlier_prompt_tables,
     eval_index,
     load_earlier_prompts,
@@ -43,11 +44,10 @@ def curate_task(cfg: FlywheelConfig, round_num: int, earlier: list[str] = ()) ->
         **{f"eval:{e.name}": External.file(e.path, "eval-set") for e in cfg.evaluation.eval_sets},
         **{f"earlier:{i}": a for i, a in enumerate(earlier)},
     }
-    if c.min_tokens is not None or c.max_tokens is not None:
-        inputs["tokenizer"] = tokenizer_input(cfg.base_model)
+    inputs["tokenizer"] = tokenizer_input(cfg.base_model)  # prompts must fit the model's context
     return Step(
         "curate",
-        config={"curation": c.model_dump(mode="json"), "round": round_num},
+        config={"curation": c.model_dump(mode="json"), "round": round_num, "context": context_budget(cfg)},
         inputs=inputs,
         run=lambda ctx: curate(ctx, cfg, round_num),
     )

