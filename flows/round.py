@@ -142,6 +142,12 @@ def write_manifest(rt: Runtime, cfg: FlywheelConfig, r: int, policy: str, candid
         }
         for name, s in rt.catalog.steps_of(cfg.pipeline, r).items()
     }
+    # Inputs no step of this round made (external files, the base model, earlier rounds' outputs), with their
+    # catalog records: a catalog rebuilt from the store registers them as the live one did.
+    made = {a for s in steps.values() for a in s["outputs"].values()}
+    read = sorted({a for s in steps.values() for a in s["inputs"].values()} - made)
+    fields = ("kind", "uri", "format", "bytes", "rows", "round", "step")
+    inputs = {a: {k: rec[k] for k in fields} for a, rec in rt.catalog.artifacts_by_id(read).items()}
     manifest = {
         "pipeline": cfg.pipeline,
         "round": r,
@@ -154,6 +160,7 @@ def write_manifest(rt: Runtime, cfg: FlywheelConfig, r: int, policy: str, candid
         "reason": decision.reason,
         "metrics": info["metrics"],
         "steps": steps,
+        "inputs": inputs,
         "artifacts": {a: rt.artifacts.ref(a).uri for s in steps.values() for a in s["outputs"].values()},
     }
     key = f"runs/{cfg.pipeline}/round-{r:04d}/manifest.json"

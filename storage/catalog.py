@@ -354,6 +354,13 @@ class Catalog:
 
     # --- lineage ----------------------------------------------------------------------------
 
+    def artifacts_by_id(self, ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The artifacts rows of these exact ids (those the catalog holds), by id."""
+        if not ids:
+            return {}
+        rows = self._query(f"SELECT * FROM artifacts WHERE id IN ({','.join('?' * len(ids))})", list(ids))
+        return {r["id"]: r for r in rows}
+
     def artifact(self, artifact_id: str) -> dict[str, Any] | None:
         rows = self._query(
             "SELECT * FROM artifacts WHERE id = ? OR id LIKE ? || '%' LIMIT 2", [artifact_id, artifact_id]

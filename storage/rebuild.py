@@ -39,7 +39,7 @@ def _row_edges(artifacts: ArtifactStore, step: dict, kind: str, artifact_id: str
 
 
 def _register_input(catalog: Catalog, artifacts: ArtifactStore, m: dict, name: str, artifact_id: str) -> None:
-    """Inputs made outside any step: source files and eval sets (by their path), the base model."""
+    """For a manifest without `inputs`: source files and eval sets (by their path), the base model."""
     kind, _, label = name.partition(":")
     if kind in ("source", "eval"):
         section = m["config"]["curation"]["sources"] if kind == "source" else m["config"]["evaluation"]["eval_sets"]
@@ -67,11 +67,16 @@ def rebuild_catalog(store: Store, artifacts: ArtifactStore, catalog: Catalog) ->
         pipeline, r = m["pipeline"], m["round"]
         catalog.ensure_pipeline(pipeline, m["config"]["base_model"], m["config"])
         catalog.start_round(pipeline, r, "", m["policy_in"], None)
+        inputs = m.get("inputs")  # None in manifests written before they recorded their inputs
+        for artifact_id, rec in (inputs or {}).items():
+            ref = ArtifactRef(artifact_id, rec["kind"], rec["uri"], rec["bytes"], rec["rows"], rec["format"])
+            catalog.register_artifact(ref, pipeline, rec["round"], rec["step"])
         for name, step in m["steps"].items():
             outputs = {k: artifacts.ref(a) for k, a in step["outputs"].items()}
             edges = [e for k, a in outputs.items() for e in _row_edges(artifacts, step, a.kind, a.id)]
-            for input_name, src in step["inputs"].items():
-                _register_input(catalog, artifacts, m, input_name, src)
+            if inputs is None:
+                for input_name, src in step["inputs"].items():
+                    _register_input(catalog, artifacts, m, input_name, src)
             catalog.record_step(
                 StepRecord(
                     pipeline=pipeline,
