@@ -98,6 +98,10 @@ class GenerationConfig(_Strict):
         "then picks the best completion across the policy and the committee.",
     )
 
+    def longest_completion(self) -> int:
+        """The largest max_tokens the round samples with (the policy's or a committee member's)."""
+        return max([self.sampling.max_tokens] + [m.sampling.max_tokens for m in self.committee if m.sampling])
+
 
 class SelectionConfig(_Strict):
     sft_min_reward: float = Field(1.0, description="Best-of-N: keep a prompt's best completion only at or above this.")
@@ -266,10 +270,7 @@ class FlywheelConfig(_Strict):
                 f"scoring.scorers {trained} use `model: trained`, but training.reward_model.enabled is false: "
                 "enable it, or give the reward model's path"
             )
-        longest = max(
-            [self.generation.sampling.max_tokens]
-            + [m.sampling.max_tokens for m in self.generation.committee if m.sampling is not None]
-        )
+        longest = self.generation.longest_completion()
         if longest >= self.generation.engine.max_model_len:
             raise ValueError(
                 f"completions of up to {longest} tokens (generation sampling.max_tokens) leave no room for a prompt "

@@ -143,6 +143,12 @@ INVALID = [
         id="dpo-needs-two",
     ),
     pytest.param(
+        "generation.sampling.max_tokens",
+        4096,
+        ["completions of up to 4096 tokens", "generation.engine.max_model_len (128)", "raise max_model_len"],
+        id="no-room-for-a-prompt",
+    ),
+    pytest.param(
         "promotion.metric",
         "eval/accuracy",
         [

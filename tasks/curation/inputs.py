@@ -31,9 +31,7 @@ def eval_index(cfg: FlywheelConfig) -> DecontamIndex:
 
 def context_budget(cfg: FlywheelConfig) -> int:
     """Prompt tokens the round can generate from: the context length minus the longest completion asked for."""
-    g = cfg.generation
-    longest = max([g.sampling.max_tokens] + [m.sampling.max_tokens for m in g.committee if m.sampling is not None])
-    return g.engine.max_model_len - longest
+    return cfg.generation.engine.max_model_len - cfg.generation.longest_completion()
 
 
 def prompt_filters(cfg: FlywheelConfig) -> dict:
