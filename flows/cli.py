@@ -8,6 +8,7 @@ flywheel lineage <artifact-or-row-id> [--json]     where an artifact or a traini
 flywheel server [--port 4200]                      a local Prefect server + UI
 flywheel serve --config configs/demo.yaml          serve the round-now and nightly deployments
 flywheel catalog-rebuild --config configs/demo.yaml  rebuild the catalog from the store
+flywheel export --config X [--round N] DIR         the policy (or round N's candidate) as a model directory
 flywheel validate configs/x.yaml                   check a config file
 """
 
@@ -252,6 +253,22 @@ def cmd_promote(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    """Write the current policy, or round N's candidate or policy, as a plain model directory."""
+    from configs import load_config
+    from flows.export import ExportError, export_model
+
+    cfg = load_config(args.config, home=args.home)
+    try:
+        s = export_model(cfg, Path(args.dir), args.round, args.which)
+    except ExportError as e:
+        print(f"flywheel export: {cfg.pipeline}: {e}", file=sys.stderr)
+        return 2
+    what = "current policy" if args.round is None else f"round {args.round}'s {args.which}"
+    print(f"{args.dir}: {cfg.pipeline}'s {what}, {s['artifact_id'][:16]} ({len(s['lineage'])} lineage edges)")
+    return 0
+
+
 def cmd_validate(args) -> int:
     from configs import load_config
 
@@ -310,6 +327,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--reason", required=True, help="why, recorded in the catalog with who and when")
     s.set_defaults(fn=cmd_promote)
+    s = sub.add_parser("export", help="write the policy (or round N's candidate) as a plain model directory")
+    s.add_argument("--config", required=True)
+    s.add_argument("--round", type=int, default=None, help="round N's model instead of the current policy")
+    s.add_argument(
+        "--which",
+        choices=["candidate", "policy"],
+        default="candidate",
+        help="with --round: the round's candidate (default) or the policy it ended with",
+    )
+    s.add_argument("dir", help="a new (or empty) directory")
+    s.set_defaults(fn=cmd_export)
     s = sub.add_parser("validate", help="check a config file")
     s.add_argument("config")
     s.set_defaults(fn=cmd_validate)

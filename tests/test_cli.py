@@ -48,6 +48,29 @@ def test_run_then_rounds_and_lineage(make_config, tmp_path):
     assert out["artifact"]["id"] == r["candidate"]
     assert "source" in {e["src_kind"] for e in out["edges"]}
 
+    # flywheel export: the model files exactly as stored, with the lineage beside them.
+    from storage.ids import sha256_dir
+
+    exported = tmp_path / "exported"
+    ran = _run(["export", "--config", str(config), "--round", "1", str(exported)], home)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    summary = json.loads((exported / "flywheel_lineage.json").read_text())
+    assert (summary["artifact_id"], summary["round"], summary["which"]) == (r["candidate"], 1, "candidate")
+    assert "source" in {e["src_kind"] for e in summary["lineage"]}
+    (exported / "flywheel_lineage.json").rename(tmp_path / "lineage.json")
+    assert sha256_dir(exported) == r["candidate"]  # byte for byte the stored candidate
+    policy = _run(["export", "--config", str(config), str(tmp_path / "policy")], home)
+    assert policy.returncode == 0, policy.stderr[-2000:]
+    from storage.catalog import Catalog
+
+    current = Catalog(home / "catalog.duckdb").current_policy("cli")
+    assert json.loads((tmp_path / "policy" / "flywheel_lineage.json").read_text())["artifact_id"] == current
+    taken = _run(["export", "--config", str(config), str(exported)], home)
+    assert taken.returncode == 2 and "is not empty: export into a new directory" in taken.stderr
+    missing = _run(["export", "--config", str(config), "--round", "9", str(tmp_path / "nine")], home)
+    assert missing.returncode == 2 and "no round 9 (rounds: [1])" in missing.stderr
+    assert not (tmp_path / "nine").exists() and "Traceback" not in missing.stderr
+
 
 def test_bad_config_is_one_clear_line(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
@@ -78,3 +101,11 @@ def test_every_shipped_config_validates(capsys):
     for path in sorted((ROOT / "configs").glob("*.yaml")):
         assert main(["validate", str(path)]) == 0, path
     assert "ok (pipeline 'demo'" in capsys.readouterr().out
+
+
+def test_export_picks_the_model_asked_for():
+    import doctest
+
+    import flows.export
+
+    assert doctest.testmod(flows.export).failed == 0
