@@ -262,7 +262,7 @@ def cmd_export(args) -> int:
     try:
         s = export_model(cfg, Path(args.dir), args.round, args.which)
     except ExportError as e:
-        print(f"flywheel export: {cfg.pipeline}: {e}", file=sys.stderr)
+        print(f"flywheel export: {e}", file=sys.stderr)
         return 2
     what = "current policy" if args.round is None else f"round {args.round}'s {args.which}"
     print(f"{args.dir}: {cfg.pipeline}'s {what}, {s['artifact_id'][:16]} ({len(s['lineage'])} lineage edges)")

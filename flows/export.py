@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from configs.schema import FlywheelConfig
+from storage.catalog import Catalog
 from tasks.stage import runtime
 
 LINEAGE_FILE = "flywheel_lineage.json"
@@ -26,28 +27,18 @@ class ExportError(Exception):
     """What to export does not exist, or where to put it is taken (one line: what and how to fix)."""
 
 
-def pick_model(rounds: list[dict], current: str | None, round_num: int | None, which: str) -> tuple[str, dict | None]:
-    """(artifact id, its round) to export: the current policy when `round_num` is None, else round N's model.
-
-    >>> rounds = [{"round": 1, "status": "completed", "candidate": "c1", "policy_out": "c1"},
-    ...           {"round": 2, "status": "completed", "candidate": "c2", "policy_out": "c1"}]
-    >>> pick_model(rounds, "c1", None, "candidate")[0], pick_model(rounds, "c1", 2, "candidate")[0]
-    ('c1', 'c2')
-    >>> pick_model(rounds, "c1", 2, "policy")[0]
-    'c1'
-    """
+def pick_model(catalog: Catalog, pipeline: str, round_num: int | None, which: str) -> tuple[str, dict | None]:
+    """(artifact id, its round's row) to export: the current policy when `round_num` is None, else round N's
+    candidate or kept policy (Catalog.round_model, as `flywheel promote` picks it)."""
     if round_num is None:
+        current = catalog.current_policy(pipeline)
         if current is None:
-            raise ExportError("the pipeline has no completed round yet: run one (`flywheel run`), or pass --round")
-        last = next((r for r in reversed(rounds) if r["policy_out"] == current), None)
-        return current, last
-    rnd = next((r for r in rounds if r["round"] == round_num), None)
-    if rnd is None:
-        raise ExportError(f"no round {round_num} (rounds: {[r['round'] for r in rounds] or 'none'})")
-    model = rnd["candidate"] if which == "candidate" else rnd["policy_out"]
-    if not model:
-        raise ExportError(f"round {round_num} has no {which} (status {rnd['status']})")
-    return model, rnd
+            raise ExportError(f"pipeline {pipeline!r} has no completed round yet: run one, or pass --round")
+        return current, next((r for r in reversed(catalog.rounds(pipeline)) if r["policy_out"] == current), None)
+    try:
+        return catalog.round_model(pipeline, round_num, which), catalog.round(pipeline, round_num)
+    except ValueError as e:
+        raise ExportError(str(e)) from None
 
 
 def export_model(cfg: FlywheelConfig, out_dir: Path, round_num: int | None = None, which: str = "candidate") -> dict:
@@ -56,8 +47,7 @@ def export_model(cfg: FlywheelConfig, out_dir: Path, round_num: int | None = Non
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ExportError(f"{out_dir} is not empty: export into a new directory")
     rt = runtime(cfg)
-    rounds = rt.catalog.rounds(cfg.pipeline)
-    model_id, rnd = pick_model(rounds, rt.catalog.current_policy(cfg.pipeline), round_num, which)
+    model_id, rnd = pick_model(rt.catalog, cfg.pipeline, round_num, which)
     summary: dict[str, Any] = {
         "pipeline": cfg.pipeline,
         "artifact_id": model_id,

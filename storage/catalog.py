@@ -207,28 +207,30 @@ class Catalog:
             return manual[0]["policy"]
         return rows[0]["policy_out"] if rows else None
 
+    def round_model(self, pipeline: str, round_num: int, which: str) -> str:
+        """Artifact id of round `round_num`'s candidate (`which="candidate"`) or of the policy it ended with.
+
+        Raises ValueError, naming the rounds there are, when the round does not exist or has no such model.
+        """
+        rnd = self._query("SELECT * FROM rounds WHERE pipeline = ? AND round = ?", [pipeline, round_num])
+        if not rnd:
+            rounds = self._query("SELECT round FROM rounds WHERE pipeline = ? ORDER BY round", [pipeline])
+            known = [r["round"] for r in rounds]
+            raise ValueError(f"pipeline {pipeline!r} has no round {round_num} (rounds: {known or 'none'})")
+        model = rnd[0]["candidate"] if which == "candidate" else rnd[0]["policy_out"]
+        if not model:
+            raise ValueError(f"round {round_num} of {pipeline!r} has no {which} (status {rnd[0]['status']})")
+        return model
+
     def record_promotion(self, pipeline: str, from_round: int, which: str, who: str, why: str) -> dict[str, Any]:
         """Make round `from_round`'s candidate (or its kept policy) the pipeline's policy by hand.
 
         Recorded with who, when and why; the next round starts from it. Raises ValueError when the round
-        does not exist or has no such model.
+        does not exist or has no such model (round_model).
         """
-        rnd = self._query("SELECT * FROM rounds WHERE pipeline = ? AND round = ?", [pipeline, from_round])
-        if not rnd:
-            known = [
-                r["round"]
-                for r in self._query("SELECT round FROM rounds WHERE pipeline = ? ORDER BY round", [pipeline])
-            ]
-            raise ValueError(f"pipeline {pipeline!r} has no round {from_round} (rounds: {known or 'none'})")
-        policy = rnd[0]["candidate"] if which == "candidate" else rnd[0]["policy_out"]
-        if not policy:
-            raise ValueError(f"round {from_round} of {pipeline!r} has no {which} (status {rnd[0]['status']})")
-        after = (
-            self._query("SELECT max(round) AS r FROM rounds WHERE pipeline = ? AND status = 'completed'", [pipeline])[
-                0
-            ]["r"]
-            or 0
-        )
+        policy = self.round_model(pipeline, from_round, which)
+        last = "SELECT max(round) AS r FROM rounds WHERE pipeline = ? AND status = 'completed'"
+        after = self._query(last, [pipeline])[0]["r"] or 0
         row = {
             "pipeline": pipeline,
             "after_round": after,
