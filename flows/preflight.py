@@ -9,21 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from configs.schema import FlywheelConfig
-from tasks.stage import INPUT_ERROR_NAMES, PreflightError, check_model_dir
+from tasks.stage import INPUT_ERROR_NAMES, PreflightError, check_file, check_model_dir
 
 PREFLIGHT_ROWS = 1000  # enough that a few malformed first lines do not look like a broken file
-
-
-def check_file(path: str, what: str, suffixes: tuple[str, ...], allow_dir: bool = False) -> None:
-    p = Path(path)
-    if not p.exists():
-        raise PreflightError(f"{what}: file not found: {path} (fix the path in the config)")
-    if allow_dir and p.is_dir():
-        return  # a save_to_disk dataset: read_source checks it
-    if not p.is_file():
-        raise PreflightError(f"{what}: {path} is not a file")
-    if suffixes and p.suffix.lower() not in suffixes:
-        raise PreflightError(f"{what}: {path} has extension {p.suffix!r}; expected one of {', '.join(suffixes)}")
 
 
 def preflight(cfg: FlywheelConfig, *, need_base_model: bool) -> None:

@@ -94,9 +94,8 @@ class External:
 
     @classmethod
     def file(cls, path: str | Path, kind: str) -> External:
+        check_file(str(path), kind, ())
         p = Path(path).resolve()
-        if not p.is_file():
-            raise PreflightError(f"{kind} {path}: file not found (fix the path in the config)")
         return cls(sha256_file(p), kind, p.as_uri(), p.suffix.lstrip("."), p, p.stat().st_size)
 
     @classmethod
@@ -107,6 +106,18 @@ class External:
 
     def ref(self) -> ArtifactRef:
         return ArtifactRef(self.id, self.kind, self.uri, self.bytes, None, self.format)
+
+
+def check_file(path: str, what: str, suffixes: tuple[str, ...], allow_dir: bool = False) -> None:
+    p = Path(path)
+    if not p.exists():
+        raise PreflightError(f"{what}: file not found: {path} (fix the path in the config)")
+    if allow_dir and p.is_dir():
+        return  # a save_to_disk dataset: read_source checks it
+    if not p.is_file():
+        raise PreflightError(f"{what}: {path} is not a file")
+    if suffixes and p.suffix.lower() not in suffixes:
+        raise PreflightError(f"{what}: {path} has extension {p.suffix!r}; expected one of {', '.join(suffixes)}")
 
 
 def check_model_dir(path: str, what: str) -> Path:
