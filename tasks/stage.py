@@ -209,9 +209,6 @@ class StageContext:
     def rows(self, name: str, columns: list[str] | None = None) -> list[dict]:
         return self.table(name, columns).to_pylist()
 
-    def json(self, name: str) -> Any:
-        return self._rt.artifacts.get_json(self.inputs[name])
-
     def model(self, name: str) -> Path:
         """Local directory of a model input: an external directory as it is, a stored model from the cache."""
         value = self.inputs[name]
