@@ -71,12 +71,12 @@ def judge_candidate(
     return rows, win_rate(verdicts)
 
 
-def _gate_metrics(result) -> dict[str, float]:
-    """What the gate reads: win_rate/<set> (the candidate's) and judge/<set>/<figure>."""
-    return {k.removesuffix("/candidate"): v for k, v in result.metrics.items() if not k.endswith("/policy")}
+def gate_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """What the gate reads of compare's metrics: win_rate/<set> (the candidate's) and judge/<set>/<figure>."""
+    return {k.removesuffix("/candidate"): v for k, v in metrics.items() if not k.endswith("/policy")}
 
 
-@stage("compare-candidate", returns=_gate_metrics)
+@stage("compare-candidate", returns=lambda result: gate_metrics(result.metrics))
 def compare_task(cfg: FlywheelConfig, round_num: int, policy_results: str, candidate_results: str) -> Step:
     """Judge the candidate against the policy on every win_rate eval set, from both models' eval results
     tables; returns {"win_rate/<set>": value, "judge/<set>/<figure>": value, ...}."""

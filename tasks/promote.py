@@ -122,22 +122,17 @@ if __name__ == "__main__":
     from tasks.run_alone import run_alone
 
     def args_of(rnd):
-        # The round's recorded eval/<metric>/<role> figures (compare's win rates included), as the gate reads them.
-        recorded = (rnd.catalog.round(rnd.cfg.pipeline, rnd.round) or {}).get("metrics", {})
-        metrics = {}
-        for role in ("policy", "candidate"):
-            rnd.output(f"evaluate-{role}", "results")  # a clear error if the round has not evaluated it
-            prefix, suffix = "eval/", f"/{role}"
-            metrics[role] = {
-                k[len(prefix) : -len(suffix)]: v
-                for k, v in recorded.items()
-                if k.startswith(prefix) and k.endswith(suffix)
-            }
+        # What the round flow passes: each evaluate step's metrics, the candidate's with compare's win rates.
+        from tasks.compare import gate_metrics
+
+        policy, candidate = (rnd.summary(f"evaluate-{role}")["metrics"] for role in ("policy", "candidate"))
+        if rnd.catalog.step_outputs(rnd.cfg.pipeline, rnd.round, "compare"):
+            candidate |= gate_metrics(rnd.summary("compare")["metrics"])
         return {
             "policy_id": rnd.policy,
             "candidate_id": rnd.candidate,
-            "policy_metrics": metrics["policy"],
-            "candidate_metrics": metrics["candidate"],
+            "policy_metrics": policy,
+            "candidate_metrics": candidate,
         }
 
     run_alone(gate_task, args_of)

@@ -41,6 +41,10 @@ class RoundView:
             )
         return found
 
+    def summary(self, step: str) -> dict:
+        """The stored summary of one of the round's completed steps (its metrics under the body's names)."""
+        return runtime(self.cfg).artifacts.get_json(self.output(step, "summary"))
+
     @property
     def policy(self) -> str:
         """The policy the round starts (or started) from; before round 1, the base model, imported."""
