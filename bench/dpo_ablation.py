@@ -23,7 +23,16 @@ from configs.quiet import apply_defaults  # noqa: E402
 
 apply_defaults()
 
+# Each variant overrides the demo's training section; a "selection" key overrides its selection section.
+_REPLAY = {"replay": {"enabled": True, "share": 1.0, "cap": 480}}
+_GENTLER = [{"from_round": 2, "learning_rate": 5e-5}]  # SFT from round 2 on; the demo's round 1 uses 1e-4
 VARIANTS: dict[str, dict] = {
+    "demo": {},
+    "demo-sft-only": {"dpo": {"enabled": False}},
+    "replay": {"selection": _REPLAY},
+    "replay-sft-only": {"selection": _REPLAY, "dpo": {"enabled": False}},
+    "replay-gentler": {"selection": _REPLAY, "sft": {"schedule": _GENTLER}},
+    "replay-gentler-sft-only": {"selection": _REPLAY, "sft": {"schedule": _GENTLER}, "dpo": {"enabled": False}},
     "sft-only": {"dpo": {"enabled": False}},
     "dpo-sigmoid": {"dpo": {"loss_types": ["sigmoid"], "learning_rate": 5e-6}},
     "dpo-rpo": {"dpo": {"loss_types": ["sigmoid", "sft"], "learning_rate": 5e-6}},
@@ -89,8 +98,10 @@ def main() -> None:
         for name in args.variants.split(","):
             for seed in [int(x) for x in args.seeds.split(",")]:
                 run_home = Path(tmp) / f"{name}-{seed}"
+                variant = dict(VARIANTS[name])
                 seeds = {
-                    "training": {**VARIANTS[name], "seed": seed},
+                    "selection": variant.pop("selection", {}),
+                    "training": {**variant, "seed": seed},
                     "curation": {"seed": seed},
                     "generation": {"sampling": {"seed": seed}},
                 }

@@ -12,6 +12,7 @@ from configs.schema import FlywheelConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent
 DEMO_CONFIG = CONFIG_DIR / "demo.yaml"
+INSTRUCT_CONFIG = CONFIG_DIR / "instruct.yaml"
 
 
 class ConfigError(Exception):

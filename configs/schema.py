@@ -37,11 +37,36 @@ class EvalSetConfig(_Strict):
     answer_field: str | None = Field(
         "answer", description="Column holding the reference answer (needed by `metric: accuracy` only)."
     )
-    metric: Literal["accuracy", "reward", "win_rate"] = Field(
+    metric: Literal["accuracy", "ifeval", "reward", "win_rate"] = Field(
         "accuracy",
-        description="accuracy: greedy answers checked by the math verifier; reward: mean score of "
-        "`reward_model`; win_rate: the `judge` compares candidate and policy answers, each pair in both orders.",
+        description="accuracy: greedy answers checked by the math verifier; ifeval: greedy answers checked "
+        "against each prompt's IFEval instructions (`instruction_id_list`, `kwargs`) by Google's checkers; reward: "
+        "mean score of `reward_model`; win_rate: the `judge` compares candidate and policy answers, each pair in "
+        "both orders.",
     )
+    instructions_field: str = Field(
+        "instruction_id_list", description="metric ifeval: column with the prompt's IFEval instruction ids."
+    )
+    kwargs_field: str = Field(
+        "kwargs", description="metric ifeval: column with the instructions' arguments (one dict per instruction)."
+    )
+    level: Literal["instruction_loose", "instruction_strict", "prompt_loose", "prompt_strict"] = Field(
+        "instruction_loose",
+        description="metric ifeval: which of IFEval's four figures is the set's headline (and what the gate "
+        "compares): per instruction or per prompt (all of its instructions), strict or loose.",
+    )
+    decontam_field: str | None = Field(
+        None,
+        description="Column whose text training data is decontaminated against (None: the prompt). IFEval-style "
+        "sets, whose prompts share the checkers' instruction wording by design, point it at the base request.",
+    )
+    samples: int = Field(
+        0,
+        ge=0,
+        description="accuracy and ifeval: also draw this many answers per prompt at `temperature` and report "
+        "pass@k (accuracy: and maj@k) for k = 1, 2, 4, ... up to it (0: greedy only).",
+    )
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature of the `samples` answers.")
     reward_model: str | None = Field(
         None, description="metric reward: a reward model directory, or `trained` (the pipeline's latest one)."
     )
@@ -51,6 +76,7 @@ class EvalSetConfig(_Strict):
     def _check_metric(self) -> EvalSetConfig:
         needs = {
             "accuracy": ("answer_field", self.answer_field),
+            "ifeval": ("instructions_field", self.instructions_field),
             "reward": ("reward_model", self.reward_model),
             "win_rate": ("judge", self.judge),
         }
@@ -103,6 +129,21 @@ class GenerationConfig(_Strict):
         return max([self.sampling.max_tokens] + [m.sampling.max_tokens for m in self.committee if m.sampling])
 
 
+class ReplayConfig(_Strict):
+    """Replay (Llama 2): earlier rounds' best SFT rows and pairs trained on again beside this round's."""
+
+    enabled: bool = Field(False, description="Add rows of earlier rounds to this round's SFT rows and pairs.")
+    rounds: int | None = Field(None, ge=1, description="How many earlier rounds to draw from (None: all).")
+    share: float = Field(
+        1.0, ge=0, description="Replayed rows per row selected this round, at most (1.0: as many as this round's)."
+    )
+    floor: int = Field(
+        0, ge=0, description="Replayed rows allowed whatever this round's yield (a poor round still replays)."
+    )
+    cap: int = Field(512, ge=0, description="At most this many replayed rows (each of SFT and pairs) per round.")
+    pairs: bool = Field(True, description="Replay DPO pairs too, by the same rule (ranked by margin).")
+
+
 class SelectionConfig(_Strict):
     sft_min_reward: float = Field(1.0, description="Best-of-N: keep a prompt's best completion only at or above this.")
     pair_min_margin: float = Field(0.5, ge=0, description="DPO pair: best minus worst reward must reach this margin.")
@@ -117,6 +158,7 @@ class SelectionConfig(_Strict):
         description="Drop SFT rows and DPO pairs whose prompt or answers overlap an eval set (same n-gram "
         "rule as curation): generated text can leak eval content too.",
     )
+    replay: ReplayConfig = Field(default_factory=ReplayConfig, description="Replay of earlier rounds' rows.")
 
 
 class TrainingConfig(_Strict):
@@ -165,7 +207,7 @@ class GuardConfig(_Strict):
 
 
 class PromotionConfig(_Strict):
-    """The gate: the primary metric is the `metric` of `eval_set` (accuracy, reward or win_rate), candidate vs policy."""
+    """The gate: the primary metric is the `metric` of `eval_set` (accuracy, ifeval, reward or win_rate), candidate vs policy."""
 
     eval_set: str | None = Field(None, description="Eval set of the primary metric (None: the first configured).")
     min_improvement: float = Field(
@@ -173,6 +215,12 @@ class PromotionConfig(_Strict):
     )
     tolerance: float = Field(
         0.0, ge=0, description="Or: the primary metric may drop by at most this (set one of the two)."
+    )
+    require_significant: bool = Field(
+        False,
+        description="accuracy and ifeval sets: also require the lower 95 % bound of (candidate - policy) to clear "
+        "the same margin (Newcombe's interval from the two Wilson intervals; conservative for paired prompts), "
+        "so an improvement inside the noise does not promote.",
     )
     guards: list[GuardConfig] = Field(
         default_factory=list, description="Other eval sets that may not regress by more than their max_drop."
@@ -185,7 +233,7 @@ class PromotionConfig(_Strict):
         if isinstance(data, dict) and "metric" in data:
             raise ValueError(
                 f"promotion.metric ({data['metric']!r}) is not a setting: the gate compares the `metric` of the eval "
-                "set named by promotion.eval_set (evaluation.eval_sets[].metric: accuracy, reward or win_rate); "
+                "set named by promotion.eval_set (evaluation.eval_sets[].metric: accuracy, ifeval, reward or win_rate); "
                 "remove promotion.metric"
             )
         return data

@@ -32,14 +32,28 @@ class MathScorerConfig(_ScorerBase):
 
 
 class IFEvalScorerConfig(_ScorerBase):
-    kind: Literal["ifeval"] = Field("ifeval", description="Instruction-following constraints declared per prompt.")
-    constraints_field: str = Field(
-        "constraints",
-        description="Provenance field (list it in the source's keep_fields) holding the JSON list "
-        'of constraints, e.g. [{"type": "max_words", "value": 50}].',
+    kind: Literal["ifeval"] = Field(
+        "ifeval", description="IFEval's verifiable instructions, declared per prompt (Google's instruction registry)."
+    )
+    instructions_field: str = Field(
+        "instruction_id_list",
+        description="Provenance field (list it in the source's keep_fields) holding the prompt's IFEval "
+        'instruction ids, e.g. ["punctuation:no_comma", "length_constraints:number_words"] (a list or its JSON '
+        "text). A prompt without it is not scored (no_reference).",
+    )
+    kwargs_field: str = Field(
+        "kwargs",
+        description="Provenance field (in keep_fields) holding IFEval's arguments, one object per instruction, "
+        'e.g. [{}, {"num_words": 100, "relation": "at least"}]; null values are unused keys. Absent: no '
+        "arguments (an instruction that needs some is then a parse_error).",
+    )
+    mode: Literal["loose", "strict"] = Field(
+        "loose",
+        description="strict: the completion as it is must meet an instruction; loose (IFEval's): it may also "
+        "meet it with its first and/or last line or its markdown asterisks removed.",
     )
     value: Literal["fraction", "all"] = Field(
-        "fraction", description="Reward: fraction of constraints met, or 1.0 only when all are met."
+        "fraction", description="Reward: fraction of the instructions met, or 1.0 only when all are met."
     )
 
 

@@ -68,8 +68,44 @@ class LoraConfig(_Strict):
     )
 
 
+class RoundSetting(_Strict):
+    """Learning rate and epochs from one round on (until a later entry's `from_round`)."""
+
+    from_round: int = Field(ge=1, description="First round these settings apply to.")
+    learning_rate: float | None = Field(None, gt=0, description="Peak learning rate from that round (None: unchanged).")
+    epochs: float | None = Field(None, gt=0, description="Passes over the data from that round (None: unchanged).")
+
+
 class _Optimizer(_Strict):
     """Optimizer settings both training stages share."""
+
+    schedule: list[RoundSetting] = Field(
+        default_factory=list,
+        description="Per-round learning rate and epochs, e.g. [{from_round: 2, learning_rate: 1e-5}]: later rounds "
+        "start from a policy that already learned the easy cases, and often want a gentler step (empty: the same "
+        "every round).",
+    )
+
+    @model_validator(mode="after")
+    def _schedule_in_order(self):
+        starts = [s.from_round for s in self.schedule]
+        if starts != sorted(set(starts)):
+            raise ValueError(f"schedule: from_round values must be distinct and increasing, got {starts}")
+        return self
+
+    def for_round(self, round_num: int):
+        """These settings as they apply in `round_num`: the schedule's last entry at or before it, applied.
+
+        >>> from configs.training import SFTConfig
+        >>> c = SFTConfig(learning_rate=1e-4, schedule=[{"from_round": 2, "learning_rate": 5e-5}, {"from_round": 3, "epochs": 2}])
+        >>> [(x.learning_rate, x.epochs) for x in (c.for_round(1), c.for_round(2), c.for_round(5))]
+        [(0.0001, 1.0), (5e-05, 1.0), (5e-05, 2.0)]
+        """
+        update: dict = {}
+        for entry in self.schedule:
+            if entry.from_round <= round_num:
+                update |= {k: v for k, v in (("learning_rate", entry.learning_rate), ("epochs", entry.epochs)) if v}
+        return self.model_copy(update=update)
 
     gradient_accumulation_steps: int = Field(
         1, ge=1, description="Batches summed into one optimizer step (effective batch = batch_size x this x devices)."

@@ -251,7 +251,12 @@ def build_base_model(
         heldout_prompts_sha256=heldout_sha,
     )
     (tmp / BUILD_FILE).write_text(json.dumps(record, indent=2) + "\n")
-    # Swap in the new directory; an older build with other arguments is moved aside, then deleted.
+    return swap_in(tmp, out_dir)
+
+
+def swap_in(tmp: Path, out_dir: Path) -> Path:
+    """Put the finished directory `tmp` at `out_dir`: an older build there is moved aside, then deleted, so
+    a reader sees the old model or the new one, never half of one."""
     old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
     if out_dir.exists():
         os.replace(out_dir, old)

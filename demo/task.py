@@ -129,7 +129,7 @@ MALFORMED_POOL_LINES = [
 ]
 
 
-def _write_jsonl(path: Path, rows: list[dict], raw_lines: list[str] = ()) -> None:
+def write_jsonl(path: Path, rows: list[dict], raw_lines: list[str] = ()) -> None:
     tmp = _tmp_path(path)
     with open(tmp, "w", encoding="utf-8") as f:
         for row in rows:
@@ -161,9 +161,9 @@ def write_demo_data(out_dir: Path, seed: int = 0) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     pool, heldout = make_problems(seed)
     paths = {"pool": out_dir / "pool.jsonl", "extra": out_dir / "extra.parquet", "heldout": out_dir / "heldout.jsonl"}
-    _write_jsonl(paths["pool"], [{**r, "template": TEMPLATE} for r in pool], MALFORMED_POOL_LINES)
+    write_jsonl(paths["pool"], [{**r, "template": TEMPLATE} for r in pool], MALFORMED_POOL_LINES)
     _write_parquet(paths["extra"], make_extra_rows(pool, heldout, seed))
-    _write_jsonl(paths["heldout"], heldout)
+    write_jsonl(paths["heldout"], heldout)
     return paths
 
 

@@ -1,6 +1,6 @@
 """The `flywheel` command.
 
-flywheel demo [--rounds 3]                         build the tiny demo model and data, run rounds
+flywheel demo [--task addition|instruct] [--rounds 3]  build a demo's model and data, run its rounds
 flywheel run --config configs/demo.yaml [--rounds N]  run N more rounds of a pipeline
 flywheel rounds [--pipeline P] [--json]            one row per round
 flywheel promote --pipeline P --round N --reason R  roll the pipeline back (or forward) to round N's candidate
@@ -68,25 +68,36 @@ def cmd_run(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from configs import DEMO_CONFIG, load_config
-    from demo.base_model import build_base_model
-    from demo.task import write_demo_data
+    from configs import DEMO_CONFIG, INSTRUCT_CONFIG, load_config
 
     home = _home(args)
     os.environ["FLYWHEEL_HOME"] = str(home)
     if args.fresh:
         _wipe_demo_state(home)
-    cfg = load_config(DEMO_CONFIG, home=str(home))
+    cfg = load_config(INSTRUCT_CONFIG if args.task == "instruct" else DEMO_CONFIG, home=str(home))
     t0 = time.perf_counter()
-    write_demo_data(home / "demo" / "data")
-    build_base_model(Path(cfg.base_model))
+    if args.task == "instruct":
+        from demo.instruct_task import write_instruct_data
+        from demo.smollm2 import BaseModelMissing, convert_base_model
+
+        write_instruct_data(home / "instruct" / "data")
+        try:
+            convert_base_model(Path(cfg.base_model))
+        except BaseModelMissing as e:
+            raise SystemExit(str(e)) from None
+    else:
+        from demo.base_model import build_base_model
+        from demo.task import write_demo_data
+
+        write_demo_data(home / "demo" / "data")
+        build_base_model(Path(cfg.base_model))
     t_base = time.perf_counter() - t0
     from storage.catalog import Catalog
 
     done = Catalog(home / "catalog.duckdb").next_round(cfg.pipeline) - 1
     todo = max(args.rounds - done, 0)
     if todo == 0:
-        print(f"the demo pipeline already has {done} completed rounds in {home} (use --fresh to start over)")
+        print(f"the {cfg.pipeline} pipeline already has {done} completed rounds in {home} (use --fresh to start over)")
     else:
         _run_rounds(cfg, todo)
     print(f"base model and data ready in {t_base:.0f} s; total {time.perf_counter() - t0:.0f} s")
@@ -291,7 +302,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", required=True)
     s.add_argument("--rounds", type=int, default=1)
     s.set_defaults(fn=cmd_run)
-    s = sub.add_parser("demo", help="build the tiny CPU demo and run its rounds")
+    s = sub.add_parser("demo", help="build a CPU demo (tiny addition model, or SmolLM2 instruct) and run its rounds")
+    s.add_argument(
+        "--task",
+        choices=["addition", "instruct"],
+        default="addition",
+        help="addition: a 1 M-parameter Llama learns carries (configs/demo.yaml); instruct: SmolLM2-135M-Instruct "
+        "learns IFEval-style instruction following (configs/instruct.yaml)",
+    )
     s.add_argument("--rounds", type=int, default=3)
     s.add_argument("--fresh", action="store_true", help="forget earlier demo rounds first")
     s.set_defaults(fn=cmd_demo)

@@ -33,7 +33,7 @@ from tasks.evaluate import evaluate_task
 from tasks.generate import generate_task
 from tasks.promote import Decision, gate_task
 from tasks.score import score_task
-from tasks.select import select_task
+from tasks.select import replay_tables, select_task
 from tasks.stage import import_model, runtime
 from tasks.train import train_dpo_task, train_sft_task
 from tasks.train_reward import reward_model_for, reward_pairs_ids, train_reward_task
@@ -81,7 +81,7 @@ def _run_round(rt: Runtime, cfg: FlywheelConfig) -> RoundReport:
         prompts = curate_task(cfg, r, earlier_prompt_tables(rt.catalog, cfg, r))
         completions = generate_task(cfg, r, policy, prompts)
         scores = score_task(cfg, r, completions, reward_model_for(rt.catalog, cfg, r, "score"))
-        sft, pairs = select_task(cfg, r, completions, scores)
+        sft, pairs = select_task(cfg, r, completions, scores, replay_tables(rt.catalog, cfg, r))
         if cfg.training.reward_model.enabled:  # trained on this round's pairs, it scores the next rounds
             pairs_ids = reward_pairs_ids(rt.catalog, cfg.pipeline, r, pairs, cfg.training.reward_model.rounds_of_pairs)
             train_reward_task(cfg, r, pairs_ids, policy)

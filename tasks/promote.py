@@ -2,7 +2,9 @@
 
 Rule (configs.schema.PromotionConfig): the primary metric (the gate eval set's own metric: accuracy,
 reward or judge win rate) must reach policy + min_improvement - tolerance, and every guarded eval set may
-drop by at most its max_drop. The decision lists every check with its numbers; round r+1 starts from
+drop by at most its max_drop. With `require_significant`, an accuracy or IFEval figure must also clear the
+margin with the lower 95 % bound of the difference, so an improvement inside the noise does not promote.
+The decision lists every check with its numbers; round r+1 starts from
 whichever model the gate kept. `flywheel promote` overrides it by hand (recorded with who, when, why).
 The step's inputs are the two models, and its config holds both models' metrics: the decision is a
 function of them.
@@ -27,7 +29,11 @@ class Decision:
 
 def _fmt(key: str, x: float) -> str:
     """Accuracy and win rates as percentages, rewards as plain numbers."""
-    return f"{100 * x:.2f} %" if key.startswith(("accuracy/", "win_rate/")) else f"{x:.4f}"
+    return f"{100 * x:.2f} %" if key.startswith(PERCENT_METRICS) else f"{x:.4f}"
+
+
+PERCENT_METRICS = ("accuracy/", "win_rate/", "ifeval/")
+INTERVAL_METRICS = ("accuracy/", "ifeval/")  # shares of prompts or instructions, with Wilson intervals
 
 
 def decide(
@@ -42,7 +48,7 @@ def decide(
     """Apply the gate's rule to the two models' metrics.
 
     Args:
-        metric_of: {eval set: its metric} (accuracy, reward or win_rate); keys of the dicts are
+        metric_of: {eval set: its metric} (accuracy, ifeval, reward or win_rate); keys of the dicts are
             "<metric>/<eval set>".
         policy, candidate: each model's metrics (the policy's win rate is 0.5: itself against itself).
 
@@ -61,7 +67,7 @@ def decide(
     margin = gate.min_improvement - gate.tolerance
     ok = c >= p + margin
     sign = "+" if margin >= 0 else "-"
-    unit = 100 if key.startswith(("accuracy/", "win_rate/")) else 1
+    unit = 100 if key.startswith(PERCENT_METRICS) else 1
     checks.append(
         (
             ok,
@@ -69,6 +75,8 @@ def decide(
             f"{unit * abs(margin):.2f} ({'ok' if ok else 'not enough'})",
         )
     )
+    if gate.require_significant and key.startswith(INTERVAL_METRICS):
+        checks.append(_significance(key, candidate, policy, margin))
     for guard in gate.guards:
         gk = f"{metric_of[guard.eval_set]}/{guard.eval_set}"
         gc, gp = candidate[gk], policy.get(gk, 0.5 if gk.startswith("win_rate/") else float("nan"))
@@ -83,6 +91,30 @@ def decide(
     promoted = all(ok for ok, _ in checks)
     reason = ("promoted: " if promoted else "kept policy: ") + "; ".join(text for _, text in checks)
     return Decision(promoted, candidate_id if promoted else policy_id, reason)
+
+
+def _significance(key: str, candidate: dict, policy: dict, margin: float) -> tuple[bool, str]:
+    """Does the lower 95 % bound of candidate - policy clear the margin?
+
+    >>> m = lambda p, lo, hi: {"accuracy/h": p, "accuracy/h/ci_low": lo, "accuracy/h/ci_high": hi}
+    >>> _significance("accuracy/h", m(.6, .5, .69), m(.5, .4, .6), 0.0)
+    (False, 'accuracy/h: lower 95 % bound of the gain -4.14 < +0.00 (inside the noise)')
+    """
+    from tasks.scoring.stats import difference_lower_bound
+
+    try:
+        c, p = candidate[key], policy[key]
+        ci_c = (candidate[f"{key}/ci_low"], candidate[f"{key}/ci_high"])
+        ci_p = (policy[f"{key}/ci_low"], policy[f"{key}/ci_high"])
+    except KeyError:
+        return False, f"{key}: no interval recorded for both models (re-evaluate them), so significance is unknown"
+    low = difference_lower_bound(c, ci_c, p, ci_p)
+    ok = low >= margin
+    verdict = "clears the noise" if ok else "inside the noise"
+    return (
+        ok,
+        f"{key}: lower 95 % bound of the gain {100 * low:+.2f} {'>=' if ok else '<'} {100 * margin:+.2f} ({verdict})",
+    )
 
 
 @stage("promotion-gate", returns=lambda result: Decision(**{k: result.summary[k] for k in Decision.__annotations__}))

@@ -17,6 +17,7 @@ from configs.schema import FlywheelConfig, SelectionConfig
 from storage import ids
 from tasks.curation.decontam import decontaminate_rows
 from tasks.curation.inputs import eval_index
+from tasks.selection.replay import replay_rows
 from tasks.stage import External, Json, StageContext, StageOutput, Step, Table, stage
 
 
@@ -188,9 +189,14 @@ def selection_summary(n_prompts: int, sft: list[dict], pairs: list[dict]) -> dic
 
 
 @stage("select-training-data", returns=("sft", "pairs"))
-def select_task(cfg: FlywheelConfig, round_num: int, completions_id: str, scores_id: str) -> Step:
-    """Best-of-N SFT rows and DPO pairs of round `round_num`; returns (sft table id, pairs table id)."""
+def select_task(
+    cfg: FlywheelConfig, round_num: int, completions_id: str, scores_id: str, replay: dict[str, list[str]] | None = None
+) -> Step:
+    """Best-of-N SFT rows and DPO pairs of round `round_num`; returns (sft table id, pairs table id).
+    `replay`: {"sft": [...], "pairs": [...]}, earlier rounds' tables, newest first (see replay_tables)."""
     inputs = {"completions": completions_id, "scores": scores_id}
+    for kind, tables in (replay or {}).items():
+        inputs.update({f"replay:{kind}:{i}": t for i, t in enumerate(tables)})
     if cfg.selection.decontaminate:
         inputs.update({f"eval:{e.name}": External.file(e.path, "eval-set") for e in cfg.evaluation.eval_sets})
     config = {
@@ -198,10 +204,32 @@ def select_task(cfg: FlywheelConfig, round_num: int, completions_id: str, scores
         "tie_break": cfg.scoring.tie_break,
         "decontam": [cfg.curation.decontam_ngram, cfg.curation.decontam_threshold],
     }
-    return Step("select", config=config, inputs=inputs, run=lambda ctx: select(ctx, cfg))
+    return Step("select", config=config, inputs=inputs, run=lambda ctx: select(ctx, cfg, round_num))
 
 
-def select(ctx: StageContext, cfg: FlywheelConfig) -> StageOutput:
+def replay_tables(catalog, cfg: FlywheelConfig, round_num: int) -> dict[str, list[str]]:
+    """The earlier rounds' SFT and pairs tables that selection.replay draws from, newest round first."""
+    rp = cfg.selection.replay
+    if not rp.enabled:
+        return {}
+    first = 1 if rp.rounds is None else max(1, round_num - rp.rounds)
+    outs = [catalog.step_outputs(cfg.pipeline, r, "select") for r in range(round_num - 1, first - 1, -1)]
+    kinds = ("sft", "pairs") if rp.pairs else ("sft",)
+    return {k: [o[k] for o in outs if o.get(k)] for k in kinds}
+
+
+def _replayed(ctx: StageContext, cfg: FlywheelConfig, round_num: int, kind: str, current: list[dict]) -> list[dict]:
+    rp = cfg.selection.replay
+    earlier = [ctx.rows(name) for name in sorted(ctx.inputs, key=_input_order) if name.startswith(f"replay:{kind}:")]
+    return replay_rows(kind, current, earlier, round_num, rp.share, rp.cap, rp.floor) if earlier else []
+
+
+def _input_order(name: str) -> tuple[str, int]:
+    head, _, tail = name.rpartition(":")
+    return (head, int(tail)) if tail.isdigit() else (name, 0)
+
+
+def select(ctx: StageContext, cfg: FlywheelConfig, round_num: int) -> StageOutput:
     sel: SelectionConfig = cfg.selection
     completions, score_rows = ctx.rows("completions"), ctx.rows("scores")
     rewards = combined_rewards(score_rows)
@@ -209,6 +237,9 @@ def select(ctx: StageContext, cfg: FlywheelConfig) -> StageOutput:
     sft = select_sft(completions, rewards, sel.sft_min_reward, ties, sel.allow_truncated)
     pairs = select_pairs(completions, rewards, sel.pair_min_margin, sel.pairs_per_prompt, ties, sel.allow_truncated)
     n_prompts = len({c["prompt_id"] for c in completions})
+    # Replayed rows are checked against the eval sets again with this round's: the sets may have changed.
+    sft += _replayed(ctx, cfg, round_num, "sft", sft)
+    pairs += _replayed(ctx, cfg, round_num, "pairs", pairs)
     outputs, decontam_metrics = {}, {}
     if sel.decontaminate:
         index = eval_index(cfg)
@@ -227,13 +258,19 @@ def select(ctx: StageContext, cfg: FlywheelConfig) -> StageOutput:
                 pair_rep["removed"],
                 report["by_eval_set"],
             )
-    summary = selection_summary(n_prompts, sft, pairs)
-    outputs["sft"] = Table(_table(sft, SFT_SCHEMA), "sft", rows=[(r["row_id"], r["completion_id"]) for r in sft])
-    outputs["pairs"] = Table(
-        _table(pairs, PAIR_SCHEMA),
-        "pairs",
-        rows=[(p["row_id"], p[k]) for p in pairs for k in ("chosen_id", "rejected_id")],
-    )
+    fresh = [r for r in sft if r.get("replay_of") is None], [p for p in pairs if p.get("replay_of") is None]
+    summary = selection_summary(n_prompts, *fresh)
+    n_sft_replay, n_pair_replay = len(sft) - len(fresh[0]), len(pairs) - len(fresh[1])
+    if n_sft_replay or n_pair_replay:
+        ctx.log.info("replay: %d SFT rows and %d pairs of earlier rounds", n_sft_replay, n_pair_replay)
+    summary["metrics"] |= {"select/replayed_sft_rows": n_sft_replay, "select/replayed_pairs": n_pair_replay}
+    summary["rows_out"] = len(sft) + len(pairs)
+    # A replayed row's parent is the row it copies; a fresh row's are the completions it was made of.
+    sft_edges = [(r["row_id"], r.get("replay_of") or r["completion_id"]) for r in sft]
+    pair_edges = [(p["row_id"], p["replay_of"]) for p in pairs if p.get("replay_of")]
+    pair_edges += [(p["row_id"], p[k]) for p in pairs if not p.get("replay_of") for k in ("chosen_id", "rejected_id")]
+    outputs["sft"] = Table(_table(sft, SFT_SCHEMA), "sft", rows=sft_edges)
+    outputs["pairs"] = Table(_table(pairs, PAIR_SCHEMA), "pairs", rows=pair_edges)
     return StageOutput(
         outputs,
         metrics={**summary["metrics"], **decontam_metrics},
@@ -275,6 +312,7 @@ SFT_SCHEMA = pa.schema(
         ("source", pa.string()),
         ("license", pa.string()),
         ("tags", pa.list_(pa.string())),
+        ("replay_of", pa.string()),  # the earlier round's row this one replays (None: selected this round)
     ]
 )
 PAIR_SCHEMA = pa.schema(
@@ -292,6 +330,7 @@ PAIR_SCHEMA = pa.schema(
         ("source", pa.string()),
         ("license", pa.string()),
         ("tags", pa.list_(pa.string())),
+        ("replay_of", pa.string()),  # the earlier round's row this one replays (None: selected this round)
     ]
 )
 
@@ -309,5 +348,6 @@ if __name__ == "__main__":
         lambda rnd: {
             "completions_id": rnd.output("generate", "completions"),
             "scores_id": rnd.output("score", "scores"),
+            "replay": replay_tables(rnd.catalog, rnd.cfg, rnd.round),
         },
     )

@@ -30,8 +30,9 @@ def _train_step(
     cfg: FlywheelConfig, round_num: int, name: str, stage_cfg: SFTConfig | DPOConfig, model_id: str, data_id: str
 ) -> Step:
     seed = cfg.training.seed + round_num  # a different data order each round
+    stage_cfg = stage_cfg.for_round(round_num)
     config = {
-        name: stage_cfg.model_dump(mode="json"),
+        name: stage_cfg.model_dump(mode="json", exclude={"schedule"}),  # the settings this round trains with
         "seed": seed,
         "bf16": cfg.training.bf16,
         "launcher": launcher_identity(cfg.training.launcher),

@@ -98,7 +98,7 @@ def test_row_lineage_from_training_row_to_source(make_config):
 
 
 def test_next_round_starts_from_promoted_policy_with_new_prompts(make_config, tmp_path):
-    cfg = make_config()
+    cfg = make_config(selection__replay={"enabled": True, "share": 1.0, "floor": 4})
     r1, r2 = pipeline_flow(cfg, 2)
     assert (r1.round, r2.round) == (1, 2)
     assert r2.policy_in == r1.policy_out
@@ -109,6 +109,22 @@ def test_next_round_starts_from_promoted_policy_with_new_prompts(make_config, tm
         hashes.append(set(rt.artifacts.get_table(prompts_id).column("text_hash").to_pylist()))
     assert len(hashes[0]) == len(hashes[1]) == 48
     assert not hashes[0] & hashes[1], "round 2 drew prompts already used in round 1"
+
+    # Replay: round 2 trains on its own selection plus round 1's SFT rows, each traced to its original.
+    sft = [
+        rt.artifacts.get_table(rt.catalog.step_outputs(cfg.pipeline, r, "select")["sft"]).to_pylist() for r in (1, 2)
+    ]
+    fresh2 = [x for x in sft[1] if x["replay_of"] is None]
+    replayed = [x for x in sft[1] if x["replay_of"] is not None]
+    assert sft[0] and replayed, "round 2 replayed nothing of round 1"
+    assert len(replayed) == min(
+        max(len(fresh2), 4), len({x["prompt_id"] for x in sft[0]} - {x["prompt_id"] for x in fresh2})
+    )
+    assert {x["replay_of"] for x in replayed} <= {x["row_id"] for x in sft[0]}
+    assert r2.metrics["select/replayed_sft_rows"] == len(replayed)
+    chain = rt.catalog.row_lineage(replayed[0]["row_id"])
+    assert replayed[0]["replay_of"] in {x["parent_id"] for x in chain}
+    assert {x["kind"] for x in chain} >= {"sft", "completions", "prompts"}
 
     # The store alone is enough to rebuild the catalog: same rounds, metrics, lineage, row lineage.
     from storage.catalog import Catalog

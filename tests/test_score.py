@@ -42,19 +42,51 @@ def test_math_answer_scorer_percent_is_opt_in():
     assert math(allow_percent=True)([row]) == [ScoreResult(1.0, "5%", "ok")]
 
 
-def test_ifeval_scorer_reads_constraints_from_the_source_fields():
+def test_ifeval_scorer_reads_instructions_from_the_source_fields():
     from configs.scoring import IFEvalScorerConfig
 
-    constraints = [{"type": "max_words", "value": 5}, {"type": "all_lowercase"}]
+    ids = ["length_constraints:number_words", "startend:quotation"]
+    kwargs = [{"num_words": 5, "relation": "less than", "keywords": None}, {}]  # None: an unused key
+
+    def row(completion, **provenance):
+        return {"completion": completion, "prompt": "Answer.", "provenance": json.dumps(provenance)}
+
     rows = [
-        {"completion": "short and lower", "provenance": json.dumps({"constraints": constraints})},
-        {"completion": "Too Many Words In This Answer Here", "provenance": json.dumps({"constraints": constraints})},
-        {"completion": "anything", "provenance": "{}"},
-        {"completion": "x", "provenance": json.dumps({"constraints": [{"type": "no_such_check"}]})},
+        row('"short and quoted"', instruction_id_list=ids, kwargs=kwargs),
+        row('Sure:\n"short and quoted"', instruction_id_list=ids, kwargs=kwargs),  # quotation met only loose
+        row("Not quoted and far too many words", instruction_id_list=ids, kwargs=kwargs),
+        row("anything"),
+        row("x", instruction_id_list=["keywords:rhyming"], kwargs=[{}]),
+        row("x", instruction_id_list=ids, kwargs=[{"num_words": 5}, {}]),  # `relation` missing
     ]
+
+    def values(**cfg):
+        return [(r.value, r.status) for r in IFEvalScorer(IFEvalScorerConfig(**cfg))(rows)]
+
+    assert values() == [
+        (1.0, "ok"),
+        (1.0, "ok"),
+        (0.0, "ok"),
+        (0.0, "no_reference"),
+        (0.0, "parse_error"),
+        (0.0, "parse_error"),
+    ]
+    assert values(mode="strict")[:3] == [(1.0, "ok"), (0.5, "ok"), (0.0, "ok")]
+    assert values(value="all", mode="strict")[:3] == [(1.0, "ok"), (0.0, "ok"), (0.0, "ok")]
     res = IFEvalScorer(IFEvalScorerConfig())(rows)
-    assert [(r.value, r.status) for r in res] == [(1.0, "ok"), (0.0, "ok"), (0.0, "no_reference"), (0.0, "parse_error")]
-    assert [r.value for r in IFEvalScorer(IFEvalScorerConfig(value="all"))(rows[:2])] == [1.0, 0.0]
+    assert json.loads(res[1].raw) == {
+        "checks": [
+            {"id": "length_constraints:number_words", "strict": True, "loose": True},
+            {"id": "startend:quotation", "strict": False, "loose": True},
+        ],
+        "errors": [],
+    }
+    assert json.loads(res[4].raw)["errors"] == ["instruction 0 (keywords:rhyming): unknown id"]
+    assert "missing arguments ['relation']" in json.loads(res[5].raw)["errors"][0]
+    # other field names; kwargs absent: no arguments, fine for instructions that take none
+    other = {"completion": "no commas", "provenance": json.dumps({"ifeval_ids": '["punctuation:no_comma"]'})}
+    cfg = IFEvalScorerConfig(instructions_field="ifeval_ids", kwargs_field="ifeval_kwargs")
+    assert IFEvalScorer(cfg)([other])[0].value == 1.0
 
 
 def test_code_scorer_runs_the_tests_in_the_sandbox():
@@ -100,7 +132,7 @@ def test_score_completions_long_format_and_weighted_sum():
         "completion_id": "c1",
         "prompt_id": "p1",
         "scorer": "math_answer",
-        "scorer_version": "2",
+        "scorer_version": "3",
         "value": 1.0,
         "raw": "5",
         "status": "ok",

@@ -307,3 +307,19 @@ def test_time_limit_interrupts_python_code():
             while True:
                 pass
     assert time.monotonic() - start < 1.0
+
+
+def test_shared_table_against_math_verify():
+    """bench/math_verifiers.py's 123 cases: expressions, intervals and sets go to math-verify, so no false
+    positive is left there, and the numeric cases keep our verifier's edge."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "math_verifiers.py"
+    spec = importlib.util.spec_from_file_location("math_verifiers_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    wrong = [(c, r, cat) for c, r, expected, cat in bench.CASES if math_equal(c, r) != expected]
+    assert len(bench.CASES) == 123 and len(wrong) == 7, wrong
+    false_positives = [(c, r, cat) for c, r, expected, cat in bench.CASES if math_equal(c, r) and not expected]
+    assert [cat for *_, cat in false_positives] == ["demo"], false_positives  # "37 + 8" restates the sum

@@ -25,7 +25,7 @@ def read_sources(cfg: FlywheelConfig) -> dict[str, SourceRows]:
 
 def eval_index(cfg: FlywheelConfig) -> DecontamIndex:
     """The n-gram index of every configured eval set (prompts and training data are checked against it)."""
-    texts = {e.name: [r["prompt"] for r in read_eval_set(e)] for e in cfg.evaluation.eval_sets}
+    texts = {e.name: [r.get("decontam_text", r["prompt"]) for r in read_eval_set(e)] for e in cfg.evaluation.eval_sets}
     return DecontamIndex(texts, cfg.curation.decontam_ngram, cfg.curation.decontam_threshold)
 
 

@@ -133,12 +133,18 @@ def read_eval_set(cfg: EvalSetConfig) -> list[dict]:
     """Read a held-out eval set: [{"prompt": str, "answer": str | None}], in file order.
 
     Every row must have a non-empty prompt, and an answer (string or number) when `answer_field` is set;
-    a bad row is a SourceError naming its line (JSONL, CSV) or row (Parquet).
+    a bad row is a SourceError naming its line (JSONL, CSV) or row (Parquet). With `decontam_field` a row
+    also has "decontam_text", the text decontamination compares with. `metric: ifeval` sets also
+    give each row its "instruction_id_list" and "kwargs" (as stored: lists, or their JSON text), which must
+    be present; the checkers report malformed ones per prompt.
     """
     where = Where(f"eval set {cfg.name!r}", "evaluation.eval_sets[]", cfg.path)
     path, fmt = check_file(where, "auto")
     with reading(where):
-        columns, stream = open_file(where, path, fmt, [f for f in (cfg.prompt_field, cfg.answer_field) if f], None)
+        extra = [cfg.instructions_field, cfg.kwargs_field] if cfg.metric == "ifeval" else []
+        extra += [cfg.decontam_field] if cfg.decontam_field else []
+        needed = [f for f in (cfg.prompt_field, cfg.answer_field, *extra) if f]
+        columns, stream = open_file(where, path, fmt, needed, None)
         records = list(stream)
     for i, (line, rec) in enumerate(records):
         if rec.__class__ is Bad:
@@ -156,6 +162,10 @@ def read_eval_set(cfg: EvalSetConfig) -> list[dict]:
     _require_field(where, columns, cfg.prompt_field, "prompt_field")
     if cfg.answer_field:
         _require_field(where, columns, cfg.answer_field, "answer_field")
+    if cfg.metric == "ifeval":
+        _require_field(where, columns, cfg.instructions_field, "instructions_field")
+    if cfg.decontam_field:
+        _require_field(where, columns, cfg.decontam_field, "decontam_field")
     rows = []
     for i, (line, rec) in enumerate(records):
         prompt = rec.get(cfg.prompt_field)
@@ -172,7 +182,26 @@ def read_eval_set(cfg: EvalSetConfig) -> list[dict]:
                 f"string or a number, got {_short(rec.get(cfg.answer_field))}",
                 "fix the file",
             )
-        rows.append({"prompt": prompt, "answer": answer})
+        row = {"prompt": prompt, "answer": answer}
+        if cfg.decontam_field:
+            text = rec.get(cfg.decontam_field)
+            if not (isinstance(text, str) and text.strip()):
+                raise where.error(
+                    f"{_location(line, i)} of {cfg.path}: field {cfg.decontam_field!r} (decontam_field) must be a "
+                    f"non-empty string, got {_short(text)}",
+                    "fix the file",
+                )
+            row["decontam_text"] = text
+        if cfg.metric == "ifeval":
+            row["instruction_id_list"] = rec.get(cfg.instructions_field)
+            row["kwargs"] = rec.get(cfg.kwargs_field)
+            if not row["instruction_id_list"]:
+                raise where.error(
+                    f"{_location(line, i)} of {cfg.path}: field {cfg.instructions_field!r} must list the "
+                    f"prompt's IFEval instruction ids, got {_short(row['instruction_id_list'])}",
+                    "fix the file",
+                )
+        rows.append(row)
     return rows
 
 

@@ -1,23 +1,27 @@
-"""Verifiable instruction-following constraints in the spirit of IFEval (Zhou et al., 2023).
+"""IFEval's verifiable instructions (Zhou et al., 2023), checked by Google's own instruction registry.
 
-Each prompt declares its constraints in the data as a JSON list, e.g.
-    [{"type": "min_words", "value": 50}, {"type": "forbidden_keywords", "value": ["AI"]}]
-and `check_constraints(response, constraints)` checks every one. Checkers are plain functions
-`fn(response, value) -> bool` in `CHECKERS`; a new constraint is one function and one registry line.
+Data is in IFEval's format: per prompt an `instruction_id_list`, e.g.
+    ["punctuation:no_comma", "length_constraints:number_words"]
+and `kwargs`, one dict per instruction, e.g.
+    [{}, {"num_words": 100, "relation": "at least"}]
+where a None value means "not used" (the Hugging Face copy of the data set lists every key for every
+instruction). The checkers are the registry's (PyPI `if-verifiable`, a copy of google-research's
+instruction_following_eval); this module is the part a training loop needs around them:
 
-Bad data never raises: an unknown type or a malformed value becomes an entry in `errors` and counts as a
-failed constraint, so a typo in a data file shows up in the scores instead of crashing a round.
+- Bad data never raises. An unknown id (which the library's own loop silently skips), a kwargs list of
+  the wrong length, arguments a checker rejects or unreadable JSON become entries in `errors`, and the
+  instruction counts as failed, so a typo in a data file shows up in the scores instead of crashing a round.
+- Results are deterministic. The registry's `build_description` draws a random value for any argument
+  left out (a random word count, keyword, language...), so here every argument a checker takes is required
+  and type-checked first; and langdetect, which the language and casing checkers call, is seeded.
+- Two checkers need NLTK's punkt data, which tasks.scoring.punkt provides without a download.
+- One deliberate difference from IFEval's reference scoring: `keywords:letter_frequency` counts the
+  character asked for even when it is not a letter a-z (two IFEval prompts ask for "#" and "!"), where the
+  reference code silently counts a random letter instead.
 
-Types and their "value":
-    min_words, max_words, min_sentences, max_sentences   int
-    paragraphs           int, exactly N (paragraphs are separated by blank lines or a `***` line)
-    required_keywords    str or list[str]: each at least once (case-insensitive, whole word)
-    keyword_frequency    {"keyword": str, "min": int, "max": int} (at least one of min/max)
-    forbidden_keywords   str or list[str]: none of them (case-insensitive, whole word)
-    starts_with, ends_with   str: exact phrase at the start/end, ignoring surrounding whitespace
-    bullets              int, exactly N markdown bullets ("* ", "- " or "+ " at the start of a line)
-    placeholders         int, at least N square-bracket placeholders like [name]
-    json_format, all_lowercase, all_uppercase, no_commas, title   no value needed
+Strict: the response as it is meets the instruction. Loose (IFEval's): so does one of the registry's loose
+transformations of it (first and/or last line removed, `*` removed), which forgives a "Sure!" line or
+markdown bold around an otherwise compliant answer. An empty response meets nothing.
 
 Run the doctests (from the repo root):  python -m pytest --doctest-modules tasks/scoring/ifeval.py
 """
@@ -25,201 +29,301 @@ Run the doctests (from the repo root):  python -m pytest --doctest-modules tasks
 from __future__ import annotations
 
 import json
-import re
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import langdetect
+from if_verifiable.common import get_loose_transformations
+from if_verifiable.ifeval.instructions_registry import INSTRUCTION_DICT
+from if_verifiable.ifeval.instructions_util import LANGUAGE_CODES
+
+from tasks.scoring.punkt import PunktUnavailable, ensure_punkt
+
 
 @dataclass(frozen=True)
-class ConstraintResult:
-    """Outcome of checking one response against its constraints.
+class InstructionCheck:
+    instruction_id: str  # e.g. "punctuation:no_comma"
+    strict: bool
+    loose: bool  # some loose transformation of the response (the response itself among them) passes
 
-    passed: every constraint holds (and there were no errors); vacuously True for no constraints.
-    fraction: share of constraints that hold (1.0 for none), a softer reward than `passed`.
-    results: (constraint type, held) per constraint, in order; an erroneous one is (type, False).
-    errors: one message per unknown type or malformed value (or unreadable constraint list).
+
+@dataclass(frozen=True)
+class IFEvalResult:
+    """Outcome of checking one response against its prompt's instructions.
+
+    checks: one per instruction, in order; an erroneous one is (id, strict=False, loose=False).
+    errors: one message per unknown id, malformed kwargs or unreadable list.
     """
 
-    passed: bool
-    fraction: float
-    results: list[tuple[str, bool]]
+    checks: list[InstructionCheck]
     errors: list[str]
 
+    @property
+    def prompt_strict(self) -> bool:
+        """Every instruction met strictly, and no errors (vacuously True for no instructions)."""
+        return not self.errors and all(c.strict for c in self.checks)
 
-class MalformedValue(ValueError):
-    """A constraint's value has the wrong shape for its type."""
+    @property
+    def prompt_loose(self) -> bool:
+        return not self.errors and all(c.loose for c in self.checks)
+
+    @property
+    def strict_fraction(self) -> float:
+        """Share of instructions met strictly (1.0 for none, 0.0 for none because of an error)."""
+        return self._fraction(sum(c.strict for c in self.checks))
+
+    @property
+    def loose_fraction(self) -> float:
+        return self._fraction(sum(c.loose for c in self.checks))
+
+    def _fraction(self, met: int) -> float:
+        if self.checks:
+            return met / len(self.checks)
+        return 0.0 if self.errors else 1.0
 
 
-def check_constraints(response: str, constraints: list[dict] | str) -> ConstraintResult:
-    """Check `response` against every constraint (strict: all must hold for `passed`).
+# Argument names of the registry's checkers, by the kind of value they take. A wrong kind is an error
+# here, because the registry would otherwise misread it: a string instead of a keyword list is sorted
+# into single letters, a negative count or an empty keyword is replaced by a random one.
+_COUNTS = frozenset(
+    {
+        "num_sentences",
+        "num_placeholders",
+        "num_bullets",
+        "num_highlights",
+        "num_sections",
+        "num_paragraphs",
+        "num_words",
+        "nth_paragraph",
+        "frequency",
+        "let_frequency",
+        "capital_frequency",
+    }
+)
+_TEXTS = frozenset({"keyword", "postscript_marker", "section_spliter", "first_word", "prompt_to_repeat", "end_phrase"})
+_TEXT_LISTS = frozenset({"keywords", "forbidden_words"})
+_RELATIONS = frozenset({"relation", "let_relation", "capital_relation"})  # the registry checks the value itself
+_ARG_KINDS = _COUNTS | _TEXTS | _TEXT_LISTS | _RELATIONS | {"letter", "language"}
+
+# The argument of checkers that take the prompt itself, filled from check_instructions' `prompt` (IFBench's
+# style; none of IFEval's checkers takes it today, but the library's own loop supports it, so do we).
+_PROMPT_ARG = "prompt"
+
+# Checkers that tokenize with NLTK's punkt model (count_sentences; nltk.word_tokenize).
+_NEEDS_PUNKT = frozenset({"length_constraints:number_sentences", "change_case:capital_word_frequency"})
+
+
+def known_instructions() -> list[str]:
+    """The registry's instruction ids, sorted.
+
+    >>> len(known_instructions()), known_instructions()[0]
+    (25, 'change_case:capital_word_frequency')
+    """
+    return sorted(INSTRUCTION_DICT)
+
+
+def required_args(instruction_id: str) -> list[str]:
+    """The kwargs an instruction needs (all of its checker's arguments but the prompt), in the registry's order.
+
+    >>> required_args("keywords:frequency"), required_args("punctuation:no_comma")
+    (['keyword', 'frequency', 'relation'], [])
+    """
+    keys = INSTRUCTION_DICT[instruction_id](instruction_id).get_instruction_args_keys()
+    return [k for k in keys if k != _PROMPT_ARG]
+
+
+def check_instructions(
+    response: str | None,
+    instruction_id_list: Sequence[Any] | str,
+    kwargs: Sequence[Any] | str | None = None,
+    prompt: str = "",
+) -> IFEvalResult:
+    """Check `response` against every instruction of its prompt; never raises for bad data.
 
     Args:
-        response: the model's reply.
-        constraints: a list of {"type": ..., "value": ...} dicts, or the same as a JSON string.
+        response: the model's reply (None: empty).
+        instruction_id_list: registry ids, or the same list as a JSON string.
+        kwargs: one dict per instruction (None values: unused), its JSON string, or None (no arguments).
+        prompt: the prompt, for checkers that take it.
 
-    >>> r = check_constraints("Hello there, world.", '[{"type": "min_words", "value": 2}, {"type": "no_commas"}]')
-    >>> r.passed, r.fraction, r.results
-    (False, 0.5, [('min_words', True), ('no_commas', False)])
-    >>> check_constraints("hi", [{"type": "rhyming"}]).errors
-    ["constraint 0: unknown type 'rhyming'"]
+    >>> r = check_instructions("Hello, world.", ["punctuation:no_comma", "length_constraints:number_words"],
+    ...                        '[{}, {"num_words": 2, "relation": "at least", "keywords": null}]')
+    >>> r.checks[0], r.strict_fraction, r.prompt_loose
+    (InstructionCheck(instruction_id='punctuation:no_comma', strict=False, loose=False), 0.5, False)
+    >>> check_instructions("hi", ["keywords:rhyming"]).errors
+    ['instruction 0 (keywords:rhyming): unknown id']
     """
+    _seed_langdetect()
     response = response or ""
-    specs, errors = _load(constraints)
-    results: list[tuple[str, bool]] = []
-    for i, spec in enumerate(specs):
-        kind, ok, error = _check_one(response, spec, i)
-        results.append((kind, ok))
+    ids, error = _load_list(instruction_id_list, "instruction_id_list")
+    if error:
+        return IFEvalResult([], [error])
+    args_list, error = _load_list(kwargs, "kwargs", default=[None] * len(ids))
+    if not error and len(args_list) != len(ids):
+        error = f"kwargs has {len(args_list)} entries, instruction_id_list {len(ids)}"
+    if error:  # which arguments belong to which instruction is unknown: none of them can be checked
+        return IFEvalResult([InstructionCheck(_name(i), False, False) for i in ids], [error])
+    checks, errors = [], []
+    for index, (instruction_id, given) in enumerate(zip(ids, args_list)):
+        check, error = _check_one(response, instruction_id, given, prompt)
+        checks.append(check)
         if error:
-            errors.append(error)
-    held = sum(ok for _, ok in results)
-    fraction = held / len(results) if results else (0.0 if errors else 1.0)
-    return ConstraintResult(
-        passed=not errors and held == len(results), fraction=fraction, results=results, errors=errors
-    )
+            errors.append(f"instruction {index} ({check.instruction_id}): {error}")
+    return IFEvalResult(checks, errors)
 
 
-def ifeval_reward(completions: list[str], constraints: list[list[dict] | str], **kwargs) -> list[float]:
-    """TRL-style reward function: 1.0 where the completion meets all its constraints, else 0.0.
+def ifeval_reward(
+    completions: Sequence[Any],
+    instruction_id_list: Sequence[Any],
+    kwargs: Sequence[Any],
+    prompts: Sequence[Any] | None = None,
+    **_: Any,
+) -> list[float]:
+    """TRL reward function: the share of its prompt's instructions each completion meets (loose).
 
-    >>> ifeval_reward(["one two three", "one"], constraints=[[{"type": "min_words", "value": 3}]] * 2)
+    TRL passes the data set's columns by name, so IFEval's own `instruction_id_list` and `kwargs` columns
+    fit as they are; completions and prompts may be strings or chat message lists.
+
+    >>> ifeval_reward(["no commas here", [{"role": "assistant", "content": "one, two"}]],
+    ...               instruction_id_list=[["punctuation:no_comma"]] * 2, kwargs=[[{}]] * 2)
     [1.0, 0.0]
     """
-    return [1.0 if check_constraints(c, k).passed else 0.0 for c, k in zip(completions, constraints, strict=True)]
+    prompts = [""] * len(completions) if prompts is None else prompts
+    return [
+        check_instructions(_message_text(c, "assistant"), ids, kw, _message_text(p, "user")).loose_fraction
+        for c, ids, kw, p in zip(completions, instruction_id_list, kwargs, prompts, strict=True)
+    ]
 
 
-def _load(constraints: list[dict] | str) -> tuple[list[Any], list[str]]:
-    """The constraint list (parsing JSON text), plus an error when it cannot be read at all."""
-    if isinstance(constraints, str):
+def _check_one(response: str, instruction_id: Any, given: Any, prompt: str) -> tuple[InstructionCheck, str | None]:
+    """(check, error message or None) for one instruction; never raises."""
+    name = _name(instruction_id)
+    failed = InstructionCheck(name, False, False)
+    cls = INSTRUCTION_DICT.get(instruction_id) if isinstance(instruction_id, str) else None
+    if cls is None:
+        return failed, "unknown id"
+    checker = cls(instruction_id)
+    keys = checker.get_instruction_args_keys()
+    args, error = _arguments([k for k in keys if k != _PROMPT_ARG], given)
+    if error:
+        return failed, error
+    if _PROMPT_ARG in keys:
+        args[_PROMPT_ARG] = prompt
+    if instruction_id in _NEEDS_PUNKT:
         try:
-            constraints = json.loads(constraints) if constraints.strip() else []
+            ensure_punkt()
+        except PunktUnavailable as e:
+            return failed, str(e)
+    # The registry swaps any `letter` but a-z for a random one, yet IFEval's own prompts ask for "#" and "!"
+    # (keys 1122, 1129): build with a placeholder and count the character that was asked for.
+    letter = args.pop("letter", None)
+    if letter is not None:
+        args["letter"] = "a"
+    try:
+        checker.build_description(**args)
+    except Exception as e:  # the registry's own validation (relation values): the data's fault
+        return failed, f"arguments rejected: {type(e).__name__}: {e}"
+    if letter is not None:
+        checker._letter = letter.lower()
+    if not response.strip():
+        return failed, None
+    try:
+        strict = bool(checker.check_following(response))
+        loose = strict or any(v.strip() and checker.check_following(v) for v in get_loose_transformations(response))
+    except Exception as e:  # e.g. a keyword that is not a valid regex: the registry uses keywords as patterns
+        return failed, f"check failed: {type(e).__name__}: {e}"
+    return InstructionCheck(name, strict, bool(loose)), None
+
+
+def _arguments(keys: list[str], given: Any) -> tuple[dict[str, Any], str | None]:
+    """The build_description arguments `keys` from one kwargs entry (all required), or an error message."""
+    if given is None:
+        given = {}
+    if not isinstance(given, dict):
+        return {}, f"kwargs entry must be an object, got {type(given).__name__}"
+    given = {k: v for k, v in given.items() if v is not None}
+    extra = sorted(set(given) - set(keys))
+    if extra:
+        return {}, f"unexpected arguments {extra} (it takes {keys or 'none'})"
+    missing = [k for k in keys if k not in given]
+    if missing:
+        return {}, f"missing arguments {missing} (it needs {keys})"
+    args = {}
+    for key in keys:
+        value, problem = _coerce(key, given[key])
+        if problem:
+            return {}, f"argument {key!r} {problem}, got {given[key]!r}"
+        args[key] = value
+    if "nth_paragraph" in args and args["nth_paragraph"] > args["num_paragraphs"]:
+        return {}, f"nth_paragraph {args['nth_paragraph']} is past num_paragraphs {args['num_paragraphs']}"
+    return args, None
+
+
+def _coerce(key: str, value: Any) -> tuple[Any, str | None]:
+    """(value as the checker needs it, or a problem description)."""
+    if key in _COUNTS:
+        # 3.0 is how a nullable integer column comes back from pandas; True is a data bug, not 1
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            return value, "must be a non-negative integer"
+        if key == "nth_paragraph" and value == 0:
+            return value, "counts from 1"
+    elif key in _TEXTS:
+        if not isinstance(value, str) or not value.strip():
+            return value, "must be a non-empty string"
+    elif key in _TEXT_LISTS:
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) and v.strip() for v in value):
+            return value, "must be a non-empty list of non-empty strings"
+    elif key in _RELATIONS:
+        if not isinstance(value, str):
+            return value, "must be a string"
+    elif key == "letter":
+        if not isinstance(value, str) or len(value) != 1 or value.isspace():
+            return value, "must be one character"
+    elif key == "language":
+        if value not in LANGUAGE_CODES:
+            return value, f"must be one of {sorted(LANGUAGE_CODES)}"
+    return value, None
+
+
+def _name(instruction_id: Any) -> str:
+    return instruction_id if isinstance(instruction_id, str) else repr(instruction_id)
+
+
+def _load_list(value: Any, what: str, default: list[Any] | None = None) -> tuple[list[Any], str | None]:
+    """The list itself (parsing JSON text; None or JSON null: `default` where given), or an error message."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
         except json.JSONDecodeError as e:
-            return [], [f"constraints are not valid JSON: {e}"]
-    if isinstance(constraints, dict):
-        constraints = [constraints]  # a single constraint written without the list around it
-    if not isinstance(constraints, list):
-        return [], [f"constraints must be a list, got {type(constraints).__name__}"]
-    return constraints, []
+            return [], f"{what} is not valid JSON: {e}"
+    if value is None and default is not None:
+        return default, None
+    if isinstance(value, tuple):
+        value = list(value)
+    if not isinstance(value, list):
+        return [], f"{what} must be a list, got {type(value).__name__}"
+    return value, None
 
 
-def _check_one(response: str, spec: Any, index: int) -> tuple[str, bool, str | None]:
-    """(type, held, error message or None) for one constraint; never raises."""
-    if not isinstance(spec, dict) or not isinstance(spec.get("type"), str):
-        return "invalid", False, f"constraint {index}: expected an object with a string 'type', got {spec!r}"
-    kind = spec["type"]
-    checker = CHECKERS.get(kind)
-    if checker is None:
-        return kind, False, f"constraint {index}: unknown type {kind!r}"
-    try:
-        return kind, bool(checker(response, spec.get("value"))), None
-    except MalformedValue as e:
-        return kind, False, f"constraint {index} ({kind}): {e}"
+def _message_text(value: Any, role: str) -> str:
+    """A TRL prompt or completion as text: a string, or the last `role` message of a chat message list."""
+    if value is None or isinstance(value, str):
+        return value or ""
+    messages = [m for m in value if isinstance(m, dict)]
+    picked = [m for m in messages if m.get("role") == role] or messages
+    content = picked[-1].get("content", "") if picked else ""
+    if isinstance(content, list):  # content parts: [{"type": "text", "text": ...}, ...]
+        content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return content if isinstance(content, str) else ""
 
 
-# --- value validation ---------------------------------------------------------------------------
-
-
-def _count(value: Any, what: str = "value") -> int:
-    # bool is an int in Python, but {"value": true} for a word count is a data bug
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise MalformedValue(f"{what} must be a non-negative integer, got {value!r}")
-    return value
-
-
-def _text(value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise MalformedValue(f"value must be a non-empty string, got {value!r}")
-    return value.strip()
-
-
-def _words_list(value: Any) -> list[str]:
-    items = [value] if isinstance(value, str) else value
-    if not isinstance(items, list) or not items or not all(isinstance(k, str) and k.strip() for k in items):
-        raise MalformedValue(f"value must be a keyword or a non-empty list of keywords, got {value!r}")
-    return [k.strip() for k in items]
-
-
-# --- measurements -------------------------------------------------------------------------------
-
-
-def count_words(text: str) -> int:
-    """Words as runs of letters/digits, keeping "don't" and "state-of-the-art" whole.
-
-    >>> count_words("It's a state-of-the-art model, isn't it?")
-    6
-    """
-    return len(re.findall(r"\w+(?:['’-]\w+)*", text))
-
-
-def count_sentences(text: str) -> int:
-    """Sentences end in . ! or ? followed by whitespace or the end ("3.5" is not a break).
-
-    A heuristic: abbreviations such as "e.g. " count as breaks, as they do in most simple splitters.
-
-    >>> count_sentences("One. Two? Three! Pi is 3.14")
-    4
-    """
-    return sum(1 for part in re.split(r"[.!?]+(?:\s+|$)", text) if re.search(r"\w", part))
-
-
-def count_paragraphs(text: str) -> int:
-    """Non-empty blocks separated by blank lines or a line holding only `***` (IFEval's divider).
-
-    >>> count_paragraphs("a\\n\\nb\\n***\\nc")
-    3
-    """
-    text = re.sub(r"(?m)^[ \t]*\*\*\*[ \t]*$", "", text)
-    return sum(1 for block in re.split(r"\n[ \t]*\n", text) if block.strip())
-
-
-def _keyword_hits(text: str, keyword: str) -> int:
-    # whole word: "AI" matches "AI," but not "SAID"; lookarounds also work for multi-word phrases
-    return len(re.findall(rf"(?<!\w){re.escape(keyword)}(?!\w)", text, flags=re.IGNORECASE))
-
-
-def _strip_json_fence(text: str) -> str:
-    fenced = re.fullmatch(r"```(?:json)?[ \t]*\n?(.*?)\n?```", text.strip(), flags=re.DOTALL | re.IGNORECASE)
-    return fenced.group(1) if fenced else text
-
-
-# --- checkers: fn(response, value) -> bool ------------------------------------------------------
-
-
-def _keyword_frequency(text: str, value: Any) -> bool:
-    if not isinstance(value, dict) or not ({"min", "max"} & value.keys()):
-        raise MalformedValue(f"value must be {{'keyword': str, 'min': int, 'max': int}}, got {value!r}")
-    hits = _keyword_hits(text, _text(value.get("keyword")))
-    low = _count(value["min"], "min") if "min" in value else 0
-    high = _count(value["max"], "max") if "max" in value else hits
-    return low <= hits <= high
-
-
-def _json_format(text: str, value: Any) -> bool:
-    try:
-        json.loads(_strip_json_fence(text))
-    except json.JSONDecodeError:
-        return False
-    return True
-
-
-CHECKERS: dict[str, Callable[[str, Any], bool]] = {
-    "min_words": lambda t, v: count_words(t) >= _count(v),
-    "max_words": lambda t, v: count_words(t) <= _count(v),
-    "min_sentences": lambda t, v: count_sentences(t) >= _count(v),
-    "max_sentences": lambda t, v: count_sentences(t) <= _count(v),
-    "paragraphs": lambda t, v: count_paragraphs(t) == _count(v),
-    "required_keywords": lambda t, v: all(_keyword_hits(t, k) for k in _words_list(v)),
-    "keyword_frequency": _keyword_frequency,
-    "forbidden_keywords": lambda t, v: not any(_keyword_hits(t, k) for k in _words_list(v)),
-    "json_format": _json_format,
-    "all_lowercase": lambda t, v: t == t.lower(),  # IFEval's rule: no uppercase letters at all
-    "all_uppercase": lambda t, v: t == t.upper(),
-    "starts_with": lambda t, v: t.strip().startswith(_text(v)),
-    "ends_with": lambda t, v: t.strip().endswith(_text(v)),
-    "no_commas": lambda t, v: "," not in t and "，" not in t,  # the full-width comma is a comma too
-    # "* " / "- " / "+ " starting a line; "**bold**" and "---" rules are not bullets
-    "bullets": lambda t, v: len(re.findall(r"(?m)^[ \t]*[*+-][ \t]+\S", t)) == _count(v),
-    "title": lambda t, v: re.search(r"<<[^<>\n]*\w[^<>\n]*>>", t) is not None,
-    # [name] but not a markdown link's [text](url)
-    "placeholders": lambda t, v: len(re.findall(r"\[[^\[\]\n]*\w[^\[\]\n]*\](?!\()", t)) >= _count(v),
-}
+def _seed_langdetect() -> None:
+    # langdetect samples n-grams with its own RNG, seeded from the OS unless DetectorFactory.seed is set:
+    # unseeded, detect("hello") is "fi" or "nl" from one call to the next. A process that chose a seed keeps it.
+    if langdetect.DetectorFactory.seed is None:
+        langdetect.DetectorFactory.seed = 0

@@ -33,7 +33,7 @@ class MathAnswerScorer:
     ScoreResult(value=1.0, raw='45', status='ok')
     """
 
-    version = "2"  # 2: equivalent forms (fractions, scientific notation, sympy expressions); percent is opt-in
+    version = "3"  # 2: equivalent forms (fractions, sympy expressions), percent opt-in; 3: math-verify for expressions
 
     def __init__(self, cfg):
         self.id, self.allow_percent = cfg.id, cfg.allow_percent
@@ -54,28 +54,45 @@ class MathAnswerScorer:
 
 
 class IFEvalScorer:
-    """Fraction (or all) of the prompt's declared constraints that the completion meets (tasks.scoring.ifeval)."""
+    """IFEval instructions (Google's registry, tasks.scoring.ifeval) that the completion meets: their share,
+    or 1.0 only when all are met; strict or loose (IFEval's two measures).
 
-    version = "1"
+    The prompt's instruction ids and their arguments come from its provenance (the source's keep_fields),
+    in IFEval's own format; a prompt without instruction ids is "no_reference", one whose instructions are
+    declared badly (unknown id, missing or malformed argument) is "parse_error" with the errors in raw.
+    """
+
+    version = "2"  # 2: IFEval's instruction registry (instruction_id_list + kwargs), strict or loose
 
     def __init__(self, cfg):
-        self.id, self.field, self.mode = cfg.id, cfg.constraints_field, cfg.value
+        self.id, self.cfg = cfg.id, cfg
 
     def __call__(self, rows: list[dict]) -> list[ScoreResult]:
-        from tasks.scoring.ifeval import check_constraints
+        from tasks.scoring.ifeval import check_instructions
 
+        loose, fraction = self.cfg.mode == "loose", self.cfg.value == "fraction"
         out = []
         for row in rows:
-            constraints = _provenance(row).get(self.field)
-            if constraints is None:
+            provenance = _provenance(row)
+            ids = provenance.get(self.cfg.instructions_field)
+            if ids is None:
                 out.append(ScoreResult(0.0, "", "no_reference"))
                 continue
-            res = check_constraints(row.get("completion") or "", constraints)
-            raw = json.dumps({"results": res.results, "errors": res.errors})
-            if res.errors:  # a constraint the data declares badly is the data's fault: say so, do not score
+            prompt = row.get("prompt")
+            res = check_instructions(
+                row.get("completion") or "",
+                ids,
+                provenance.get(self.cfg.kwargs_field),  # absent: no arguments (fine for e.g. no_comma only)
+                prompt if isinstance(prompt, str) else "",
+            )
+            checks = [{"id": c.instruction_id, "strict": c.strict, "loose": c.loose} for c in res.checks]
+            raw = json.dumps({"checks": checks, "errors": res.errors})
+            if res.errors:  # an instruction the data declares badly is the data's fault: say so, do not score
                 out.append(ScoreResult(0.0, raw, "parse_error"))
+            elif fraction:
+                out.append(ScoreResult(res.loose_fraction if loose else res.strict_fraction, raw, "ok"))
             else:
-                out.append(ScoreResult(res.fraction if self.mode == "fraction" else float(res.passed), raw, "ok"))
+                out.append(ScoreResult(float(res.prompt_loose if loose else res.prompt_strict), raw, "ok"))
         return out
 
 

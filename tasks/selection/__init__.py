@@ -1,0 +1,1 @@
+"""Library code of the select stage (tasks/select.py): replay of earlier rounds' training rows."""
