@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo demo-instruct test lint clean chromium
+.PHONY: install demo demo-instruct test faults lint clean chromium
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -39,6 +39,10 @@ lint: $(STAMP)
 
 test: $(STAMP) chromium lint
 	$(BIN)/python -m pytest -q
+
+# The fault battery alone (also part of `make test`): kills, an S3 outage, a held catalog, bad inputs.
+faults: $(STAMP)
+	$(BIN)/python -m pytest -q -m faults
 
 clean:
 	rm -rf $(VENV) .flywheel

@@ -258,6 +258,19 @@ class StorageConfig(_Strict):
         None, description="S3 endpoint for MinIO/R2/Ceph (None: AWS). Keys come from the AWS environment."
     )
     region: str | None = Field(None, description="S3 region (None: from the AWS environment).")
+    retry_window_s: float = Field(
+        120.0,
+        ge=0,
+        description="How long a store call retries, with backoff, while S3 is unreachable or answers 5xx/"
+        "SlowDown (a MinIO restart, a network blip) before the round fails; 0: fail at once. The check when "
+        "a round starts tries once, so a wrong endpoint fails in seconds.",
+    )
+    catalog_wait_s: float = Field(
+        3600.0,
+        gt=0,
+        description="How long a catalog write waits while another process (a DuckDB CLI, a notebook) holds "
+        "the catalog file, logging the holder every 30 s, before the round fails.",
+    )
 
     @model_validator(mode="after")
     def _check_uri(self) -> StorageConfig:

@@ -123,11 +123,26 @@ class ScoringConfig(_Strict):
     )
     combine: Literal["weighted_sum", "gated"] = Field(
         "weighted_sum",
-        description="weighted_sum: sum of weight x value; gated: as weighted_sum, but only for "
-        "completions that pass the `gate` scorer (the others get the gate's value times its weight).",
+        description="weighted_sum: sum of weight x value, the values as the scorers give them (a reward model's "
+        "logit is unbounded, so it can outweigh a verifier: no ordering between scorers is guaranteed). gated: a "
+        "completion below the `gate` threshold gets the gate's weight x value; one at or above it gets that plus "
+        "weight x the others' values bounded into [0, 1] (a reward model's logit through a sigmoid, other values "
+        "clamped). A pass then scores at least gate weight x gate_threshold and a fail below it, so a verified "
+        "answer always outranks an unverified one, and the others add less than the sum of their weights: "
+        "with math_answer (weight 1) and rm (weight 0.5), a pass scores 1 + 0.5 x sigmoid(rm) in (1, 1.5), "
+        "a fail 0.",
     )
     gate: str | None = Field(None, description="gated: the scorer (name) that must pass, e.g. math_answer.")
     gate_threshold: float = Field(1.0, description="gated: the gate passes at or above this value.")
+    on_scorer_error: Literal["exclude", "zero"] = Field(
+        "exclude",
+        description="A completion whose reward would read the placeholder value of a scorer that failed on it "
+        "(a judge timeout or unparsable answer, a reward-model error: tasks/scoring SCORER_ERRORS): exclude: its "
+        "reward is null and selection skips it (counted as score/reward/excluded_scorer_error and "
+        "select/excluded_scorer_error); zero: the failed scorer counts as 0 (counted as "
+        "score/reward/zeroed_scorer_error). Scorers with weight 0, and under gated the others of a completion "
+        "that fails the gate, are not read, so their failures change nothing.",
+    )
     tie_break: list[str] = Field(
         default_factory=list, description="Scorers (names) that break ties of the combined reward, in order."
     )
@@ -137,8 +152,19 @@ class ScoringConfig(_Strict):
         names = [s.id for s in self.scorers]
         if len(set(names)) != len(names):
             raise ValueError(f"scoring.scorers need distinct names (set `name:`), got {names}")
-        if self.combine == "gated" and self.gate not in names:
-            raise ValueError(f"scoring.gate ({self.gate!r}) must name one of the scorers {names} when combine is gated")
+        if self.combine == "gated":
+            if self.gate not in names:
+                raise ValueError(
+                    f"scoring.gate ({self.gate!r}) must name one of the scorers {names} when combine is gated"
+                )
+            # A pass outranks every fail only if the gate term grows with the gate value and no other term is negative.
+            weights = {s.id: s.weight for s in self.scorers}
+            negative = {k: w for k, w in weights.items() if k != self.gate and w < 0}
+            if weights[self.gate] <= 0 or negative:
+                raise ValueError(
+                    f"scoring: combine gated needs a positive gate weight and no negative other weight "
+                    f"(so a pass always outranks a fail), got weights {weights}"
+                )
         unknown = [t for t in self.tie_break if t not in names]
         if unknown:
             raise ValueError(f"scoring.tie_break names unknown scorers {unknown}; scorers are {names}")

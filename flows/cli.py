@@ -2,8 +2,8 @@
 
 flywheel demo [--task addition|instruct] [--rounds 3]  build a demo's model and data, run its rounds
 flywheel run --config configs/demo.yaml [--rounds N]  run N more rounds of a pipeline
-flywheel rounds [--pipeline P] [--json]            one row per round
-flywheel promote --pipeline P --round N --reason R  roll the pipeline back (or forward) to round N's candidate
+flywheel rounds [--pipeline P] [--json] [--attempts]  one row per round (or per attempt of a round)
+flywheel promote --pipeline P --round N --reason R [--wait]  roll the pipeline back (or forward) to round N's candidate
 flywheel lineage <artifact-or-row-id> [--json]     where an artifact or a training row came from
 flywheel server [--port 4200]                      a local Prefect server + UI
 flywheel serve --config configs/demo.yaml          serve the round-now and nightly deployments
@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 
 from configs.quiet import apply_defaults
+from flows import reaper
+from flows.cli_prefect import cmd_serve, cmd_server
 
 apply_defaults()
 
@@ -59,6 +61,7 @@ def _run_rounds(cfg, rounds: int) -> list:
 
 
 def cmd_run(args) -> int:
+    reaper.start()  # nothing this command starts (engines, Prefect's server) outlives it
     from configs import load_config
 
     cfg = load_config(args.config, home=args.home)
@@ -68,6 +71,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    reaper.start()  # nothing this command starts (engines, Prefect's server) outlives it
     from configs import DEMO_CONFIG, INSTRUCT_CONFIG, load_config
 
     home = _home(args)
@@ -126,14 +130,22 @@ def _show(args, pipeline: str) -> None:
     print(f"plot: {png}")
 
 
-def cmd_rounds(args) -> int:
-    from flows.report import dumps, print_rounds, round_rows
+def _say(message: str) -> None:
+    print(f"flywheel: {message}", file=sys.stderr)
 
-    rows = round_rows(_catalog(args).rounds(args.pipeline))
+
+def cmd_rounds(args) -> int:
+    from flows.crashes import close_dead_rounds
+    from flows.report import attempt_rows, dumps, print_attempts, print_rounds, round_rows
+
+    cat = _catalog(args)
+    # A round left `running` by a killed process is shown as what it is: crashed.
+    close_dead_rounds(cat, _home(args), args.pipeline, log=_say)
+    rows = attempt_rows(cat.attempts(args.pipeline)) if args.attempts else round_rows(cat.rounds(args.pipeline))
     if args.json:
         print(dumps(rows))
     else:
-        print_rounds(rows)
+        (print_attempts if args.attempts else print_rounds)(rows)
     return 0
 
 
@@ -162,6 +174,7 @@ def cmd_catalog_rebuild(args) -> int:
     from storage.catalog import Catalog
     from storage.rebuild import rebuild_catalog
     from storage.runtime import open_home_store
+    from storage.scratch import process_scratch
 
     cfg = load_config(args.config, home=args.home)
     out = Path(args.out) if args.out else cfg.resolve_home() / "catalog.duckdb"
@@ -169,7 +182,7 @@ def cmd_catalog_rebuild(args) -> int:
         raise SystemExit(f"{out} exists: pass --force to replace it, or --out to write elsewhere")
     store, server = open_home_store(cfg.resolve_home(), cfg.storage.uri, cfg.storage.endpoint_url, cfg.storage.region)
     try:
-        with tempfile.TemporaryDirectory(dir=cfg.resolve_home()) as tmp:
+        with tempfile.TemporaryDirectory(dir=process_scratch(cfg.resolve_home() / "tmp")) as tmp:
             # Built aside and moved into place, so a failed rebuild never leaves half a catalog.
             new = Path(tmp) / "catalog.duckdb"
             rounds = rebuild_catalog(store, ArtifactStore(store, cfg.resolve_home() / "cache"), Catalog(new))
@@ -182,79 +195,19 @@ def cmd_catalog_rebuild(args) -> int:
     return 0
 
 
-def cmd_server(args) -> int:
-    """A local Prefect server + UI on 127.0.0.1 (SQLite, offline), until Ctrl-C or SIGTERM."""
-    import signal
-    import subprocess
-    import urllib.request
-
-    def stop(*_):
-        raise KeyboardInterrupt
-
-    # SIGTERM (a supervisor, a test) ends this command like Ctrl-C does: through the cleanup below.
-    signal.signal(signal.SIGTERM, stop)
-    url = f"http://127.0.0.1:{args.port}"
-    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_API_URL": f"{url}/api"}
-    cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(args.port)]
-    proc = subprocess.Popen(cmd, env=env)
-    try:
-        for _ in range(120):
-            if proc.poll() is not None:
-                raise SystemExit(f"prefect server exited with code {proc.returncode} (is port {args.port} free?)")
-            try:
-                urllib.request.urlopen(f"{url}/api/health", timeout=2)
-                break
-            except OSError:
-                time.sleep(0.5)
-        print(f"Prefect server and UI ready: {url}\nin other shells:  export PREFECT_API_URL={url}/api", flush=True)
-        return proc.wait()
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-def cmd_serve(args) -> int:
-    """Register the pipeline's deployments with the server in PREFECT_API_URL and run them until Ctrl-C."""
-    import urllib.request
-
-    from configs import load_config
-    from flows.deployments import serve_pipeline
-    from flows.preflight import quiet_input_errors
-
-    api = os.environ.get("PREFECT_API_URL")
-    if not api:
-        raise SystemExit("flywheel serve: set PREFECT_API_URL to a Prefect server (`flywheel server` prints it)")
-    try:
-        urllib.request.urlopen(f"{api.rstrip('/')}/health", timeout=5)
-    except OSError as e:
-        raise SystemExit(
-            f"flywheel serve: no Prefect server answers at {api} ({e}); start one with `flywheel server`"
-        ) from None
-    cfg = load_config(args.config, home=args.home)
-    quiet_input_errors()
-    try:
-        serve_pipeline(cfg, args.cron, args.timezone)
-    except KeyboardInterrupt:
-        pass
-    return 0
-
-
 def cmd_promote(args) -> int:
-    """Roll a pipeline back (or forward) to an earlier round's candidate by hand, recorded with who/when/why."""
+    """Roll a pipeline back (or forward) to an earlier round's candidate by hand, recorded with who/when/why
+    (flows/manual_promotion.py: never while a round of the pipeline runs)."""
     import getpass
+
+    from flows.manual_promotion import RoundRunning, promote_manually
 
     cat = _catalog(args)
     who = os.environ.get("FLYWHEEL_USER") or getpass.getuser()
     try:
-        row = cat.record_promotion(args.pipeline, args.round, args.which, who, args.reason)
-    except ValueError as e:
+        what = (args.pipeline, args.round, args.which, who, args.reason)
+        row = promote_manually(cat, _home(args), *what, wait=args.wait, log=_say)
+    except (ValueError, RoundRunning) as e:
         print(f"flywheel: {e}", file=sys.stderr)
         return 2
     print(
@@ -316,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("rounds", help="one row per round")
     s.add_argument("--pipeline")
     s.add_argument("--json", action="store_true")
+    s.add_argument("--attempts", action="store_true", help="one row per attempt of a round, with its error")
     s.set_defaults(fn=cmd_rounds)
     s = sub.add_parser("lineage", help="ancestry of an artifact or a training row")
     s.add_argument("id")
@@ -344,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="that round's candidate (default), or the policy it ended with",
     )
     s.add_argument("--reason", required=True, help="why, recorded in the catalog with who and when")
+    s.add_argument("--wait", action="store_true", help="wait for a running round of the pipeline instead of refusing")
     s.set_defaults(fn=cmd_promote)
     s = sub.add_parser("export", help="write the policy (or round N's candidate) as a plain model directory")
     s.add_argument("--config", required=True)

@@ -3,7 +3,9 @@
 A second trigger of the same pipeline (the UI's Run while the nightly round runs, two `flywheel run`)
 waits its turn and says so in its logs; different pipelines run side by side. The lock is an flock on
 a file under FLYWHEEL_HOME, so the kernel releases it when a holder dies: a killed round never blocks
-the next one. It serialises rounds on one machine, which is where the DuckDB catalog lives.
+the next one. It serialises rounds on one machine, which is where the DuckDB catalog lives. A round is
+`running` in the catalog only while its owner holds this lock, so a running round whose lock is free has
+no owner left (flows/crashes.py marks it crashed).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -52,15 +55,22 @@ def pipeline_lock(
                 time.sleep(POLL_S)
         # Who holds it, for the next waiter's message (the lock itself is the flock, not this text).
         os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps({"pid": os.getpid(), "since": datetime.now(timezone.utc).isoformat()}).encode(), 0)
+        since = datetime.now(timezone.utc).isoformat()
+        os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": since}).encode(), 0)
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the flock
 
 
+def lock_holder(home: Path, pipeline: str) -> str:
+    """Who took the pipeline's lock last, for messages: "pid N since T on host H" (or "holder unknown")."""
+    return _holder(Path(home) / "locks" / f"{pipeline}.lock")
+
+
 def _holder(path: Path) -> str:
     try:
         info = json.loads(path.read_text() or "{}")
-        return f"pid {info['pid']} since {info['since']}"
+        host = f" on host {info['host']}" if info.get("host") else ""
+        return f"pid {info['pid']} since {info['since']}{host}"
     except (OSError, ValueError, KeyError):
         return "holder unknown"

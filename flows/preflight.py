@@ -9,13 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from configs.schema import FlywheelConfig
+from configs.scoring import JudgeEndpointConfig
 from tasks.stage import INPUT_ERROR_NAMES, PreflightError, check_file, check_model_dir
 
 PREFLIGHT_ROWS = 1000  # enough that a few malformed first lines do not look like a broken file
 
 
 def preflight(cfg: FlywheelConfig, *, need_base_model: bool) -> None:
-    """Cheap checks of every input a round reads (sources, eval sets, base model).
+    """Cheap checks of every input a round reads or calls (sources, eval sets and their judges and reward
+    models, the base model, committee models, scorers).
 
     Sources are opened and their first rows read, so a wrong field name fails here, not mid-round
     (a few malformed rows among them are quarantined later, not an error here).
@@ -28,29 +30,48 @@ def preflight(cfg: FlywheelConfig, *, need_base_model: bool) -> None:
             check_file(s.path, f"curation.sources[{i}] ({s.name})", suffixes, allow_dir=True)
         read_source(s.model_copy(update={"limit": min(s.limit or PREFLIGHT_ROWS, PREFLIGHT_ROWS)}))
     for i, e in enumerate(cfg.evaluation.eval_sets):
-        check_file(e.path, f"evaluation.eval_sets[{i}] ({e.name})", (".jsonl", ".parquet"))
+        what = f"evaluation.eval_sets[{i}] ({e.name})"
+        check_file(e.path, what, (".jsonl", ".parquet"))
         read_eval_set(e)
+        # The judge and reward model run only after generation and training: a typo there costs hours.
+        if e.metric == "win_rate":
+            check_judge(e.judge, f"{what} judge", f"{what} judge.model")
+        elif e.metric == "reward":
+            check_reward_model(e.reward_model, f"{what} reward_model")
     if need_base_model:
-        check_model_dir(cfg.base_model, "base_model")
+        check_model_dir(cfg.base_model, "base_model", chat=True)
     for i, m in enumerate(cfg.generation.committee):
-        check_model_dir(m.model, f"generation.committee[{i}] ({m.name})")
+        check_model_dir(m.model, f"generation.committee[{i}] ({m.name})", chat=True)
     for i, s in enumerate(cfg.scoring.scorers):
         check_scorer(s, f"scoring.scorers[{i}] ({s.id})")
 
 
 def check_scorer(s, what: str) -> None:
     """A judge endpoint answers and a scorer's model directory exists, before hours of generation."""
-    if s.kind == "judge" and s.judge.backend == "openai":
+    if s.kind == "judge":
+        check_judge(s.judge, what, f"{what} judge.model")
+    elif s.kind == "reward_model":
+        check_reward_model(s.model, f"{what} model")
+
+
+def check_judge(judge: JudgeEndpointConfig, what: str, model_what: str) -> None:
+    """An OpenAI-compatible judge answers a 1-token request; a local one is a model with a chat template
+    (its prompts are rendered with it)."""
+    if judge.backend == "openai":
         from tasks.generation.openai import ChatClient, EndpointError
 
         try:
-            ChatClient(s.judge.base_url, s.judge.model, s.judge.api_key_env, min(s.judge.timeout_s, 20.0), 1).check()
+            ChatClient(judge.base_url, judge.model, judge.api_key_env, min(judge.timeout_s, 20.0), 1).check()
         except EndpointError as e:
             raise PreflightError(f"{what}: {e}") from None
-    elif s.kind == "judge":
-        check_model_dir(s.judge.model, f"{what} judge.model")
-    elif s.kind == "reward_model" and s.model.startswith(("/", "./", "../", "~")):  # a local path, not a hub id
-        check_model_dir(str(Path(s.model).expanduser()), f"{what} model")
+    else:
+        check_model_dir(judge.model, model_what, chat=True)
+
+
+def check_reward_model(model: str, what: str) -> None:
+    """A reward model given by path is a whole model directory (`trained` and a hub id are not checked)."""
+    if model != "trained" and (model.startswith(("/", "./", "../", "~")) or Path(model).expanduser().is_dir()):
+        check_model_dir(str(Path(model).expanduser()), what)
 
 
 class QuietInputErrors:

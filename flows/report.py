@@ -19,6 +19,7 @@ def round_rows(rounds: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "pipeline": r["pipeline"],
                 "round": r["round"],
                 "status": r["status"],
+                "attempts": r.get("attempts", 0),
                 "promoted": bool(r["promoted"]),
                 "policy": r["policy_out"] if r["status"] == "completed" else r["policy_in"],
                 "policy_in": r["policy_in"],
@@ -33,6 +34,44 @@ def round_rows(rounds: list[dict[str, Any]]) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def attempt_rows(attempts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The JSON shape of `flywheel rounds --attempts --json`: one object per attempt of a round."""
+    keys = ("pipeline", "round", "attempt", "status", "error", "pid", "host", "flow_run_id", "steps")
+    return [
+        {
+            **{k: a[k] for k in keys},
+            "started_at": str(a["started_at"]),
+            "finished_at": str(a["finished_at"]) if a["finished_at"] else None,
+        }
+        for a in attempts
+    ]
+
+
+def print_attempts(rows: list[dict[str, Any]], console: Console | None = None) -> None:
+    """Every attempt of every round: when, by whom, how it ended, which steps it ran (r: reused)."""
+    console = console or Console(width=max(Console().width, 130))
+    t = Table(title="rounds: every attempt")
+    for col in ["pipeline", "round", "attempt", "status", "started", "finished", "owner", "steps", "error"]:
+        t.add_column(col, overflow="fold", no_wrap=col in ("status", "started", "finished", "owner"))
+    for a in rows:
+        steps = " ".join(
+            STAGE_LABELS.get(name, name) + (" r" if s["reused"] else "") + ("" if s["status"] == "completed" else " x")
+            for name, s in a["steps"].items()
+        )
+        t.add_row(
+            a["pipeline"],
+            str(a["round"]),
+            str(a["attempt"]),
+            a["status"],
+            a["started_at"][:19],
+            (a["finished_at"] or "")[:19],
+            f"pid {a['pid']} on {a['host']}",
+            steps,
+            (a["error"] or "")[:300],
+        )
+    console.print(t)
 
 
 def _pct(m: dict, key: str) -> str:
@@ -69,6 +108,7 @@ def print_rounds(rows: list[dict[str, Any]], console: Console | None = None) -> 
         "pipeline",
         "round",
         "status",
+        "tries",
         "prompts",
         "samples",
         "pass@n %",
@@ -85,6 +125,7 @@ def print_rounds(rows: list[dict[str, Any]], console: Console | None = None) -> 
             r["pipeline"],
             str(r["round"]),
             r["status"],
+            str(r["attempts"]),
             str(int(m.get("curate/prompts", 0))),
             str(int(m.get("generate/completions", 0))),
             _pct(m, "score/pass_at_n"),

@@ -4,7 +4,9 @@ Run one round of a config:  flywheel run --config configs/demo.yaml --rounds 1
 
 Each stage is a Prefect task made by the stage mechanism (tasks/stage.py), which owns the step's identity,
 reuse, catalog record and lineage; this flow only passes each stage its inputs and records the round
-itself (started, finished, failed or discarded) in the catalog.
+itself (started, finished, failed, crashed or discarded) in the catalog. Before a round starts it closes
+rounds left running by a dead owner (flows/crashes.py), and before one resumes it checks that what the
+catalog says it finished is still in the store (storage/audit.py).
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ from prefect.runtime import flow_run
 from pydantic import BaseModel, Field
 
 from configs.schema import FlywheelConfig
+from flows.crashes import close_dead_rounds
 from flows.lock import pipeline_lock
 from flows.preflight import PreflightError, preflight
 from flows.publish import publish_round_report
-from storage.ids import hash_obj
+from storage.audit import repair_round
+from storage.ids import hash_obj, home_relative
 from storage.runtime import Runtime
 from tasks.average import average_task, policy_history
 from tasks.compare import compare_task
@@ -38,7 +42,8 @@ from tasks.stage import import_model, runtime
 from tasks.train import train_dpo_task, train_sft_task
 from tasks.train_reward import reward_model_for, reward_pairs_ids, train_reward_task
 
-# Errors in the user's input: the round is rolled back entirely instead of being kept as "failed".
+# Errors in the user's input: the round is rolled back entirely instead of being kept as "failed", unless
+# some of its steps finished: those stay reusable, so a late bad input does not cost the work before it.
 INPUT_ERRORS: tuple[type[Exception], ...] = (PreflightError, SourceError, CurationError)
 
 
@@ -65,6 +70,7 @@ def round_flow(cfg: FlywheelConfig) -> RoundReport:
     rt = runtime(cfg)
     log = get_run_logger()
     with pipeline_lock(rt.home, cfg.pipeline, log=log.info):
+        close_dead_rounds(rt.catalog, rt.home, cfg.pipeline, lock_held=True, log=log.warning)
         report = _run_round(rt, cfg)
     publish_round_report(rt, cfg, report.round)
     return report.model_copy(update={"seconds": time.perf_counter() - t0})
@@ -76,7 +82,10 @@ def _run_round(rt: Runtime, cfg: FlywheelConfig) -> RoundReport:
     rt.catalog.ensure_pipeline(cfg.pipeline, cfg.base_model, cfg.model_dump(mode="json"))
     # The policy the round starts from: the last promoted one, or (round 1) the base model, imported.
     policy = rt.catalog.current_policy(cfg.pipeline) or import_model(cfg, cfg.base_model, "base-model", "base_model")
-    rt.catalog.start_round(cfg.pipeline, r, hash_obj(cfg.model_dump(mode="json")), policy, str(flow_run.id or ""))
+    if rt.catalog.round(cfg.pipeline, r) is not None:  # a resume
+        _repair(rt, cfg.pipeline, r)
+    config_hash = hash_obj(home_relative(cfg.model_dump(mode="json"), rt.home))  # the same in every home
+    rt.catalog.start_round(cfg.pipeline, r, config_hash, policy, str(flow_run.id or ""))
     try:
         prompts = curate_task(cfg, r, earlier_prompt_tables(rt.catalog, cfg, r))
         completions = generate_task(cfg, r, policy, prompts)
@@ -106,8 +115,8 @@ def _run_round(rt: Runtime, cfg: FlywheelConfig) -> RoundReport:
             reason=decision.reason,
             manifest_uri=manifest_uri,
         )
-    except INPUT_ERRORS:
-        rt.catalog.discard_round(cfg.pipeline, r)
+    except INPUT_ERRORS as e:
+        rt.catalog.reject_round(cfg.pipeline, r, f"{type(e).__name__}: {e}")
         raise
     except BaseException as e:
         rt.catalog.fail_round(cfg.pipeline, r, f"{type(e).__name__}: {e}")
@@ -125,6 +134,24 @@ def _run_round(rt: Runtime, cfg: FlywheelConfig) -> RoundReport:
         manifest_uri=manifest_uri,
         seconds=0.0,
     )
+
+
+def _repair(rt: Runtime, pipeline: str, r: int) -> None:
+    """Forget the finished steps of round r whose outputs the store lost, so they run again."""
+    repair = repair_round(rt.catalog, rt.artifacts, pipeline, r)
+    log = get_run_logger()
+    if repair.missing:
+        log.warning(
+            "resuming round %d: %d of its %d recorded artifacts are missing from the store (%s); "
+            "steps %s will run again",
+            r,
+            len(repair.missing),
+            repair.checked,
+            ", ".join(a[:12] for a in repair.missing),
+            ", ".join(repair.steps),
+        )
+    else:
+        log.info("resuming round %d: its %d recorded artifacts are all in the store", r, repair.checked)
 
 
 def write_manifest(rt: Runtime, cfg: FlywheelConfig, r: int, policy: str, candidate: str, decision: Decision) -> str:

@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from storage.ids import sha256_bytes, sha256_file, stable_json
+from storage.scratch import process_scratch
 from storage.store import Store, StoreError, check_key
 
 MANIFEST = "MANIFEST.json"
@@ -247,10 +248,9 @@ class ArtifactStore:
 
     # -- local cache ----------------------------------------------------------------------------------
     def _tmp_path(self, suffix: str) -> Path:
-        # Inside cache_dir, so moving it into the cache is a same-filesystem rename.
-        tmp_dir = self.cache_dir / "tmp"
-        tmp_dir.mkdir(parents=True, exist_ok=True)
-        return tmp_dir / f"{uuid.uuid4().hex}{suffix}"
+        # Inside cache_dir, so moving it into the cache is a same-filesystem rename; in this process's
+        # scratch, so a download cut short by a crash is removed by the next run.
+        return process_scratch(self.cache_dir / "tmp") / f"{uuid.uuid4().hex}{suffix}"
 
     def _table_cache(self, artifact_id: str) -> Path:
         artifact_folder(artifact_id)  # validates the id before it names a local path

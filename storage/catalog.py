@@ -1,6 +1,9 @@
 """The DuckDB catalog: pipelines, rounds, steps, artifacts, lineage edges and metrics.
 
-Every write goes through this module, one transaction per call. A connection is opened per call and
+This file holds the connection, the schema, steps, artifacts and lineage; pipelines, rounds, their
+attempts and manual promotions are storage/catalog_rounds.py (a mixin of Catalog).
+
+Every write goes through Catalog, one transaction per call. A connection is opened per call and
 closed after it, so several processes (two flows, a CLI query) can share the file: DuckDB lets only one
 process hold it at a time, and a caller that finds it locked waits and retries.
 
@@ -10,7 +13,6 @@ Query it with any DuckDB client:  duckdb .flywheel/catalog.duckdb "select * from
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -21,6 +23,8 @@ from typing import Any
 import duckdb
 
 from storage.artifacts import ArtifactRef
+from storage.catalog_lock import WAIT_S, connect_waiting
+from storage.catalog_rounds import RoundsMixin
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS pipelines (
@@ -30,6 +34,10 @@ CREATE TABLE IF NOT EXISTS rounds (
     policy_in TEXT, candidate TEXT, policy_out TEXT, promoted BOOLEAN, reason TEXT,
     flow_run_id TEXT, started_at TIMESTAMPTZ, finished_at TIMESTAMPTZ, manifest_uri TEXT,
     PRIMARY KEY (pipeline, round));
+CREATE TABLE IF NOT EXISTS round_attempts (
+    pipeline TEXT, round INTEGER, attempt INTEGER, status TEXT, started_at TIMESTAMPTZ, finished_at TIMESTAMPTZ,
+    error TEXT, flow_run_id TEXT, pid INTEGER, host TEXT, config_hash TEXT, policy_in TEXT, steps JSON,
+    PRIMARY KEY (pipeline, round, attempt));
 CREATE TABLE IF NOT EXISTS steps (
     pipeline TEXT, round INTEGER, step TEXT, identity TEXT, status TEXT, reused BOOLEAN,
     flow_run_id TEXT, task_run_id TEXT, started_at TIMESTAMPTZ, finished_at TIMESTAMPTZ,
@@ -48,8 +56,6 @@ CREATE TABLE IF NOT EXISTS promotions (
     promoted_at TIMESTAMPTZ, why TEXT);
 CREATE INDEX IF NOT EXISTS row_edges_row ON row_edges (row_id);
 """
-
-LOCK_WAIT_S = 120.0
 
 
 def _now() -> datetime:
@@ -77,26 +83,20 @@ class StepRecord:
     reused: bool = False
 
 
-class Catalog:
-    def __init__(self, path: Path):
-        self.path = Path(path)
+class Catalog(RoundsMixin):
+    """The catalog file; its rounds, attempts and promotions are in storage/catalog_rounds.py."""
+
+    def __init__(self, path: Path, lock_wait_s: float = WAIT_S):
+        self.path, self.lock_wait_s = Path(path), lock_wait_s
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._tx() as con:
             con.execute(SCHEMA)
 
     @contextmanager
     def _tx(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """One connection, one transaction: commit on success, roll back on any error."""
-        deadline = time.monotonic() + LOCK_WAIT_S
-        while True:
-            try:
-                con = duckdb.connect(str(self.path))
-                break
-            except duckdb.IOException as e:
-                # Another process holds the file: wait our turn rather than fail a long round.
-                if "lock" not in str(e).lower() or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+        """One connection, one transaction: commit on success, roll back on any error.
+        A file another process holds (a reader too) is waited for: see storage/catalog_lock.py."""
+        con = connect_waiting(self.path, self.lock_wait_s)
         try:
             con.execute("BEGIN TRANSACTION")
             yield con
@@ -113,63 +113,7 @@ class Catalog:
             cols = [d[0] for d in cur.description]
             return [dict(zip(cols, row)) for row in cur.fetchall()]
 
-    # --- pipelines and rounds ---------------------------------------------------------------
-
-    def ensure_pipeline(self, name: str, base_model: str, config: dict) -> None:
-        with self._tx() as con:
-            con.execute(
-                "INSERT INTO pipelines VALUES (?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET config = excluded.config",
-                [name, _now(), base_model, json.dumps(config)],
-            )
-
-    def start_round(
-        self, pipeline: str, round_num: int, config_hash: str, policy_in: str, flow_run_id: str | None
-    ) -> None:
-        """Open a round (or reopen a failed one: its finished steps stay and are reused)."""
-        with self._tx() as con:
-            con.execute(
-                """INSERT INTO rounds (pipeline, round, status, config_hash, policy_in, flow_run_id, started_at)
-                   VALUES (?, ?, 'running', ?, ?, ?, ?)
-                   ON CONFLICT (pipeline, round) DO UPDATE SET status = 'running', config_hash = excluded.config_hash,
-                     policy_in = excluded.policy_in, flow_run_id = excluded.flow_run_id,
-                     started_at = excluded.started_at, finished_at = NULL, reason = NULL""",
-                [pipeline, round_num, config_hash, policy_in, flow_run_id, _now()],
-            )
-
-    def finish_round(
-        self,
-        pipeline: str,
-        round_num: int,
-        *,
-        candidate: str,
-        policy_out: str,
-        promoted: bool,
-        reason: str,
-        manifest_uri: str,
-    ) -> None:
-        with self._tx() as con:
-            con.execute(
-                """UPDATE rounds SET status = 'completed', candidate = ?, policy_out = ?, promoted = ?, reason = ?,
-                   manifest_uri = ?, finished_at = ? WHERE pipeline = ? AND round = ?""",
-                [candidate, policy_out, promoted, reason, manifest_uri, _now(), pipeline, round_num],
-            )
-
-    def fail_round(self, pipeline: str, round_num: int, reason: str) -> None:
-        with self._tx() as con:
-            con.execute(
-                "UPDATE rounds SET status = 'failed', reason = ?, finished_at = ? WHERE pipeline = ? AND round = ?",
-                [reason[:2000], _now(), pipeline, round_num],
-            )
-
-    def discard_round(self, pipeline: str, round_num: int) -> None:
-        """Remove a round that failed on bad input before producing anything worth keeping."""
-        with self._tx() as con:
-            for table in ("rounds", "steps", "metrics"):
-                con.execute(f"DELETE FROM {table} WHERE pipeline = ? AND round = ?", [pipeline, round_num])
-
-    def round(self, pipeline: str, round_num: int) -> dict[str, Any] | None:
-        """One round's row, with its metrics and steps as in rounds() (None if there is no such round)."""
-        return next((r for r in self.rounds(pipeline) if r["round"] == round_num), None)
+    # --- steps ------------------------------------------------------------------------------
 
     def step_outputs(self, pipeline: str, round_num: int, step: str) -> dict[str, str]:
         """Output name -> artifact id of a completed step of one round ({} if it did not complete)."""
@@ -183,85 +127,6 @@ class Catalog:
             "SELECT * FROM steps WHERE pipeline = ? AND round = ? ORDER BY started_at", [pipeline, round_num]
         )
         return {r["step"]: r for r in rows}
-
-    def next_round(self, pipeline: str) -> int:
-        """The round to run next: the first one not completed (a failed round is retried)."""
-        rows = self._query(
-            "SELECT coalesce(max(round), 0) AS r FROM rounds WHERE pipeline = ? AND status = 'completed'", [pipeline]
-        )
-        return int(rows[0]["r"]) + 1
-
-    def current_policy(self, pipeline: str) -> str | None:
-        """Policy the next round starts from: the last completed round's, unless a manual promotion
-        (`flywheel promote`) came after that round (None before round 1: the base model)."""
-        rows = self._query(
-            "SELECT round, policy_out FROM rounds WHERE pipeline = ? AND status = 'completed' ORDER BY round DESC LIMIT 1",
-            [pipeline],
-        )
-        last_round = rows[0]["round"] if rows else 0
-        manual = self._query(
-            "SELECT policy FROM promotions WHERE pipeline = ? AND after_round >= ? ORDER BY promoted_at DESC LIMIT 1",
-            [pipeline, last_round],
-        )
-        if manual:
-            return manual[0]["policy"]
-        return rows[0]["policy_out"] if rows else None
-
-    def round_model(self, pipeline: str, round_num: int, which: str) -> str:
-        """Artifact id of round `round_num`'s candidate (`which="candidate"`) or of the policy it ended with.
-
-        Raises ValueError, naming the rounds there are, when the round does not exist or has no such model.
-        """
-        rnd = self._query("SELECT * FROM rounds WHERE pipeline = ? AND round = ?", [pipeline, round_num])
-        if not rnd:
-            rounds = self._query("SELECT round FROM rounds WHERE pipeline = ? ORDER BY round", [pipeline])
-            known = [r["round"] for r in rounds]
-            raise ValueError(f"pipeline {pipeline!r} has no round {round_num} (rounds: {known or 'none'})")
-        model = rnd[0]["candidate"] if which == "candidate" else rnd[0]["policy_out"]
-        if not model:
-            raise ValueError(f"round {round_num} of {pipeline!r} has no {which} (status {rnd[0]['status']})")
-        return model
-
-    def record_promotion(self, pipeline: str, from_round: int, which: str, who: str, why: str) -> dict[str, Any]:
-        """Make round `from_round`'s candidate (or its kept policy) the pipeline's policy by hand.
-
-        Recorded with who, when and why; the next round starts from it. Raises ValueError when the round
-        does not exist or has no such model (round_model).
-        """
-        policy = self.round_model(pipeline, from_round, which)
-        last = "SELECT max(round) AS r FROM rounds WHERE pipeline = ? AND status = 'completed'"
-        after = self._query(last, [pipeline])[0]["r"] or 0
-        row = {
-            "pipeline": pipeline,
-            "after_round": after,
-            "policy": policy,
-            "from_round": from_round,
-            "which": which,
-            "who": who,
-            "promoted_at": _now(),
-            "why": why,
-        }
-        with self._tx() as con:
-            con.execute("INSERT INTO promotions VALUES (?, ?, ?, ?, ?, ?, ?, ?)", list(row.values()))
-        return row
-
-    def promotions(self, pipeline: str) -> list[dict[str, Any]]:
-        return self._query("SELECT * FROM promotions WHERE pipeline = ? ORDER BY promoted_at", [pipeline])
-
-    def rounds(self, pipeline: str | None = None) -> list[dict[str, Any]]:
-        where, params = ("WHERE pipeline = ?", [pipeline]) if pipeline else ("", [])
-        rounds = self._query(f"SELECT * FROM rounds {where} ORDER BY pipeline, round", params)
-        metrics = self._query(f"SELECT pipeline, round, name, value FROM metrics {where}", params)
-        steps = self._query(
-            f"SELECT pipeline, round, step, duration_s, reused, rows_in, rows_out, status FROM steps {where}", params
-        )
-        for r in rounds:
-            key = (r["pipeline"], r["round"])
-            r["metrics"] = {m["name"]: m["value"] for m in metrics if (m["pipeline"], m["round"]) == key}
-            r["steps"] = {s["step"]: s for s in steps if (s["pipeline"], s["round"]) == key}
-        return rounds
-
-    # --- steps ------------------------------------------------------------------------------
 
     def find_completed_step(self, identity: str) -> dict[str, str] | None:
         """Outputs (name -> artifact id) of an earlier completed run of the same step identity."""
@@ -336,6 +201,35 @@ class Catalog:
                    VALUES (?, ?, ?, ?, 'failed', false, ?, ?)""",
                 [pipeline, round_num, step, identity, _now(), error[:2000]],
             )
+
+    def forget_steps(self, pipeline: str, round_num: int, steps: list[str], missing: list[str]) -> None:
+        """Forget steps of a round so that they run again (storage/audit.py: outputs lost from the store).
+
+        Drops the steps' rows and metrics, and the `missing` artifacts this round first recorded, with the
+        edges and row edges into them: the rerun records them again (the same ids if it makes the same
+        content). Records of other rounds are left as they are.
+        """
+        if not steps:
+            return
+        with self._tx() as con:
+            marks = ",".join("?" * len(steps))
+            for table in ("steps", "metrics"):
+                con.execute(
+                    f"DELETE FROM {table} WHERE pipeline = ? AND round = ? AND step IN ({marks})",
+                    [pipeline, round_num, *steps],
+                )
+            mine = (
+                con.execute(
+                    f"SELECT id FROM artifacts WHERE pipeline = ? AND round = ? AND id IN ({','.join('?' * len(missing))})",
+                    [pipeline, round_num, *missing],
+                ).fetchall()
+                if missing
+                else []
+            )
+            for (artifact_id,) in mine:
+                con.execute("DELETE FROM edges WHERE dst = ?", [artifact_id])
+                con.execute("DELETE FROM row_edges WHERE artifact_id = ?", [artifact_id])
+                con.execute("DELETE FROM artifacts WHERE id = ?", [artifact_id])
 
     def register_artifact(self, a: ArtifactRef, pipeline: str, round_num: int, step: str) -> None:
         """An artifact produced outside a step (a prompt source file, the base model)."""

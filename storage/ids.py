@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import unicodedata
 from json.encoder import encode_basestring  # the C string encoder json.dumps itself uses
 from pathlib import Path
@@ -94,6 +95,24 @@ def prompt_id_of(source: str):
 
 def completion_id(prompt_id_: str, model_id: str, sampling: dict, sample_index: int, seed: int) -> str:
     return hash_obj(["completion", prompt_id_, model_id, sampling, sample_index, seed], ROW_ID_LEN)
+
+
+def home_relative(obj: Any, home: str | Path) -> Any:
+    """`obj` (JSON-able) with the home directory written as `{home}` in every string, as configs write it.
+
+    A config's paths into FLYWHEEL_HOME (the demo's base model and data) would otherwise make its hash, and
+    the identities of the steps it configures, differ from home to home and from machine to machine.
+
+    >>> home_relative({"path": "/h/demo/data.jsonl", "other": ["/h", "/hx/a", 3]}, "/h")
+    {'path': '{home}/demo/data.jsonl', 'other': ['{home}', '/hx/a', 3]}
+    """
+    if isinstance(obj, str):
+        return re.sub(re.escape(str(home).rstrip("/")) + r"(?=/|$)", "{home}", obj)
+    if isinstance(obj, dict):
+        return {k: home_relative(v, home) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [home_relative(v, home) for v in obj]
+    return obj
 
 
 def step_identity(step: str, code_version: str, config: Any, inputs: dict[str, str]) -> str:

@@ -1,8 +1,9 @@
-"""Rebuild a DuckDB catalog from what the store holds: round manifests and artifact manifests.
+"""Rebuild a DuckDB catalog from what the store holds: round manifests, artifact manifests, promotions.
 
 The catalog is a fast index, the store is the record: if the catalog file is lost, every completed
 round can be read back from `runs/<pipeline>/round-NNNN/manifest.json`, with its steps, artifacts,
-lineage edges, metrics and row-level lineage (recomputed from the stored tables).
+lineage edges, metrics and row-level lineage (recomputed from the stored tables), and every manual
+promotion (`flywheel promote`) from `runs/<pipeline>/promotions/<time>.json`.
 
 Run:  flywheel catalog-rebuild --config configs/demo.yaml [--out new.duckdb]
 """
@@ -10,12 +11,23 @@ Run:  flywheel catalog-rebuild --config configs/demo.yaml [--out new.duckdb]
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 from storage.artifacts import ArtifactRef, ArtifactStore
 from storage.catalog import Catalog, StepRecord
 from storage.store import Store
+
+
+def promotion_key(pipeline: str, promoted_at: datetime) -> str:
+    """Store key of a manual promotion's record; the UTC time makes the keys of a pipeline sort in order."""
+    return f"runs/{pipeline}/promotions/{promoted_at.astimezone(timezone.utc):%Y%m%dT%H%M%S.%fZ}.json"
+
+
+def promotion_record(row: dict) -> bytes:
+    """The stored form of a promotions row (Catalog.new_promotion), read back by rebuild_catalog."""
+    return json.dumps({**row, "promoted_at": row["promoted_at"].isoformat()}, indent=2).encode()
+
 
 # How each stored table links its rows to their parents (row id column, parent id columns).
 ROW_PARENTS = {
@@ -59,7 +71,8 @@ def _register_input(catalog: Catalog, artifacts: ArtifactStore, m: dict, name: s
 
 
 def rebuild_catalog(store: Store, artifacts: ArtifactStore, catalog: Catalog) -> list[tuple[str, int]]:
-    """Fill `catalog` (normally a new, empty file) from the store; returns the (pipeline, round) pairs read."""
+    """Fill `catalog` (normally a new, empty file) from the store; returns the (pipeline, round) pairs read.
+    Manual promotions are restored after the rounds, so each one again overrides the rounds before it."""
     keys = sorted(k for k in store.list("runs/") if k.endswith("/manifest.json"))
     done = []
     for key in keys:
@@ -104,4 +117,7 @@ def rebuild_catalog(store: Store, artifacts: ArtifactStore, catalog: Catalog) ->
             manifest_uri=store.url(key),
         )
         done.append((pipeline, r))
+    for key in sorted(k for k in store.list("runs/") if k.split("/")[2:3] == ["promotions"] and k.endswith(".json")):
+        row = json.loads(store.get_bytes(key))
+        catalog.add_promotion({**row, "promoted_at": datetime.fromisoformat(row["promoted_at"])})
     return done

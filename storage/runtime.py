@@ -2,7 +2,10 @@
 
 One `Runtime` per (home, storage) in a process. With `storage.uri: embedded` a local S3-compatible
 server is started on 127.0.0.1 with its data under FLYWHEEL_HOME/s3, so the demo stores through the
-same S3 API as production; it is stopped when the process exits (or by `close_runtimes()`).
+same S3 API as production; it is stopped when the process exits (or by `close_runtimes()`), and
+with its owner however the owner dies (see storage/s3server.py). Scratch space lives under
+FLYWHEEL_HOME/tmp, one directory per process, and what a crashed process left there is removed by the
+next one (storage/scratch.py).
 """
 
 from __future__ import annotations
@@ -14,8 +17,10 @@ from pathlib import Path
 
 from storage.artifacts import ArtifactStore
 from storage.catalog import Catalog
+from storage.catalog_lock import WAIT_S
 from storage.s3server import LocalS3Server
-from storage.store import Store, open_store
+from storage.scratch import process_scratch
+from storage.store import RETRY_WINDOW_S, Store, open_store
 
 EMBEDDED_BUCKET = "flywheel"
 
@@ -27,6 +32,11 @@ class Runtime:
     artifacts: ArtifactStore
     catalog: Catalog
     server: LocalS3Server | None = None
+
+    @property
+    def scratch(self) -> Path:
+        """This process's scratch directory in the home; a crash leaves it to the next run to remove."""
+        return process_scratch(self.home / "tmp")
 
     def close(self) -> None:
         if self.server is not None:
@@ -40,23 +50,37 @@ _RUNTIMES: dict[tuple[str, str], Runtime] = {}
 _OPENING = threading.Lock()
 
 
-def open_runtime(home: Path, uri: str, endpoint_url: str | None = None, region: str | None = None) -> Runtime:
+def open_runtime(
+    home: Path,
+    uri: str,
+    endpoint_url: str | None = None,
+    region: str | None = None,
+    retry_window_s: float = RETRY_WINDOW_S,
+    catalog_wait_s: float = WAIT_S,
+) -> Runtime:
     """The runtime of a home and store, opened once per process; checks the store is reachable (fast fail).
 
-    `uri` is `embedded`, `s3://bucket/prefix` or `file://path` (a config's `storage` section).
+    `uri` is `embedded`, `s3://bucket/prefix` or `file://path` (a config's `storage` section); the two
+    waits are storage.retry_window_s and storage.catalog_wait_s. Opening sweeps the scratch directories
+    that crashed processes left in the home and in its cache.
     """
     home = Path(home)
     key = (str(home), repr((uri, endpoint_url, region)))
     with _OPENING:
         if key not in _RUNTIMES:
-            store, server = open_home_store(home, uri, endpoint_url, region)
-            catalog = Catalog(home / "catalog.duckdb")
-            _RUNTIMES[key] = Runtime(home, store, ArtifactStore(store, home / "cache"), catalog, server)
+            store, server = open_home_store(home, uri, endpoint_url, region, retry_window_s)
+            catalog = Catalog(home / "catalog.duckdb", catalog_wait_s)
+            _RUNTIMES[key] = rt = Runtime(home, store, ArtifactStore(store, home / "cache"), catalog, server)
+            rt.scratch  # noqa: B018 (sweeps what crashed runs left, before this run adds its own)
         return _RUNTIMES[key]
 
 
 def open_home_store(
-    home: Path, uri: str, endpoint_url: str | None = None, region: str | None = None
+    home: Path,
+    uri: str,
+    endpoint_url: str | None = None,
+    region: str | None = None,
+    retry_window_s: float = RETRY_WINDOW_S,
 ) -> tuple[Store, LocalS3Server | None]:
     """The store, checked reachable; with `embedded`, also the local server it started under `home`."""
     home.mkdir(parents=True, exist_ok=True)
@@ -65,9 +89,11 @@ def open_home_store(
         server = LocalS3Server(home / "s3").start()
         # boto3 reads credentials from the environment only; these are the embedded server's own.
         os.environ.update(server.env())
-        store = open_store(f"s3://{EMBEDDED_BUCKET}", endpoint_url=server.endpoint_url, create_bucket=True)
+        store = open_store(
+            f"s3://{EMBEDDED_BUCKET}", server.endpoint_url, create_bucket=True, retry_window_s=retry_window_s
+        )
     else:
-        store = open_store(uri, endpoint_url=endpoint_url, region=region)
+        store = open_store(uri, endpoint_url, region, retry_window_s=retry_window_s)
     try:
         store.check()
     except Exception:

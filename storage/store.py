@@ -11,14 +11,16 @@ roles), never from parameters, so no secret ever sits in a config file.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 ACCEPTED_URIS = "s3://bucket[/prefix] or file:///absolute/path"
@@ -26,10 +28,19 @@ _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 _TMP_MARK = ".tmp-"  # FileStore temp files start with this; list() never shows them
 _BAD_CREDENTIALS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken"}
 _NO_CREDENTIALS = "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+# Server-side codes that mean "try again": the server is restarting, overloaded or throttling.
+_TRANSIENT_CODES = {"500", "502", "503", "504", "InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout"}
+RETRY_WINDOW_S = 120.0
+log = logging.getLogger("flywheel.storage")
+T = TypeVar("T")
 
 
 class StoreError(Exception):
     """A storage failure explained in one line: what failed, where, and how to fix it."""
+
+
+class StoreUnavailable(StoreError):
+    """The endpoint did not answer, or answered "try again": an outage, retried before it is raised."""
 
 
 class Store(Protocol):
@@ -134,9 +145,11 @@ class FileStore:
 class S3Store:
     """A bucket, optionally under a key prefix, through boto3.
 
-    Timeouts and retries are short (5 s connect, 2 attempts) so an unreachable endpoint fails in seconds,
-    not after minutes of backoff. botocore failures become KeyError(key) for a missing object and a
-    one-line StoreError otherwise; messages name the endpoint but never a secret.
+    check() tries once with short timeouts, so a wrong endpoint fails in seconds before any work. Every
+    other call rides out an outage (a MinIO restart, a network blip): while the endpoint is unreachable or
+    answers 5xx/SlowDown it is retried with backoff for up to `retry_window_s`, logging each wait, and
+    only then fails with the one-line StoreError. botocore failures become KeyError(key) for a missing
+    object and a one-line StoreError otherwise; messages name the endpoint but never a secret.
     """
 
     def __init__(
@@ -146,13 +159,14 @@ class S3Store:
         endpoint_url: str | None = None,
         region: str | None = None,
         create_bucket: bool = False,
+        retry_window_s: float = RETRY_WINDOW_S,
     ):
         import boto3  # imported here so file:// users never pay for boto3
         from boto3.s3.transfer import TransferConfig
         from botocore.config import Config
 
         self.bucket, self.prefix = bucket, prefix.strip("/")
-        self.region, self.create_bucket = region, create_bucket
+        self.region, self.create_bucket, self.retry_window_s = region, create_bucket, retry_window_s
         self.uri = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
         config = Config(  # total_max_attempts counts the first try (botocore's max_attempts counts retries)
             connect_timeout=5,
@@ -176,28 +190,27 @@ class S3Store:
         return f"{self.prefix}/{check_key(key)}" if self.prefix else check_key(key)
 
     def put_bytes(self, key: str, data: bytes) -> None:
-        with self._errors(key):
-            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+        self._retry(key, lambda: self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data))
 
     def get_bytes(self, key: str) -> bytes:
-        with self._errors(key):
-            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+        # The body is read inside the retried call: a connection lost mid-read is retried too.
+        return self._retry(key, lambda: self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read())
 
     def put_file(self, key: str, path: Path) -> None:
-        with self._errors(key):
-            self.client.upload_file(str(path), self.bucket, self._key(key), Config=self._transfer)
+        self._retry(key, lambda: self.client.upload_file(str(path), self.bucket, self._key(key), Config=self._transfer))
 
     def get_file(self, key: str, path: Path) -> None:
         full = self._key(key)
-        with self._errors(key):
-            write_atomic(
+        self._retry(
+            key,
+            lambda: write_atomic(
                 Path(path), lambda tmp: self.client.download_file(self.bucket, full, str(tmp), Config=self._transfer)
-            )
+            ),
+        )
 
     def exists(self, key: str) -> bool:
         try:
-            with self._errors(key):
-                self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            self._retry(key, lambda: self.client.head_object(Bucket=self.bucket, Key=self._key(key)))
             return True
         except KeyError:
             return False
@@ -206,9 +219,12 @@ class S3Store:
         check_key(prefix, prefix=True)
         full = f"{self.prefix}/{prefix}" if self.prefix else prefix
         strip = len(self.prefix) + 1 if self.prefix else 0
-        with self._errors(None):  # the paginator follows continuation tokens past 1000 keys
+
+        def keys() -> list[str]:  # the paginator follows continuation tokens past 1000 keys
             pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full)
             return sorted(obj["Key"][strip:] for page in pages for obj in page.get("Contents", []))
+
+        return self._retry(None, keys)
 
     def url(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._key(key)}"
@@ -230,6 +246,29 @@ class S3Store:
                 extra["CreateBucketConfiguration"] = {"LocationConstraint": self.region}
             self._probe.create_bucket(Bucket=self.bucket, **extra)
 
+    def _retry(self, key: str | None, call: Callable[[], T]) -> T:
+        """`call()` with its failures translated; an outage is retried until retry_window_s has passed.
+
+        Every store operation is idempotent (a put rewrites the same key, a get re-reads it), so repeating
+        one after a lost connection is safe."""
+        deadline, delay = time.monotonic() + self.retry_window_s, 0.5
+        while True:
+            try:
+                with self._errors(key):
+                    return call()
+            except StoreUnavailable as e:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    if self.retry_window_s <= 0:
+                        raise
+                    raise StoreUnavailable(
+                        f"{e} (still failing after {self.retry_window_s:.0f} s of retries)"
+                    ) from None
+                wait = min(delay, left)
+                log.warning("%s; retrying in %.1f s (%.0f s left of storage.retry_window_s)", e, wait, left)
+                time.sleep(wait)
+                delay = min(delay * 2, 10.0)
+
     @contextmanager
     def _errors(self, key: str | None) -> Iterator[None]:
         """Translate botocore and s3transfer failures; with `key` set, a 404 means a missing object."""
@@ -244,11 +283,13 @@ class S3Store:
             if isinstance(err, bx.ClientError):
                 if key is not None and _code(err) in ("NoSuchKey", "404", "NotFound"):
                     raise KeyError(key) from None
+                if _code(err) in _TRANSIENT_CODES:
+                    raise StoreUnavailable(self._explain(err)) from None
                 raise StoreError(self._explain(err)) from None
             if isinstance(err, (bx.NoCredentialsError, bx.PartialCredentialsError)):
                 raise StoreError(_NO_CREDENTIALS) from None
             if isinstance(err, (bx.ConnectionError, bx.HTTPClientError)):
-                raise StoreError(
+                raise StoreUnavailable(
                     f"cannot reach S3 endpoint {self.endpoint} ({_reason(err)}): "
                     "start the server or fix storage.endpoint_url"
                 ) from None
@@ -296,7 +337,11 @@ def _without_userinfo(url: str) -> str:
 
 
 def open_store(
-    uri: str, endpoint_url: str | None = None, region: str | None = None, create_bucket: bool = False
+    uri: str,
+    endpoint_url: str | None = None,
+    region: str | None = None,
+    create_bucket: bool = False,
+    retry_window_s: float = RETRY_WINDOW_S,
 ) -> Store:
     """Open `s3://bucket[/prefix]` (S3Store) or `file:///absolute/path` (FileStore).
 
@@ -318,5 +363,5 @@ def open_store(
             check_key(prefix.strip("/"), prefix=True)
         except ValueError:
             raise StoreError(f"storage URI {uri!r} has an invalid prefix: use {ACCEPTED_URIS}") from None
-        return S3Store(bucket, prefix, endpoint_url=endpoint_url, region=region, create_bucket=create_bucket)
+        return S3Store(bucket, prefix, endpoint_url, region, create_bucket, retry_window_s)
     raise StoreError(f"unsupported storage URI {uri!r}: use {ACCEPTED_URIS}")

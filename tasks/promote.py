@@ -5,7 +5,8 @@ reward or judge win rate) must reach policy + min_improvement - tolerance, and e
 drop by at most its max_drop. With `require_significant`, an accuracy or IFEval figure must also clear the
 margin with the lower 95 % bound of the difference, so an improvement inside the noise does not promote.
 The decision lists every check with its numbers; round r+1 starts from
-whichever model the gate kept. `flywheel promote` overrides it by hand (recorded with who, when, why).
+whichever model the gate kept. `flywheel promote` overrides it by hand (promote_by_hand: recorded with
+who, when and why, in the store and the catalog, while no round of the pipeline runs).
 The step's inputs are the two models, and its config holds both models' metrics: the decision is a
 function of them.
 
@@ -15,8 +16,12 @@ Run alone:  python -m tasks.promote --config configs/demo.yaml --round 1 [--home
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from configs.schema import FlywheelConfig, PromotionConfig
+from storage.catalog import Catalog
+from storage.rebuild import promotion_key, promotion_record
+from storage.store import Store
 from tasks.stage import Json, StageContext, StageOutput, Step, stage
 
 
@@ -148,6 +153,22 @@ def gate(ctx: StageContext, cfg: FlywheelConfig, round_num: int, policy: dict, c
         summary=asdict(decision),
         metrics={"promoted": float(decision.promoted)},
     )
+
+
+def promote_by_hand(
+    catalog: Catalog, store: Store, pipeline: str, from_round: int, which: str, who: str, why: str
+) -> dict[str, Any]:
+    """Make round `from_round`'s candidate (or the policy it kept) the pipeline's policy; the promotions row.
+
+    The caller holds the pipeline's lock (flows/lock.py): a round running meanwhile would finish with its
+    own gate's decision and silently override this one. Stored first, as `runs/<pipeline>/promotions/`,
+    so `flywheel catalog-rebuild` restores it; then recorded in the catalog. Raises ValueError when the
+    round does not exist or has no such model.
+    """
+    row = catalog.new_promotion(pipeline, from_round, which, who, why)
+    store.put_bytes(promotion_key(pipeline, row["promoted_at"]), promotion_record(row))
+    catalog.add_promotion(row)
+    return row
 
 
 if __name__ == "__main__":

@@ -21,8 +21,9 @@ from tasks.selection.replay import replay_rows
 from tasks.stage import External, Json, StageContext, StageOutput, Step, Table, stage
 
 
-def combined_rewards(score_rows: list[dict]) -> dict[str, float]:
-    """completion_id -> its combined reward, as the score stage computed it (scoring.combine)."""
+def combined_rewards(score_rows: list[dict]) -> dict[str, float | None]:
+    """completion_id -> its combined reward, as the score stage computed it (scoring.combine); None: a scorer
+    the reward reads failed on it (scoring.on_scorer_error: exclude), so it is never selected."""
     return {s["completion_id"]: s["reward"] for s in score_rows}
 
 
@@ -37,10 +38,13 @@ def tie_breakers(score_rows: list[dict], scorers: list[str]) -> dict[str, tuple[
     return {cid: tuple(v.get(name, float("-inf")) for name in scorers) for cid, v in values.items()}
 
 
-def _group(completions: list[dict]) -> dict[str, list[dict]]:
+def _group(completions: list[dict], rewards: dict[str, float | None]) -> dict[str, list[dict]]:
+    """Completions per prompt, without those excluded for a failed scorer (reward None): neither chosen nor
+    rejected, as their reward is no judgement."""
     groups: dict[str, list[dict]] = defaultdict(list)
     for c in completions:
-        groups[c["prompt_id"]].append(c)
+        if rewards[c["completion_id"]] is not None:
+            groups[c["prompt_id"]].append(c)
     return groups
 
 
@@ -69,7 +73,7 @@ def _finished(group: list[dict], allow_truncated: bool) -> list[dict]:
 
 def select_sft(
     completions: list[dict],
-    rewards: dict[str, float],
+    rewards: dict[str, float | None],
     min_reward: float,
     ties: dict[str, tuple] | None = None,
     allow_truncated: bool = False,
@@ -80,7 +84,7 @@ def select_sft(
     A truncated completion (finish_reason `length`) is never picked unless `allow_truncated`.
     """
     rows = []
-    for prompt_id, group in sorted(_group(completions).items()):
+    for prompt_id, group in sorted(_group(completions, rewards).items()):
         eligible = _finished(group, allow_truncated)
         if not eligible:
             continue
@@ -103,7 +107,7 @@ def select_sft(
 
 def select_pairs(
     completions: list[dict],
-    rewards: dict[str, float],
+    rewards: dict[str, float | None],
     min_margin: float,
     per_prompt: int,
     ties: dict[str, tuple] | None = None,
@@ -116,7 +120,7 @@ def select_pairs(
     chosen only with `allow_truncated`.
     """
     rows = []
-    for prompt_id, group in sorted(_group(completions).items()):
+    for prompt_id, group in sorted(_group(completions, rewards).items()):
         eligible = _finished(group, allow_truncated)
         if not eligible:
             continue
@@ -237,6 +241,9 @@ def select(ctx: StageContext, cfg: FlywheelConfig, round_num: int) -> StageOutpu
     sft = select_sft(completions, rewards, sel.sft_min_reward, ties, sel.allow_truncated)
     pairs = select_pairs(completions, rewards, sel.pair_min_margin, sel.pairs_per_prompt, ties, sel.allow_truncated)
     n_prompts = len({c["prompt_id"] for c in completions})
+    excluded = sum(rewards[c["completion_id"]] is None for c in completions)
+    if excluded:
+        ctx.log.warning("%d completions not selectable: a scorer failed on them (scoring.on_scorer_error)", excluded)
     # Replayed rows are checked against the eval sets again with this round's: the sets may have changed.
     sft += _replayed(ctx, cfg, round_num, "sft", sft)
     pairs += _replayed(ctx, cfg, round_num, "pairs", pairs)
@@ -264,6 +271,7 @@ def select(ctx: StageContext, cfg: FlywheelConfig, round_num: int) -> StageOutpu
     if n_sft_replay or n_pair_replay:
         ctx.log.info("replay: %d SFT rows and %d pairs of earlier rounds", n_sft_replay, n_pair_replay)
     summary["metrics"] |= {"select/replayed_sft_rows": n_sft_replay, "select/replayed_pairs": n_pair_replay}
+    summary["metrics"]["select/excluded_scorer_error"] = excluded
     summary["rows_out"] = len(sft) + len(pairs)
     # A replayed row's parent is the row it copies; a fresh row's are the completions it was made of.
     sft_edges = [(r["row_id"], r.get("replay_of") or r["completion_id"]) for r in sft]

@@ -46,8 +46,9 @@ from configs.schema import FlywheelConfig
 from storage.artifacts import ArtifactRef
 from storage.catalog import StepRecord
 from storage.code_identity import code_identity, module_name
-from storage.ids import sha256_dir, sha256_file, step_identity
+from storage.ids import home_relative, sha256_dir, sha256_file, step_identity
 from storage.runtime import Runtime, open_runtime
+from tasks.model_files import chat_template_problem, weights_problem
 
 
 def get_logger() -> logging.Logger | logging.LoggerAdapter:
@@ -63,7 +64,14 @@ def get_logger() -> logging.Logger | logging.LoggerAdapter:
 def runtime(cfg: FlywheelConfig) -> Runtime:
     """The store and catalog of a config, opened once per process (see storage/runtime.py)."""
     s = cfg.storage
-    return open_runtime(cfg.resolve_home(), s.uri, endpoint_url=s.endpoint_url, region=s.region)
+    return open_runtime(
+        cfg.resolve_home(),
+        s.uri,
+        endpoint_url=s.endpoint_url,
+        region=s.region,
+        retry_window_s=s.retry_window_s,
+        catalog_wait_s=s.catalog_wait_s,
+    )
 
 
 # --- what a step reads ------------------------------------------------------------------------------------
@@ -74,7 +82,15 @@ class PreflightError(Exception):
 
 
 # Errors meant for the user (what, where, how to fix): printed as their one line, never as a traceback.
-INPUT_ERROR_NAMES = {"PreflightError", "SourceError", "CurationError", "ConfigError", "StoreError"}
+INPUT_ERROR_NAMES = {
+    "PreflightError",
+    "SourceError",
+    "CurationError",
+    "ConfigError",
+    "StoreError",
+    "StoreUnavailable",
+    "CatalogLocked",
+}
 
 
 @dataclass(frozen=True)
@@ -120,7 +136,9 @@ def check_file(path: str, what: str, suffixes: tuple[str, ...], allow_dir: bool 
         raise PreflightError(f"{what}: {path} has extension {p.suffix!r}; expected one of {', '.join(suffixes)}")
 
 
-def check_model_dir(path: str, what: str) -> Path:
+def check_model_dir(path: str, what: str, chat: bool = False) -> Path:
+    """The model directory at `path`, if it has a config and whole weights (and, with `chat`, a chat
+    template); else PreflightError naming `what`. Cheap: headers are read, weights never loaded."""
     p = Path(path).expanduser()
     if not p.exists():
         raise PreflightError(
@@ -129,6 +147,8 @@ def check_model_dir(path: str, what: str) -> Path:
         )
     if not (p / "config.json").is_file():
         raise PreflightError(f"{what}: {path} has no config.json: it is not a transformers model directory")
+    if problem := weights_problem(p) or (chat_template_problem(p) if chat else None):
+        raise PreflightError(f"{what}: {problem}")
     return p
 
 
@@ -255,7 +275,8 @@ def run_step(cfg: FlywheelConfig, round_num: int, step: Step, code: str, *, reus
     log = get_logger()
     config = step.config.model_dump(mode="json") if isinstance(step.config, BaseModel) else step.config
     input_ids = {k: v.id if isinstance(v, External) else v for k, v in step.inputs.items()}
-    identity = step_identity(step.same_work_as or step.name, code, config, input_ids)
+    # Paths into the home (a demo's data and base model) are hashed as {home}/...: the same step, same id anywhere.
+    identity = step_identity(step.same_work_as or step.name, code, home_relative(config, rt.home), input_ids)
     flow_run_id, task_run_id = _prefect_ids()
     started, t0 = datetime.now(timezone.utc), time.perf_counter()
     for ext in (v for v in step.inputs.values() if isinstance(v, External)):
@@ -268,7 +289,7 @@ def run_step(cfg: FlywheelConfig, round_num: int, step: Step, code: str, *, reus
         summary, edges, reused = rt.artifacts.get_json(prior["summary"]), [], True
     else:
         try:
-            with tempfile.TemporaryDirectory(dir=rt.home, prefix=f"{step.name}-") as tmp:
+            with tempfile.TemporaryDirectory(dir=rt.scratch, prefix=f"{step.name}-") as tmp:
                 out = step.run(StageContext(rt, step.inputs, Path(tmp)))
                 refs = {name: _store(rt, o) for name, o in out.outputs.items()}
         except Exception as e:
@@ -284,6 +305,7 @@ def run_step(cfg: FlywheelConfig, round_num: int, step: Step, code: str, *, reus
         ]
         reused = False
 
+    kill_point(f"{step.name}:stored")  # test hook: the outputs are in the store, the catalog has no record
     rt.catalog.record_step(
         StepRecord(
             pipeline=cfg.pipeline,
@@ -306,6 +328,16 @@ def run_step(cfg: FlywheelConfig, round_num: int, step: Step, code: str, *, reus
     for name, ref in refs.items():
         rt.artifacts.link(f"runs/{cfg.pipeline}/round-{round_num:04d}/{step.name}/{name}.json", ref)
     return StepResult(step.name, identity, {k: r.id for k, r in refs.items()}, summary, reused)
+
+
+def kill_point(name: str) -> None:
+    """Test hook of the crash tests (tests/test_crash_recovery.py): a real kill -9 of this process at a
+    named point, when the environment variable FLYWHEEL_TEST_KILL_AT is that name. Nothing else sets it."""
+    import os
+    import signal
+
+    if os.environ.get("FLYWHEEL_TEST_KILL_AT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _prefect_ids() -> tuple[str | None, str | None]:

@@ -57,7 +57,8 @@ def train(
         return StageOutput({"model": ctx.id("model")}, rows_in=len(rows), rows_out=0, summary={"skipped": why})
     release_accelerator()
     tcfg = cfg.training
-    kwargs = dict(seed=seed, use_cpu=tcfg.use_cpu, bf16=tcfg.bf16, logger=ctx.log)
+    # The checkpoint names its parent by id: the local path is in this home's cache, and would be hashed.
+    kwargs = dict(base_id=ctx.id("model"), seed=seed, use_cpu=tcfg.use_cpu, bf16=tcfg.bf16, logger=ctx.log)
     model_dir = str(ctx.model("model"))
     if tcfg.launcher.kind == "local":
         if name == "sft":

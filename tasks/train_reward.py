@@ -62,6 +62,7 @@ def train_reward(ctx: StageContext, cfg: FlywheelConfig, stage_cfg: RewardModelT
         str(ctx.model("base")),
         str(out),
         stage_cfg,
+        base_id=ctx.id("base"),
         use_cpu=cfg.training.use_cpu,
         bf16=cfg.training.bf16,
         logger=ctx.log,

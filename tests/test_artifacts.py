@@ -14,6 +14,7 @@ import pytest
 
 from storage.artifacts import MANIFEST, ArtifactStore, artifact_folder, dir_id
 from storage.ids import sha256_bytes, sha256_dir, sha256_file, stable_json
+from storage.scratch import process_scratch
 from storage.store import FileStore, StoreError, open_store
 
 
@@ -120,7 +121,7 @@ def test_model_round_trip_with_hash_verification(arts, tmp_path):
     with pytest.raises(StoreError, match="config.json hashes to .* corrupt"):
         third.get_model(ref.id)
     assert not (third.cache_dir / "models" / ref.id).exists()
-    assert list((third.cache_dir / "tmp").iterdir()) == []
+    assert list(process_scratch(third.cache_dir / "tmp").iterdir()) == []
 
 
 def test_dir_id_matches_ids_sha256_dir(tmp_path):

@@ -184,3 +184,19 @@ def test_step_identity_changes_with_each_part(args):
     assert ids.step_identity(*args) != ids.step_identity(
         "select", "v1", {"k": 1}, {"completions": "c1", "scores": "s1"}
     )
+
+
+# --- home_relative --------------------------------------------------------------------------------
+
+
+def test_home_relative_writes_the_home_as_configs_do():
+    cfg = {"home": "/srv/h", "base_model": "/srv/h/demo/base", "sources": [{"path": "/srv/h2/x.jsonl"}], "n": 4}
+    assert ids.home_relative(cfg, "/srv/h/") == {
+        "home": "{home}",
+        "base_model": "{home}/demo/base",
+        "sources": [{"path": "/srv/h2/x.jsonl"}],  # another directory that only starts like the home
+        "n": 4,
+    }
+    # the same config in two homes hashes the same
+    a, b = ({"home": h, "path": f"{h}/data.jsonl"} for h in ("/a/home", "/b/other"))
+    assert ids.hash_obj(ids.home_relative(a, "/a/home")) == ids.hash_obj(ids.home_relative(b, "/b/other"))

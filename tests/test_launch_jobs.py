@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import sys
@@ -112,6 +113,7 @@ def ddp_run(tiny_model, tmp_path_factory):
         LauncherConfig(kind="accelerate", num_processes=2, cpu=True),
         stage="sft",
         model_dir=str(tiny_model),
+        base_id="t" * 64,
         data=pa.Table.from_pylist(SFT_ROWS),
         stage_config=SFTConfig(learning_rate=1e-3, batch_size=8, max_length=64),
         out_dir=out,
@@ -136,6 +138,7 @@ def test_two_process_ddp_trains_and_reports_its_world(ddp_run, tiny_model):
     before, after = load_file(str(tiny_model / "model.safetensors")), load_file(str(ckpt / "model.safetensors"))
     assert sum(not torch.equal(before[k], after[k]) for k in before) > 10
     assert not any(p.name.startswith(".rank-") for p in ckpt.parent.iterdir())  # other ranks' scratch is gone
+    assert json.loads((ckpt / "flywheel_training.json").read_text())["base"] == "t" * 64  # the spec carries the id
 
     messages = [m for _, m in records]
     assert any(m.startswith("sft: launching ") and "--num_processes 2" in m for m in messages)
@@ -169,6 +172,7 @@ def test_a_failing_launch_raises_one_clear_error(tmp_path):
             LauncherConfig(kind="accelerate", num_processes=2, cpu=True),
             stage="sft",
             model_dir=str(empty),
+            base_id="e" * 64,
             data=pa.Table.from_pylist(SFT_ROWS),
             stage_config=SFTConfig(),
             out_dir=tmp_path / "out",

@@ -100,7 +100,7 @@ def trained(policy_dir, tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        metrics = train_reward_model(pairs(0, 64, seed=0), str(policy_dir), str(out), TRAIN_CFG)
+        metrics = train_reward_model(pairs(0, 64, seed=0), str(policy_dir), str(out), TRAIN_CFG, base_id="p" * 64)
     finally:
         torch.set_num_threads(threads)
     return out, metrics
@@ -116,7 +116,8 @@ def test_training_raises_pair_accuracy_and_saves_a_reward_model(trained, policy_
     assert model.config.num_labels == 1 and model.config.pad_token_id is not None
     policy, rm = load_file(str(policy_dir / "model.safetensors")), load_file(str(rm_dir / "model.safetensors"))
     assert not torch.equal(policy["model.layers.0.mlp.up_proj.weight"], rm["model.layers.0.mlp.up_proj.weight"])
-    assert json.loads((rm_dir / "flywheel_training.json").read_text())["stage"] == "reward"
+    info = json.loads((rm_dir / "flywheel_training.json").read_text())
+    assert (info["stage"], info["base"]) == ("reward", "p" * 64) and "base" not in info["config"]
     assert (rm_dir / "tokenizer.json").exists()
 
 

@@ -9,7 +9,14 @@ import pytest
 import tasks.score
 import tasks.scoring.verifiable
 from configs.scoring import MathScorerConfig, ScoringConfig
-from tasks.score import agreement, combine, reliability_metrics, score_completions
+from tasks.score import (
+    agreement,
+    combine,
+    failed_scorers,
+    reliability_metrics,
+    score_completions,
+    scorer_error_metrics,
+)
 from tasks.scoring import ScoreResult, SkippedScorer, build_scorer
 from tasks.scoring.verifiable import CodeScorer, IFEvalScorer, MathAnswerScorer
 
@@ -203,3 +210,122 @@ def test_doctests():
     for module in (tasks.score, tasks.scoring.verifiable):
         result = doctest.testmod(module)
         assert result.attempted >= 1 and result.failed == 0, module.__name__
+
+
+# --- rewards that cannot invert, failed scorers that never read as 0 --------------------------------------
+
+
+@dataclass
+class Given:
+    """A scorer whose results are given per completion id: a reward model's logits, a judge's failures."""
+
+    id: str
+    results: dict[str, ScoreResult]
+    version: str = "1"
+
+    def __call__(self, rows):
+        return [self.results[r["completion_id"]] for r in rows]
+
+
+GATED_RM = ScoringConfig(
+    scorers=[{"kind": "math_answer"}, {"kind": "reward_model", "name": "rm", "model": "m", "weight": 0.5}],
+    combine="gated",
+    gate="math_answer",
+)
+
+
+@pytest.mark.parametrize("logit", [-800.0, -5.0, -2.5, 0.0, 3.0, 800.0])
+def test_gated_pass_always_outranks_a_fail_whatever_the_reward_model_says(logit):
+    w = {"math_answer": 1.0, "rm": 0.5}
+    right = combine({"math_answer": 1.0, "rm": logit}, w, GATED_RM)
+    wrong = [combine({"math_answer": 0.0, "rm": x}, w, GATED_RM) for x in (-800.0, 0.0, 5.0, 800.0)]
+    assert 1.0 <= right <= 1.5 and wrong == [0.0] * 4
+    # 1 + 0.5 * sigmoid(logit), by hand for the logits of the issue: a raw logit gave 1 - 2.5 = -1.5 at -5
+    expected = {-5.0: 1.0 + 0.5 * 0.0066929, -2.5: 1.0 + 0.5 * 0.0758582, 0.0: 1.25, 3.0: 1.0 + 0.5 * 0.9525741}
+    if logit in expected:
+        assert right == pytest.approx(expected[logit], abs=1e-6)
+
+
+def test_gated_keeps_the_reward_model_order_among_passes():
+    w = {"math_answer": 1.0, "rm": 0.5}
+    passes = [combine({"math_answer": 1.0, "rm": x}, w, GATED_RM) for x in (-5.0, -1.0, 0.0, 2.0, 9.0)]
+    assert passes == sorted(passes) and len(set(passes)) == 5
+    assert max(passes) - min(passes) < 0.5  # two passes differ by less than rm's weight
+
+
+def test_weighted_sum_stays_raw_and_guarantees_no_order():
+    cfg = ScoringConfig(scorers=GATED_RM.scorers)  # weighted_sum
+    w = {"math_answer": 1.0, "rm": 0.5}
+    assert combine({"math_answer": 1.0, "rm": -5.0}, w, cfg) == -1.5  # below a wrong answer with rm 5 (2.5)
+    assert combine({"math_answer": 0.0, "rm": 5.0}, w, cfg) == 2.5
+
+
+def test_gated_needs_weights_that_keep_passes_above_fails():
+    for weights in ((0.0, 0.5), (-1.0, 0.5), (1.0, -0.5)):
+        with pytest.raises(ValueError, match="positive gate weight and no negative other weight"):
+            ScoringConfig(
+                scorers=[
+                    {"kind": "math_answer", "weight": weights[0]},
+                    {"kind": "reward_model", "name": "rm", "model": "m", "weight": weights[1]},
+                ],
+                combine="gated",
+                gate="math_answer",
+            )
+    # weighted_sum promises no order: a negative weight (a penalty) stays allowed there
+    ScoringConfig(scorers=[{"kind": "math_answer"}, {"kind": "math_answer", "name": "p", "weight": -1.0}])
+
+
+def _judged(on_scorer_error):
+    """p1: c1 right, its judge timed out; c2 wrong, judge unparsable. p2: c3 no answer, judge 0.4."""
+    from tasks.scoring.judge import ChatReply, pointwise_results
+
+    judged, _ = pointwise_results(
+        [ChatReply(None, "timeout", "read timed out after 60 s"), ChatReply("???"), ChatReply("4")]
+    )
+    assert [r.status for r in judged] == ["timeout", "parse_error", "ok"]
+    cfg = ScoringConfig(
+        scorers=[{"kind": "math_answer"}, {"kind": "judge", "name": "judge", "weight": 0.5, "judge": {"model": "j"}}],
+        on_scorer_error=on_scorer_error,
+    )
+    scorers = [(math(), 1.0), (Given("judge", dict(zip(["c1", "c2", "c3"], judged))), 0.5)]
+    return score_completions(ROWS[:3], scorers, cfg), scorers, cfg
+
+
+def test_failed_judge_is_excluded_and_counted_by_default():
+    assert ScoringConfig().on_scorer_error == "exclude"
+    (score_rows, rewards, results), scorers, cfg = _judged("exclude")
+    assert rewards == [None, None, pytest.approx(0.2)]  # c3: 0 (no answer is a judgement) + 0.5 * 0.4
+    assert {r["completion_id"]: r["reward"] for r in score_rows} == {"c1": None, "c2": None, "c3": pytest.approx(0.2)}
+    assert scorer_error_metrics(3, scorers, results, cfg) == {"score/reward/excluded_scorer_error": 2}
+
+
+def test_failed_judge_scores_zero_when_configured_and_is_counted():
+    (_, rewards, results), scorers, cfg = _judged("zero")
+    assert rewards == pytest.approx([1.0, 0.0, 0.2])  # the judge's term is 0 where it failed
+    assert scorer_error_metrics(3, scorers, results, cfg) == {"score/reward/zeroed_scorer_error": 2}
+
+
+def test_only_failures_the_reward_reads_count():
+    w = {"math_answer": 1.0, "rm": 0.5}
+    zero = GATED_RM.model_copy(update={"on_scorer_error": "zero"})
+    # under gated a fail's reward is the gate's term alone: its reward model failing changes nothing
+    assert combine({"math_answer": 0.0, "rm": 0.0}, w, GATED_RM, {"rm"}) == 0.0
+    assert combine({"math_answer": 1.0, "rm": 0.0}, w, GATED_RM, {"rm"}) is None
+    assert combine({"math_answer": 1.0, "rm": 0.0}, w, zero, {"rm"}) == 1.0  # 0, not sigmoid(0) = 0.5
+    # a failed gate: excluded, or a fail worth 0
+    assert combine({"math_answer": 0.0, "rm": 3.0}, w, GATED_RM, {"math_answer"}) is None
+    assert combine({"math_answer": 0.0, "rm": 3.0}, w, zero, {"math_answer"}) == 0.0
+    # a watched scorer (weight 0) is never read
+    assert combine({"math_answer": 1.0, "rm": 0.0}, {"math_answer": 1.0, "rm": 0.0}, GATED_RM, {"rm"}) == 1.0
+
+
+def test_code_timeouts_are_judgements_not_scorer_failures():
+    from configs.scoring import CodeScorerConfig
+
+    # An endless loop fails its tests: it stays rejectable, unlike a judge that timed out (SCORER_ERRORS).
+    scorers = [(CodeScorer(CodeScorerConfig()), 1.0), (Given("judge", {}), 1.0)]
+    results = {
+        "python_tests": [ScoreResult(0.0, "timeout: over 5 s", "timeout")],
+        "judge": [ScoreResult(0.0, "read timed out", "timeout")],
+    }
+    assert failed_scorers(scorers, results, 1) == [{"judge"}]

@@ -4,6 +4,7 @@ pairs that scores round 2 (gated by the verifier, breaking its ties), and the re
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -62,9 +63,12 @@ def test_committee_and_trained_reward_model_over_two_rounds(make_config, tiny_mo
     rm_rows = [s for s in scores if s["scorer"] == "rm"]
     assert rm_rows and all(s["status"] == "ok" for s in rm_rows)
     assert "score/rm/no_reference_rate" not in m2 and "score/agreement/math_answer~rm" in m2
-    # Gated: a completion the verifier fails gets no reward-model term.
+    # Gated: a completion the verifier fails gets no reward-model term; one it passes gets the logit bounded by
+    # a sigmoid, so every pass scores above every fail.
     math_value = {s["completion_id"]: s["value"] for s in scores if s["scorer"] == "math_answer"}
     for s in rm_rows:
-        expected = math_value[s["completion_id"]] + (0.1 * s["value"] if math_value[s["completion_id"]] >= 1 else 0)
+        passed = math_value[s["completion_id"]] >= 1
+        expected = math_value[s["completion_id"]] + (0.1 / (1 + math.exp(-s["value"])) if passed else 0)
         assert s["reward"] == pytest.approx(expected)
+    assert m2["score/reward/excluded_scorer_error"] == 0 and m2["select/excluded_scorer_error"] == 0
     assert r2.policy_in == r1.policy_out

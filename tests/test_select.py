@@ -330,3 +330,6 @@ def test_pair_chosen_is_the_sft_answer_on_ties():
     sft = select_sft(comps, rewards, 1.0)[0]
     (pair,) = select_pairs(comps, rewards, 0.5, 1)
     assert sft["completion_id"] == pair["chosen_id"] == "b"
+
+
+# --- rewards that cannot invert; completions a scorer failed on -------------------------------------------

@@ -172,9 +172,19 @@ def test_a_failing_body_records_a_failed_step_and_stores_nothing_under_its_name(
 
 WRITES = re.compile(
     r"\.(record_step|record_step_failure|record_metrics|register_artifact|start_round|finish_round|"
-    r"fail_round|discard_round|ensure_pipeline|record_promotion)\("
+    r"fail_round|crash_round|reject_round|discard_round|forget_steps|ensure_pipeline|record_promotion|"
+    r"add_promotion)\("
 )
-WRITERS = {"tasks/stage.py", "flows/round.py", "flows/cli.py", "storage/rebuild.py"}
+# The round flow; rounds left running by a dead owner (crashes); the resume audit; `flywheel promote`
+# (tasks/promote.py) and `flywheel catalog-rebuild` (storage/rebuild.py).
+WRITERS = {
+    "tasks/stage.py",
+    "flows/round.py",
+    "flows/crashes.py",
+    "storage/audit.py",
+    "tasks/promote.py",
+    "storage/rebuild.py",
+}
 
 
 def test_only_the_stage_mechanism_the_round_flow_and_the_explicit_commands_write_the_catalog():
@@ -182,11 +192,11 @@ def test_only_the_stage_mechanism_the_round_flow_and_the_explicit_commands_write
         p.relative_to(REPO_ROOT).as_posix()
         for package in PACKAGES
         for p in (REPO_ROOT / package).rglob("*.py")
-        if WRITES.search(p.read_text())
+        if WRITES.search(p.read_text()) and not p.name.startswith("catalog")  # the catalog itself
     }
     assert found == WRITERS
     cli = (REPO_ROOT / "flows" / "cli.py").read_text()
-    assert set(WRITES.findall(cli)) == {"record_promotion"}  # `flywheel promote`; catalog-rebuild: storage/rebuild.py
+    assert not WRITES.findall(cli)  # its commands write through the modules above
 
 
 def test_every_stage_runs_alone_and_says_how_at_the_top():

@@ -22,6 +22,7 @@ from trainers.dpo import train_dpo
 from trainers.sft import build_sft_trainer, to_prompt_completion, train_sft
 
 LOG = logging.getLogger("test")
+BASE = "b" * 64  # the artifact id a checkpoint records for the model it started from
 ONE_STEP = dict(learning_rate=1e-3, warmup_ratio=0.0, max_length=64)  # no warm-up: a single step at lr 0 moves nothing
 
 
@@ -70,7 +71,7 @@ def test_to_prompt_completion():
 def test_sft_changes_weights_and_saves_a_loadable_checkpoint(tiny_model, tmp_path):
     cfg = SFTConfig(learning_rate=1e-3, batch_size=8, max_length=64)
     ckpt, summary = train_sft(
-        str(tiny_model), _sft_rows(32), cfg, tmp_path, seed=0, use_cpu=True, bf16=False, logger=LOG
+        str(tiny_model), _sft_rows(32), cfg, tmp_path, base_id=BASE, seed=0, use_cpu=True, bf16=False, logger=LOG
     )
     assert summary["steps"] == 4  # 32 rows / batch 8, one epoch
     assert math.isfinite(summary["train_loss"])
@@ -80,13 +81,16 @@ def test_sft_changes_weights_and_saves_a_loadable_checkpoint(tiny_model, tmp_pat
     assert (info["stage"], info["trainer"], info["trl_version"]) == ("sft", "SFTTrainer", trl.__version__)
     assert SFTConfig.model_validate(info["config"]) == cfg  # the stage's full config, restorable
     assert (info["steps"], info["seed"], info["final_loss"]) == (4, 0, summary["final_loss"])
+    assert info["base"] == BASE  # the parent's id, not its path
     assert info["transformers_version"] and "peft_version" in info
     assert not (ckpt / "training_args.bin").exists()  # model and tokenizer only: same weights, same hash
 
 
 def test_dpo_changes_weights(tiny_model, tmp_path):
     cfg = DPOConfig(learning_rate=1e-3, batch_size=8, max_length=64, loss_types=["sigmoid", "sft"])
-    ckpt, summary = train_dpo(str(tiny_model), _pairs(16), cfg, tmp_path, seed=0, use_cpu=True, bf16=False, logger=LOG)
+    ckpt, summary = train_dpo(
+        str(tiny_model), _pairs(16), cfg, tmp_path, base_id=BASE, seed=0, use_cpu=True, bf16=False, logger=LOG
+    )
     assert summary["steps"] == 2
     assert math.isfinite(summary["train_loss"])
     assert _changed(_weights(tiny_model), _weights(ckpt)) > 10
@@ -111,7 +115,9 @@ LOSS_VARIANTS = [
 @pytest.mark.parametrize("options,trainer", LOSS_VARIANTS)
 def test_preference_loss_takes_a_step(tiny_model, tmp_path, options, trainer):
     cfg = DPOConfig(batch_size=4, **ONE_STEP, **options)
-    ckpt, summary = train_dpo(str(tiny_model), _pairs(4), cfg, tmp_path, seed=0, use_cpu=True, bf16=False, logger=LOG)
+    ckpt, summary = train_dpo(
+        str(tiny_model), _pairs(4), cfg, tmp_path, base_id=BASE, seed=0, use_cpu=True, bf16=False, logger=LOG
+    )
     assert summary["steps"] == 1
     assert math.isfinite(summary["final_loss"])
     assert _changed(_weights(tiny_model), _weights(ckpt)) > 10
@@ -183,7 +189,7 @@ def test_sft_with_packing_and_accumulation_trains(tiny_model, tmp_path):
         **ONE_STEP,
     )
     ckpt, summary = train_sft(
-        str(tiny_model), _sft_rows(8), cfg, tmp_path, seed=0, use_cpu=True, bf16=False, logger=LOG
+        str(tiny_model), _sft_rows(8), cfg, tmp_path, base_id=BASE, seed=0, use_cpu=True, bf16=False, logger=LOG
     )
     assert summary["steps"] == 1  # 8 rows of 14 tokens -> 2 blocks of 64 -> 2 batches of 1 -> one optimizer step
     assert math.isfinite(summary["final_loss"])
@@ -199,12 +205,12 @@ def test_lora_is_merged_into_a_plain_checkpoint(tiny_model, tmp_path, stage):
     if stage == "sft":
         cfg = SFTConfig(batch_size=4, lora=lora, **ONE_STEP)
         ckpt, summary = train_sft(
-            str(tiny_model), _sft_rows(4), cfg, tmp_path, seed=0, use_cpu=True, bf16=False, logger=LOG
+            str(tiny_model), _sft_rows(4), cfg, tmp_path, base_id=BASE, seed=0, use_cpu=True, bf16=False, logger=LOG
         )
     else:
         cfg = DPOConfig(batch_size=4, lora=lora, **ONE_STEP)
         ckpt, summary = train_dpo(
-            str(tiny_model), _pairs(4), cfg, tmp_path, seed=0, use_cpu=True, bf16=False, logger=LOG
+            str(tiny_model), _pairs(4), cfg, tmp_path, base_id=BASE, seed=0, use_cpu=True, bf16=False, logger=LOG
         )
     assert summary["steps"] == 1
     assert not list(ckpt.glob("adapter_*"))  # merged: nothing for vLLM to load separately

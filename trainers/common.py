@@ -58,7 +58,11 @@ def save_checkpoint(model, tokenizer, out_dir: Path, training_info: dict) -> Pat
 
 
 def write_training_info(out_dir: Path, training_info: dict) -> None:
-    """flywheel_training.json beside the weights: what made the checkpoint, with the library versions."""
+    """flywheel_training.json beside the weights: what made the checkpoint, with the library versions.
+
+    The file is part of the checkpoint, so of its content id: it names models by artifact id and holds no
+    paths or times, or the same training would get a new id in every home and on every machine.
+    """
     info = {
         **training_info,
         "trl_version": trl.__version__,
@@ -134,8 +138,8 @@ def finish_stage(trainer, tokenizer, result, callback: LossLogger, out_dir: Path
 
     Args:
         result: the `TrainOutput` of `trainer.train()`.
-        info: stage, config, loss types, base, rows, seed... (written to flywheel_training.json with the
-            steps, the losses and the library versions).
+        info: stage, config, loss types, base (the parent's artifact id), rows, seed... (written to
+            flywheel_training.json with the steps, the losses and the library versions).
     Returns:
         (checkpoint dir, summary with steps, mean train loss, final logged loss and the loss history)
     """

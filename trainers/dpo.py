@@ -94,12 +94,16 @@ def train_dpo(
     cfg: DPOConfig,
     out_dir: Path,
     *,
+    base_id: str,
     seed: int,
     use_cpu: bool,
     bf16: bool,
     logger: logging.Logger | logging.LoggerAdapter,
 ) -> tuple[Path, dict]:
-    """Tune `model_path` on conversational `prompt/chosen/rejected` rows; returns checkpoint and summary."""
+    """Tune `model_path` on conversational `prompt/chosen/rejected` rows; returns checkpoint and summary.
+
+    `base_id` names the model in `model_path` (its artifact id) in the checkpoint's flywheel_training.json.
+    """
     model, tokenizer = load_policy(model_path, bf16)
     callback = LossLogger(logger, "dpo")
     base = stage_args(cfg, out_dir / "trainer", seed=seed, use_cpu=use_cpu, bf16=bf16)
@@ -114,7 +118,7 @@ def train_dpo(
         "loss_weights": cfg.loss_weights or [1.0] * len(cfg.loss_types),
         "reference": cfg.reference,
         "rows": len(pairs),
-        "base": model_path,
+        "base": base_id,
         "seed": seed,
     }
     return finish_stage(trainer, tokenizer, result, callback, out_dir, info)

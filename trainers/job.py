@@ -21,6 +21,7 @@ class TrainSpec(BaseModel):
 
     stage: Literal["sft", "dpo"] = Field(description="Which trainer: trainers.sft.train_sft or trainers.dpo.train_dpo.")
     model_dir: str = Field(description="Local directory of the model to start from.")
+    base_id: str = Field(description="Artifact id of that model, which the checkpoint records (not model_dir).")
     data: str = Field(description="Parquet file of the training rows (SFT `messages`, or DPO prompt/chosen/rejected).")
     stage_config: dict[str, Any] = Field(description="The stage's config (SFTConfig or DPOConfig) as JSON.")
     out_dir: str = Field(description="Where the checkpoint (out_dir/model) and train_result.json are written.")

@@ -232,6 +232,7 @@ def launch_training(
     *,
     stage: Literal["sft", "dpo"],
     model_dir: str,
+    base_id: str,
     data,
     stage_config: BaseModel,
     out_dir: Path,
@@ -243,6 +244,7 @@ def launch_training(
     """Train `stage` as a launched job; same contract as train_sft/train_dpo: (checkpoint dir, summary).
 
     Args:
+        base_id: artifact id of the model in `model_dir`, recorded in the checkpoint.
         data: the training rows as a pyarrow Table (written to parquet for the job's processes).
         out_dir: a scratch directory of this step; the checkpoint is written to out_dir/model.
     """
@@ -253,6 +255,7 @@ def launch_training(
     spec = TrainSpec(
         stage=stage,
         model_dir=model_dir,
+        base_id=base_id,
         data=str(out_dir / DATA_FILE),
         stage_config=stage_config.model_dump(mode="json"),
         out_dir=str(out_dir),

@@ -23,6 +23,7 @@ from trl import RewardConfig, RewardTrainer
 from trl.trainer.reward_trainer import suppress_seqcls_warning
 
 from configs.reward import RewardModelTrainConfig
+from storage.ids import sha256_dir
 from trainers.common import LossLogger, check_finite, common_args, save_checkpoint
 from trainers.reward_encoding import encode_conversations, reward_values
 
@@ -78,6 +79,7 @@ def train_reward_model(
     out_dir: str,
     cfg: RewardModelTrainConfig,
     *,
+    base_id: str,
     use_cpu: bool = True,
     bf16: bool = False,
     logger: logging.Logger | logging.LoggerAdapter | None = None,
@@ -88,6 +90,8 @@ def train_reward_model(
         pairs: rows like tasks/select.py PAIR_SCHEMA (only prompt, chosen and rejected are read; the
             selection margin is in combined-reward units, not logits, so it is not used as TRL's margin).
         base_model_dir: causal-LM (or sequence-classification) checkpoint for the backbone.
+        base_id: what names the backbone in flywheel_training.json: its artifact id (no path, which would
+            make the reward model's id depend on where the backbone lies).
         out_dir: receives model + tokenizer (+ flywheel_training.json), loadable by
             AutoModelForSequenceClassification; replaced if it exists.
 
@@ -138,9 +142,9 @@ def train_reward_model(
 
     info = {
         "stage": "reward",
-        "config": cfg.model_dump(),
+        "config": cfg.model_dump(exclude={"base"}),  # `base` may be a path: base_id says what the backbone is
         "pairs": len(rows),
-        "base": base_model_dir,
+        "base": base_id,
         "accuracy_before": before,
         "accuracy_after": after,
     }
@@ -177,5 +181,6 @@ if __name__ == "__main__":
         args.base,
         args.out,
         RewardModelTrainConfig(enabled=True, learning_rate=args.lr, epochs=args.epochs),
+        base_id=sha256_dir(Path(args.base)),  # the id the directory would have as a stored artifact
     )
     print(json.dumps({k: v for k, v in metrics.items() if k != "history"}, indent=2))

@@ -57,7 +57,15 @@ def train(spec: TrainSpec, rank: int, world_size: int, logger: logging.Logger) -
     out_dir = Path(spec.out_dir) if rank == 0 else Path(spec.out_dir) / f".rank-{rank:03d}"
     logger.info("%s on %d rows from %s, %d process(es)", spec.stage, len(rows), spec.model_dir, world_size)
     ckpt, summary = train_fn(
-        spec.model_dir, rows, cfg, out_dir, seed=spec.seed, use_cpu=spec.use_cpu, bf16=spec.bf16, logger=logger
+        spec.model_dir,
+        rows,
+        cfg,
+        out_dir,
+        base_id=spec.base_id,
+        seed=spec.seed,
+        use_cpu=spec.use_cpu,
+        bf16=spec.bf16,
+        logger=logger,
     )
     if rank != 0:
         shutil.rmtree(out_dir, ignore_errors=True)

@@ -75,12 +75,16 @@ def train_sft(
     cfg: SFTConfig,
     out_dir: Path,
     *,
+    base_id: str,
     seed: int,
     use_cpu: bool,
     bf16: bool,
     logger: logging.Logger | logging.LoggerAdapter,
 ) -> tuple[Path, dict]:
-    """Fine-tune `model_path` on `rows`; returns the saved checkpoint dir and a summary (losses, steps)."""
+    """Fine-tune `model_path` on `rows`; returns the saved checkpoint dir and a summary (losses, steps).
+
+    `base_id` names the model in `model_path` (its artifact id) in the checkpoint's flywheel_training.json.
+    """
     callback = LossLogger(logger, "sft")
     trainer, tokenizer = build_sft_trainer(
         model_path, rows, cfg, out_dir, seed=seed, use_cpu=use_cpu, bf16=bf16, callbacks=[callback]
@@ -91,7 +95,7 @@ def train_sft(
         "config": cfg.model_dump(mode="json"),
         "loss_types": ["nll"],
         "rows": len(rows),
-        "base": model_path,
+        "base": base_id,
         "seed": seed,
     }
     return finish_stage(trainer, tokenizer, result, callback, out_dir, info)

@@ -121,9 +121,11 @@ def read_source(cfg: SourceConfig, max_row_chars: int | None = None) -> SourceRo
         counts = Counter(q["reason"] for q in quarantined)
         summary = ", ".join(f"{r} {counts[r]}" for r in QUARANTINE_REASONS if counts[r])
         first = quarantined[0]
+        # Read up to the limit (preflight reads a sample): the rows past it were not looked at.
+        n = len(quarantined)
+        which = f"all of the first {n} rows" if cfg.limit is not None and n >= cfg.limit else f"all {n} rows"
         raise where.error(
-            f"all {len(quarantined)} rows of {where.path} are malformed ({summary}; first: {first['location']}: "
-            f"{first['detail']})",
+            f"{which} of {where.path} are malformed ({summary}; first: {first['location']}: {first['detail']})",
             f"fix the file, or the field settings in {where.key}",
         )
     return SourceRows(rows, quarantined)

@@ -6,7 +6,9 @@ row, in order. It never raises for a bad completion: a completion it cannot scor
 "ok" (counted in the round's metrics), never a silent 0.
 
 A scorer may also expose `metrics() -> dict[str, float]`: reliability figures of its last call (e.g. a
-judge's parse-failure rate and position-swap agreement), recorded as `score/<scorer>/<name>` metrics.
+judge's parse-failure rate and position-swap agreement), recorded as `score/<scorer>/<name>` metrics, and
+`errors`: the statuses that mean it failed to judge (default SCORER_ERRORS). A result with one of those
+holds a placeholder value, which scoring.on_scorer_error keeps out of the combined reward.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ from typing import Protocol
 
 # Why a completion did not get a normal score. "ok" is the only status whose value is a real judgement.
 STATUSES = ("ok", "no_answer", "no_reference", "parse_error", "error", "timeout", "memory", "blocked")
+# The statuses of a scorer that failed to judge (a judge that timed out or answered unparsably, a reward model
+# that errored), as opposed to a judgement of the completion (`no_answer`: it gave none, a wrong answer).
+SCORER_ERRORS = ("parse_error", "error", "timeout")
 
 
 @dataclass(frozen=True)

@@ -100,6 +100,8 @@ class CodeScorer:
     """1.0 when the completion's Python code passes the prompt's tests in the sandbox (tasks.scoring.sandbox)."""
 
     version = "1"
+    # A run past the time or memory limit, or one the sandbox blocked, is the code's failure: a judgement.
+    errors = ()
 
     def __init__(self, cfg):
         self.id, self.cfg = cfg.id, cfg
