@@ -18,9 +18,10 @@ accepts the old ones; they are never printed or logged.
 
 The server dies with its owner. It runs under a small watchdog (storage/s3guard.py) in its own session,
 and when the owner exits in any way (`kill -9` included, or a SIGTERM to its process group from systemd
-or Kubernetes, which the server's own session does not get) the watchdog stops it. The server itself gets SIGKILL should the
-watchdog die (PR_SET_PDEATHSIG). Each owner also records its server in data_dir, so a server that
-outlived its owner anyway (a frozen owner, an older version) is stopped by the next start.
+or Kubernetes, which the server's own session does not get) the watchdog stops it. The server itself
+gets SIGKILL should the watchdog die (PR_SET_PDEATHSIG). Each owner also records its server in
+data_dir, so a server that outlived its owner anyway (a frozen owner, an older version) is stopped by
+the next start.
 """
 
 from __future__ import annotations

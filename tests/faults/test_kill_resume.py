@@ -11,7 +11,7 @@ from tests.faults.harness import FlywheelRun, audit, stage_done, wait_until_gone
 pytestmark = pytest.mark.faults
 
 
-def test_kill_9_after_generate_and_after_sft_then_resume(make_config, tmp_path):
+def test_kill_9_after_generate_and_after_sft_then_resume(make_config, tmp_path, monkeypatch):
     home = (tmp_path / "home").resolve()
     # The embedded S3 server: started by each run under the home, so a kill must not orphan it.
     cfg = make_config(pipeline="faults", home=home, storage={"uri": "embedded"})
@@ -37,7 +37,10 @@ def test_kill_9_after_generate_and_after_sft_then_resume(make_config, tmp_path):
     assert wait_until_gone(home) == []
 
     from storage.runtime import open_home_store
+    from storage.s3server import LocalS3Server
 
+    for name in LocalS3Server(home / "s3").env():  # opening the home's store exports its server's keys
+        monkeypatch.delenv(name, raising=False)  # recorded, so the other tests get their own keys back
     store, server = open_home_store(home, "embedded")
     try:
         found = audit(home, store)
