@@ -142,6 +142,10 @@ def test_next_round_starts_from_promoted_policy_with_new_prompts(make_config, tm
     row_id = rt.artifacts.get_table(pairs_id).column("row_id")[0].as_py()
     chain = lambda c: {(x["row_id"], x["parent_id"], x["kind"]) for x in c}  # noqa: E731
     assert chain(rebuilt.row_lineage(row_id)) == chain(rt.catalog.row_lineage(row_id))
+    # Every artifact row the same, sources and eval sets included (their format, bytes and step).
+    cols = "id, kind, format, uri, bytes, rows, pipeline, round, step"
+    every = lambda c: c._query(f"select {cols} from artifacts order by id")  # noqa: E731
+    assert every(rebuilt) == every(rt.catalog)
 
 
 def test_failed_round_resumes_and_reuses_finished_steps(make_config, monkeypatch):
