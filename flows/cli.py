@@ -323,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         print("flywheel: --rounds must be at least 1", file=sys.stderr)
         return 2
     from configs import ConfigError
-    from tasks.stage import INPUT_ERROR_NAMES, PreflightError
+    from tasks.stage import PreflightError, is_input_error
 
     try:
         return args.fn(args)
@@ -334,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Exception as e:
         # Errors meant for the user carry one clear line; print it instead of a library traceback.
-        if type(e).__name__ in INPUT_ERROR_NAMES | {"EngineError"}:
+        if is_input_error(e, frozenset({"EngineError"})):
             print(f"flywheel: {e}", file=sys.stderr)
             return 2
         raise

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from configs.schema import FlywheelConfig
 from configs.scoring import JudgeEndpointConfig
-from tasks.stage import INPUT_ERROR_NAMES, PreflightError, check_file, check_model_dir
+from tasks.stage import PreflightError, check_file, check_model_dir, is_input_error
 
 PREFLIGHT_ROWS = 1000  # enough that a few malformed first lines do not look like a broken file
 
@@ -83,7 +83,7 @@ class QuietInputErrors:
 
     def filter(self, record) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if exc is not None and type(exc).__name__ in INPUT_ERROR_NAMES:
+        if exc is not None and is_input_error(exc):
             record.exc_info, record.exc_text = None, None
         return True
 

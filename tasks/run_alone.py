@@ -15,7 +15,7 @@ from typing import Any
 
 from configs.schema import FlywheelConfig
 from storage.code_identity import module_name
-from tasks.stage import INPUT_ERROR_NAMES, PreflightError, Step, code_of, import_model, run_step, runtime
+from tasks.stage import PreflightError, Step, code_of, import_model, is_input_error, run_step, runtime
 
 
 @dataclass
@@ -122,7 +122,7 @@ def run_alone(
     except (ConfigError, PreflightError) as e:
         sys.exit(f"{module}: {e}")
     except Exception as e:
-        if type(e).__name__ in INPUT_ERROR_NAMES | {"EngineError"}:
+        if is_input_error(e, frozenset({"EngineError"})):
             sys.exit(f"{module}: {e}")
         raise
     finally:

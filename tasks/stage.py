@@ -88,9 +88,15 @@ INPUT_ERROR_NAMES = {
     "CurationError",
     "ConfigError",
     "StoreError",
-    "StoreUnavailable",
     "CatalogLocked",
 }
+
+
+def is_input_error(e: BaseException, also: frozenset[str] = frozenset()) -> bool:
+    """Whether `e` is one of INPUT_ERROR_NAMES (or `also`), or a subclass of one (StoreUnavailable is a
+    StoreError). Matched by class name, so the check imports none of the modules that define them."""
+    names = INPUT_ERROR_NAMES | also
+    return any(c.__name__ in names for c in type(e).__mro__)
 
 
 @dataclass(frozen=True)

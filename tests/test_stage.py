@@ -272,3 +272,13 @@ def test_stages_run_alone_from_the_round_they_belong_to(small_model, demo_data, 
     # generate takes round 1's prompts from the catalog, and the base model as round 1's policy
     gen = json.loads(_alone("tasks.generate", config).stdout)
     assert gen["outputs"]["completions"]["rows"] == 48 and gen["metrics"]["generate/completions"] == 48
+
+
+def test_subclasses_of_input_errors_are_input_errors():
+    from storage.catalog_lock import CatalogLocked
+    from storage.store import StoreError, StoreUnavailable
+    from tasks.stage import is_input_error
+
+    assert is_input_error(StoreUnavailable("down")) and is_input_error(StoreError("x"))
+    assert is_input_error(CatalogLocked("held")) and not is_input_error(RuntimeError("bug"))
+    assert is_input_error(type("EngineError", (Exception,), {})("e"), frozenset({"EngineError"}))
