@@ -6,6 +6,7 @@ half-registered round behind.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from configs.schema import FlywheelConfig
@@ -40,10 +41,31 @@ def preflight(cfg: FlywheelConfig, *, need_base_model: bool) -> None:
             check_reward_model(e.reward_model, f"{what} reward_model")
     if need_base_model:
         check_model_dir(cfg.base_model, "base_model", chat=True)
+        check_context(cfg.base_model, "base_model", cfg.generation.engine.max_model_len)
+    rm = cfg.training.reward_model
+    if rm.enabled and rm.base != "policy":  # trained after select: a typo would cost a round's generation
+        check_model_dir(rm.base, "training.reward_model.base")
     for i, m in enumerate(cfg.generation.committee):
         check_model_dir(m.model, f"generation.committee[{i}] ({m.name})", chat=True)
+        check_context(m.model, f"generation.committee[{i}] ({m.name})", cfg.generation.engine.max_model_len)
     for i, s in enumerate(cfg.scoring.scorers):
         check_scorer(s, f"scoring.scorers[{i}] ({s.id})")
+
+
+def check_context(model: str, what: str, max_model_len: int) -> None:
+    """generation.engine.max_model_len fits the model's positions; past them vLLM refuses mid-round."""
+    try:
+        config = json.loads((Path(model).expanduser() / "config.json").read_text())
+        positions = config.get("max_position_embeddings")
+    except (OSError, ValueError, AttributeError):
+        return  # check_model_dir has judged the directory; a config without the key is not ours to judge
+    # RoPE scaling stretches the context past max_position_embeddings: vLLM's own derivation then decides.
+    if isinstance(positions, int) and not config.get("rope_scaling") and max_model_len > positions:
+        raise PreflightError(
+            f"generation.engine.max_model_len ({max_model_len}) is longer than {what}'s context "
+            f"(max_position_embeddings {positions} in {model}/config.json): lower max_model_len to {positions} "
+            "or less"
+        )
 
 
 def check_scorer(s, what: str) -> None:

@@ -154,10 +154,10 @@ def generate(ctx: StageContext, cfg: FlywheelConfig, round_num: int) -> StageOut
         metrics={
             "generate/completions": len(rows),
             "generate/tokens": tokens,
-            "generate/tokens_per_s": tokens / max(gen_s, 1e-9),
             "generate/truncated": sum(r["finish_reason"] == "length" for r in rows),
             **metrics,
         },
+        timings={"generate/tokens_per_s": tokens / max(gen_s, 1e-9)},
     )
 
 

@@ -17,6 +17,7 @@ from configs.schema import FlywheelConfig, SelectionConfig
 from storage import ids
 from tasks.curation.decontam import decontaminate_rows
 from tasks.curation.inputs import eval_index
+from tasks.scoring import SCORER_ERRORS
 from tasks.selection.replay import replay_rows
 from tasks.stage import External, Json, StageContext, StageOutput, Step, Table, stage
 
@@ -28,12 +29,14 @@ def combined_rewards(score_rows: list[dict]) -> dict[str, float | None]:
 
 
 def tie_breakers(score_rows: list[dict], scorers: list[str]) -> dict[str, tuple[float, ...]]:
-    """completion_id -> the values of the tie-break scorers, in order (missing: -inf, ranks last)."""
+    """completion_id -> the values of the tie-break scorers, in order (missing, or the scorer failed on it:
+    -inf, ranks last; a failed scorer's value is a placeholder, not a judgement)."""
     if not scorers:
         return {}
-    values: dict[str, dict[str, float]] = defaultdict(dict)
+    # Every scored completion gets a tuple: one left out would sort first in _best_first, not last.
+    values: dict[str, dict[str, float]] = {s["completion_id"]: {} for s in score_rows}
     for s in score_rows:
-        if s["scorer"] in scorers:
+        if s["scorer"] in scorers and s.get("status") not in SCORER_ERRORS:
             values[s["completion_id"]][s["scorer"]] = s["value"]
     return {cid: tuple(v.get(name, float("-inf")) for name in scorers) for cid, v in values.items()}
 

@@ -18,9 +18,8 @@ A stage module declares its step and writes a body (docs/design.md, "Identities"
    the content hashes of its external inputs (files and directories outside the store);
 2. reuses a completed step of the same identity whose outputs are all still stored (a failed round
    resumes this way), or runs the body and stores what it returns (tables, models, JSON, a summary);
-3. records the step in the catalog (status, Prefect ids, duration, counts, metrics, artifacts, an edge from
-   every input to every output, row lineage), registers the external inputs, and writes the round's
-   browsable links runs/<pipeline>/round-NNNN/<step>/<name>.json.
+3. records the step in the catalog (status, Prefect ids, duration, counts, metrics, artifacts, edges, row
+   lineage), registers external inputs, and writes the links runs/<pipeline>/round-NNNN/<step>/<name>.json.
 
 A body never opens the runtime or touches the catalog: it reads only what its step declared.
 """
@@ -202,6 +201,8 @@ class StageOutput:
     rows_in: int | None = None
     rows_out: int | None = None
     summary: dict[str, Any] = field(default_factory=dict)  # JSON-able facts for the flow; stored with the step
+    # Wall-clock measures: metrics, but not in the stored summary, whose id must not differ between runs.
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -303,6 +304,7 @@ def run_step(cfg: FlywheelConfig, round_num: int, step: Step, code: str, *, reus
             raise
         summary = {**out.summary, "metrics": out.metrics, "rows_in": out.rows_in, "rows_out": out.rows_out}
         refs["summary"] = rt.artifacts.put_json(summary, kind=f"{step.name}-summary")
+        summary = {**summary, "metrics": {**out.metrics, **out.timings}}  # a reused step measured nothing
         edges = [
             (row, parent, refs[name].id)
             for name, o in out.outputs.items()

@@ -71,7 +71,8 @@ def train_reward(ctx: StageContext, cfg: FlywheelConfig, stage_cfg: RewardModelT
         {"reward_model": Model(out, kind="reward-model")},
         rows_in=len(rows),
         rows_out=summary["pairs"],
-        summary=summary,
+        summary={k: v for k, v in summary.items() if k != "seconds"},
+        timings={"reward_model/seconds": summary["seconds"]},
         metrics={
             "reward_model/accuracy_before": summary["accuracy_before"],
             "reward_model/accuracy_after": summary["accuracy_after"],

@@ -329,3 +329,22 @@ def test_code_timeouts_are_judgements_not_scorer_failures():
         "judge": [ScoreResult(0.0, "read timed out", "timeout")],
     }
     assert failed_scorers(scorers, results, 1) == [{"judge"}]
+
+
+def test_code_scorer_a_sandbox_that_cannot_start_is_a_scorer_error_not_a_zero(monkeypatch):
+    """fork failing (EAGAIN at a process limit) judged no code: status error, which selection excludes."""
+    from configs.scoring import CodeScorerConfig
+    from tasks.scoring import sandbox
+
+    def no_fork(*args, **kwargs):
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(sandbox.subprocess, "Popen", no_fork)
+    row = {
+        "completion": "def add(a, b):\n    return a + b",
+        "provenance": json.dumps({"tests": "assert add(1, 1) == 2"}),
+    }
+    scorer = CodeScorer(CodeScorerConfig(timeout_s=1.0))
+    [res] = scorer([row])
+    assert (res.value, res.status) == (0.0, "error") and res.raw.startswith("unavailable: sandbox failed to start")
+    assert res.status in scorer.errors

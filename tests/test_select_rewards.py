@@ -136,3 +136,15 @@ def test_completions_a_judge_timed_out_on_score_zero_when_configured(tmp_path):
     pairs = select_pairs(comps, rewards, 0.5, 2)
     assert [(p["chosen_id"], p["rejected_id"]) for p in pairs] == [("c1b", "c1c"), ("c2a", "c2b")]
     assert _stage_metrics(comps, score_rows, tmp_path)["select/excluded_scorer_error"] == 0
+
+
+def test_a_tie_break_scorer_that_failed_ranks_last_not_by_its_placeholder():
+    # Two equal rewards: c1's reward model timed out (placeholder value 9.0), c2's scored 0.2.
+    score_rows = [
+        {"completion_id": "c1", "scorer": "rm", "value": 9.0, "status": "timeout", "reward": 1.0},
+        {"completion_id": "c2", "scorer": "rm", "value": 0.2, "status": "ok", "reward": 1.0},
+    ]
+    comps = [c("c1", "p1", "a"), c("c2", "p1", "b")]
+    ties = tie_breakers(score_rows, ["rm"])
+    assert ties == {"c1": (float("-inf"),), "c2": (0.2,)}
+    assert [r["completion_id"] for r in select_sft(comps, combined_rewards(score_rows), 1.0, ties)] == ["c2"]

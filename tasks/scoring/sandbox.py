@@ -37,8 +37,8 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
-Status = Literal["passed", "failed", "timeout", "memory", "error", "blocked"]
-_STATUSES = ("passed", "failed", "timeout", "memory", "error", "blocked")
+Status = Literal["passed", "failed", "timeout", "memory", "error", "blocked", "unavailable"]
+_STATUSES = ("passed", "failed", "timeout", "memory", "error", "blocked")  # what the child may report
 
 _MAX_DETAIL_CHARS = 4000  # tracebacks end with the useful line, so the tail is kept
 _MAX_FILE_BYTES = 32 * 1024 * 1024  # per file written, stdout/stderr included (RLIMIT_FSIZE)
@@ -89,7 +89,8 @@ def run_python_tests(code: str, tests: str, *, timeout_s: float = 5.0, memory_mb
     Returns:
         SandboxResult with status "passed", "failed" (a test raised), "error" (the code itself did not
         run, or the child died without a verdict), "timeout", "memory" or "blocked" (network, process
-        spawning or writes outside the sandbox were attempted).
+        spawning or writes outside the sandbox were attempted), or "unavailable" (the sandbox itself could
+        not start: no judgement of the code).
     """
     start = time.monotonic()
     nonce = secrets.token_hex(16)
@@ -129,7 +130,7 @@ def run_python_tests(code: str, tests: str, *, timeout_s: float = 5.0, memory_mb
             status, summary = _decide(timed_out, verdicts, proc.returncode, timeout_s)
             detail = _detail(summary, _tail(err), _tail(out))
     except OSError as e:  # could not even start the child (fork failed, disk full...)
-        status, detail = "error", f"sandbox failed to start: {e}"
+        status, detail = "unavailable", f"sandbox failed to start: {e}"
     finally:
         os.close(read_fd)
         if write_fd != -1:

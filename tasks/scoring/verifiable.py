@@ -101,7 +101,8 @@ class CodeScorer:
 
     version = "1"
     # A run past the time or memory limit, or one the sandbox blocked, is the code's failure: a judgement.
-    errors = ()
+    # A sandbox that could not start judged nothing: that is a scorer error (scoring.on_scorer_error).
+    errors = ("error",)
 
     def __init__(self, cfg):
         self.id, self.cfg = cfg.id, cfg
@@ -116,7 +117,7 @@ class CodeScorer:
         if not code.strip():
             return ScoreResult(0.0, "", "no_answer")
         res = run_python_tests(code, tests, timeout_s=self.cfg.timeout_s, memory_mb=self.cfg.memory_mb)
-        status = {"passed": "ok", "failed": "ok", "error": "ok"}.get(res.status, res.status)
+        status = {"passed": "ok", "failed": "ok", "error": "ok", "unavailable": "error"}.get(res.status, res.status)
         return ScoreResult(1.0 if res.passed else 0.0, f"{res.status}: {res.detail}"[:2000], status)
 
     def __call__(self, rows: list[dict]) -> list[ScoreResult]:

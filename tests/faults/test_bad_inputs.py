@@ -34,6 +34,7 @@ def _config(tmp_path: Path, base_model: Path, demo_data: dict[str, Path], **sect
         "curation": {"sources": [{"name": "pool", "path": str(demo_data["pool"]), "keep_fields": ["template"]}]},
         "evaluation": {"eval_sets": [{"name": "heldout", "path": str(demo_data["heldout"])}]},
         **sections,
+        "generation": {"engine": {"max_model_len": 128}, **sections.get("generation", {})},  # the tiny model has 256
     }
     return parse_config(data)
 
@@ -127,6 +128,27 @@ def test_committee_model_without_chat_template(tiny_model, demo_data, tmp_path):
     _drop_chat_template(d)
     cfg = _config(tmp_path, tiny_model, demo_data, generation={"committee": [{"name": "other", "model": str(d)}]})
     assert _preflight_error(cfg).startswith(f"generation.committee[0] (other): the tokenizer in {d} has no chat")
+
+
+def test_max_model_len_past_the_models_context(tiny_model, demo_data, tmp_path):
+    positions = json.loads((tiny_model / "config.json").read_text())["max_position_embeddings"]
+    cfg = _config(tmp_path, tiny_model, demo_data, generation={"engine": {"max_model_len": positions + 1}})
+    assert _preflight_error(cfg) == (
+        f"generation.engine.max_model_len ({positions + 1}) is longer than base_model's context "
+        f"(max_position_embeddings {positions} in {tiny_model}/config.json): lower max_model_len to {positions} or less"
+    )
+    preflight(
+        _config(tmp_path, tiny_model, demo_data, generation={"engine": {"max_model_len": positions}}),
+        need_base_model=True,
+    )
+
+
+def test_reward_model_backbone_is_checked_before_the_round(tiny_model, demo_data, tmp_path):
+    missing = tmp_path / "no-such-backbone"
+    cfg = _config(tmp_path, tiny_model, demo_data, training={"reward_model": {"enabled": True, "base": str(missing)}})
+    assert _preflight_error(cfg).startswith(f"training.reward_model.base: no model directory at {missing}:")
+    off = _config(tmp_path, tiny_model, demo_data, training={"reward_model": {"enabled": False, "base": str(missing)}})
+    preflight(off, need_base_model=True)  # not trained: not read
 
 
 def test_a_reward_model_needs_weights_but_no_chat_template(tiny_model, demo_data, tmp_path):
