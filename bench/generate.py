@@ -5,10 +5,12 @@ and the same sampling settings, alternating for `--repeats` rounds so that warm-
 both. The stage path is `tasks.generate.generate_completions`: per-prompt seeds, chat rendering, and the
 completion rows with their ids, i.e. everything the stage adds before storing the table. The raw path hands
 vLLM the same rendered prompts with one SamplingParams (no per-request seeds), as a plain script would.
+With `--replicas K` (K > 1) the stage path also runs on K engines in Ray actors (`generation.engine.replicas`),
+in the same rounds, and its rows are checked to equal the one-engine rows.
 
 Run (the instruct demo's base model, converted once by `python -m demo.smollm2 --out DIR`):
-    .venv/bin/python bench/generate.py --model DIR [--prompts 32] [--n 4] [--max-tokens 128] [--repeats 2]
-Last line: one JSON object with both tokens/s and their ratio (the stage must reach 0.9 of raw).
+    .venv/bin/python bench/generate.py --model DIR [--prompts 32] [--n 4] [--max-tokens 128] [--repeats 2] [--replicas 2]
+Last line: one JSON object with the tokens/s and their ratios (the stage must reach 0.9 of raw).
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ def main() -> None:
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--max-model-len", type=int, default=1024)
+    p.add_argument("--kvcache-gb", type=int, default=2, help="KV cache of each engine, GiB.")
+    p.add_argument("--replicas", type=int, default=1, help="Also run the stage path on this many engines (Ray).")
     args = p.parse_args()
 
     pool, _ = make_prompts(0)
@@ -42,7 +46,9 @@ def main() -> None:
         {"prompt_id": f"p{i}", "prompt": r["prompt"], "source": "bench", "license": "apache-2.0"}
         for i, r in enumerate(pool[: args.prompts])
     ]
-    engine_cfg = EngineConfig(backend="vllm", dtype="float32", max_model_len=args.max_model_len, cpu_kvcache_gb=2)
+    engine_cfg = EngineConfig(
+        backend="vllm", dtype="float32", max_model_len=args.max_model_len, cpu_kvcache_gb=args.kvcache_gb
+    )
     engine = get_engine(engine_cfg, args.model)
     params = SamplingConfig(n=args.n, temperature=1.0, max_tokens=args.max_tokens, seed=0)
     import vllm
@@ -50,6 +56,11 @@ def main() -> None:
     texts = render_prompts(engine.tokenizer, [x["prompt"] for x in prompts])
     raw_params = vllm.SamplingParams(n=args.n, temperature=1.0, max_tokens=args.max_tokens)
     totals = {"stage": [0.0, 0], "raw": [0.0, 0]}
+    spread_engine = None
+    if args.replicas > 1:
+        # Started after the in-process engine and kept beside it: each round times all paths on one machine.
+        spread_engine = get_engine(engine_cfg.model_copy(update={"replicas": args.replicas}), args.model)
+        totals[f"replicas_{args.replicas}"] = [0.0, 0]
     for r in range(args.repeats):
         t = time.perf_counter()
         rows = generate_completions(engine, prompts, params, "bench-model", r + 1)
@@ -59,6 +70,13 @@ def main() -> None:
         outs = engine.llm.generate(texts, raw_params, use_tqdm=False)
         totals["raw"][0] += time.perf_counter() - t
         totals["raw"][1] += sum(len(o.token_ids) for out in outs for o in out.outputs)
+        if spread_engine is not None:
+            t = time.perf_counter()
+            spread = generate_completions(spread_engine, prompts, params, "bench-model", r + 1)
+            totals[f"replicas_{args.replicas}"][0] += time.perf_counter() - t
+            totals[f"replicas_{args.replicas}"][1] += sum(x["num_tokens"] for x in spread)
+            if spread != rows:
+                raise SystemExit(f"repeat {r + 1}: {args.replicas} replicas gave other rows than one engine")
         print(f"repeat {r + 1} of {args.repeats} done", flush=True)
     rate = {k: tokens / seconds for k, (seconds, tokens) in totals.items()}
     print("| path | tokens | seconds | tokens/s |\n|---|---|---|---|")
@@ -72,6 +90,11 @@ def main() -> None:
         "raw_tok_s": round(rate["raw"], 1),
         "ratio": round(rate["stage"] / rate["raw"], 3),
     }
+    if spread_engine is not None:
+        key = f"replicas_{args.replicas}"
+        result[f"{key}_tok_s"] = round(rate[key], 1)
+        result[f"{key}_speedup"] = round(rate[key] / rate["stage"], 3)
+        result["served"] = spread_engine.served()
     print(json.dumps(result))
     from tasks.generation import close_engines
 

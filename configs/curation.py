@@ -42,7 +42,8 @@ class SourceConfig(_Strict):
     path: str | None = Field(
         None,
         description="A .jsonl, .parquet or .csv file, or a directory saved with datasets' save_to_disk "
-        "(relative paths: from the working directory). Set this or `dataset`, not both.",
+        "(relative paths: from the working directory), or an s3://bucket/key object read with the store's "
+        "credentials and storage.endpoint_url. Set this or `dataset`, not both.",
     )
     dataset: LoadDatasetSpec | None = Field(
         None,
@@ -79,6 +80,12 @@ class SourceConfig(_Strict):
         None, ge=1, description="At most this many rows read from the source, quarantined rows included (None: all)."
     )
     license: str = Field("unknown", description="License of the source, stored on every row derived from it.")
+    snapshot: bool = Field(
+        True,
+        description="Copy the bytes read from `path` into the store (inputs/sha256/<hash>/<name>) and register "
+        "that copy in the catalog, so another machine or a later rerun reads exactly what the round read. "
+        "false: register `path` as given (for a huge source; it must stay unchanged there). Not used with `dataset`.",
+    )
 
     @model_validator(mode="after")
     def _check_location(self) -> SourceConfig:

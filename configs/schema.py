@@ -32,7 +32,11 @@ class EvalSetConfig(_Strict):
     name: str = Field(
         "heldout", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Name of the eval set, used in metric names."
     )
-    path: str = Field(description="Path to a .jsonl or .parquet file with prompts (and reference answers).")
+    path: str = Field(
+        description="Path to a .jsonl or .parquet file with prompts (and reference answers), or an "
+        "s3://bucket/key object read with the store's credentials and storage.endpoint_url."
+    )
+    snapshot: bool = Field(True, description="Copy it into the store (inputs/sha256/...); false: register `path`.")
     prompt_field: str = Field("prompt", description="Column holding the prompt text.")
     answer_field: str | None = Field(
         "answer", description="Column holding the reference answer (needed by `metric: accuracy` only)."
@@ -92,11 +96,49 @@ class EngineConfig(_Strict):
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="Weights dtype.")
     tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor parallel degree (GPUs per engine).")
-    data_parallel_size: int = Field(1, ge=1, description="vLLM data parallel degree (engine replicas).")
+    replicas: int = Field(
+        1,
+        ge=1,
+        description="Engines the prompts are spread over, each in its own Ray actor (1: one engine in this "
+        "process, no Ray). Every prompt keeps its own seed, so the rows are those of one engine.",
+    )
+    ray_address: str | None = Field(
+        None,
+        description="Ray cluster of the engines: `ray://host:10001`, or `auto` (the cluster this node is part "
+        "of); None starts a local one on this machine. Setting it runs the engines on Ray even with replicas 1.",
+    )
+    cpus_per_replica: float | None = Field(
+        None,
+        gt=0,
+        description="Ray CPUs each engine reserves where the cluster has no GPUs (None: the cluster's CPUs "
+        "shared out evenly, fractions allowed, so 2 replicas fit on 2 cores). With GPUs each reserves "
+        "tensor_parallel_size GPUs.",
+    )
     max_model_len: int = Field(512, ge=16, description="Longest prompt + completion, in tokens.")
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="vLLM: fraction of GPU memory to use.")
     cpu_kvcache_gb: int = Field(1, ge=1, description="vLLM on CPU: KV cache size in GiB.")
     enforce_eager: bool = Field(True, description="vLLM: skip graph capture (faster start, fine on CPU).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed_fields(cls, data: Any) -> Any:
+        # vLLM refuses data_parallel_size for dense models in one in-process engine; replicas does that job.
+        if isinstance(data, dict) and "data_parallel_size" in data:
+            raise ValueError(
+                f"generation.engine.data_parallel_size ({data['data_parallel_size']}) was removed: set "
+                f"`replicas: {data['data_parallel_size']}` instead (that many engines, through Ray), and delete "
+                "data_parallel_size from the config"
+            )
+        return data
+
+    @model_validator(mode="after")
+    def _check_cpus(self) -> EngineConfig:
+        c = self.cpus_per_replica  # Ray takes fractional amounts below 1 only
+        if c is not None and c > 1 and c != int(c):
+            raise ValueError(
+                f"generation.engine.cpus_per_replica ({c}) must be below 1 or whole: use {int(c)} or {int(c) + 1}"
+            )
+        return self
 
 
 class SamplingConfig(_Strict):

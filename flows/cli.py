@@ -7,6 +7,8 @@ flywheel promote --pipeline P --round N --reason R [--wait]  roll the pipeline b
 flywheel lineage <artifact-or-row-id> [--json]     where an artifact or a training row came from
 flywheel server [--port 4200]                      a local Prefect server + UI
 flywheel serve --config configs/demo.yaml          serve the round-now and nightly deployments
+flywheel deploy --config configs/demo.yaml --pool P  register them on work pool P (docs/work-pools.md)
+flywheel worker --pool P                           run work pool P's rounds on this machine
 flywheel catalog-rebuild --config configs/demo.yaml  rebuild the catalog from the store
 flywheel export --config X [--round N] DIR         the policy (or round N's candidate) as a model directory
 flywheel validate configs/x.yaml                   check a config file
@@ -22,7 +24,7 @@ from pathlib import Path
 
 from configs.quiet import apply_defaults
 from flows import reaper
-from flows.cli_prefect import cmd_serve, cmd_server
+from flows.cli_prefect import cmd_deploy, cmd_serve, cmd_server, cmd_worker
 
 apply_defaults()
 
@@ -283,6 +285,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cron", default="0 2 * * *", help="schedule of flywheel-nightly (default 02:00 every day)")
     s.add_argument("--timezone", default="UTC", help="IANA timezone of the schedule, e.g. Europe/Paris")
     s.set_defaults(fn=cmd_serve)
+    s = sub.add_parser("deploy", help="register the flywheel-round and flywheel-nightly deployments on a work pool")
+    s.add_argument("--config", required=True)
+    s.add_argument("--pool", required=True, help="work pool name (a process pool is created if missing)")
+    s.add_argument("--cron", default="0 2 * * *", help="schedule of flywheel-nightly (default 02:00 every day)")
+    s.add_argument("--timezone", default="UTC", help="IANA timezone of the schedule, e.g. Europe/Paris")
+    s.set_defaults(fn=cmd_deploy)
+    s = sub.add_parser("worker", help="run a process worker of a work pool: it runs the pool's rounds here")
+    s.add_argument("--pool", required=True)
+    s.add_argument("--limit", type=int, default=None, help="most flow runs at once on this machine (default: no cap)")
+    s.set_defaults(fn=cmd_worker)
     s = sub.add_parser("catalog-rebuild", help="rebuild the DuckDB catalog from the store's round manifests")
     s.add_argument("--config", required=True)
     s.add_argument("--out", help="where to write it (default: the home's catalog.duckdb)")

@@ -1,4 +1,10 @@
-"""`flywheel server` and `flywheel serve`: the commands that start or talk to a Prefect server."""
+"""`flywheel server`, `serve`, `deploy` and `worker`: the commands that start or talk to a Prefect server.
+
+flywheel server                                   # one machine: a server + UI ...
+flywheel serve --config X                         # ... and the deployments run in this process
+flywheel deploy --config X --pool P               # several machines: the deployments on work pool P ...
+flywheel worker --pool P                          # ... run by a worker on each machine (docs/work-pools.md)
+"""
 
 from __future__ import annotations
 
@@ -65,11 +71,27 @@ def _schedule_error(cron: str, timezone: str) -> str | None:
     return None
 
 
+def _need_server(cmd: str) -> str:
+    """The Prefect API URL (from the environment or a Prefect profile), checked to answer, or exit saying why."""
+    import urllib.request
+
+    from flows.pipeline_limit import api_url
+
+    api = api_url()
+    if not api:
+        raise SystemExit(f"flywheel {cmd}: set PREFECT_API_URL to a Prefect server (`flywheel server` prints it)")
+    try:
+        urllib.request.urlopen(f"{api.rstrip('/')}/health", timeout=5)
+    except OSError as e:
+        raise SystemExit(
+            f"flywheel {cmd}: no Prefect server answers at {api} ({e}); start one with `flywheel server`"
+        ) from None
+    return api
+
+
 def cmd_serve(args) -> int:
     """Register the pipeline's deployments with the server in PREFECT_API_URL and run them until Ctrl-C."""
     reaper.start()  # nothing this command starts (engines, Prefect's server) outlives it
-    import urllib.request
-
     from configs import load_config
     from flows.deployments import serve_pipeline
     from flows.preflight import quiet_input_errors
@@ -77,15 +99,7 @@ def cmd_serve(args) -> int:
     if problem := _schedule_error(args.cron, args.timezone):  # before the server, the config or the runner
         print(f"flywheel: {problem}", file=sys.stderr)
         return 2
-    api = os.environ.get("PREFECT_API_URL")
-    if not api:
-        raise SystemExit("flywheel serve: set PREFECT_API_URL to a Prefect server (`flywheel server` prints it)")
-    try:
-        urllib.request.urlopen(f"{api.rstrip('/')}/health", timeout=5)
-    except OSError as e:
-        raise SystemExit(
-            f"flywheel serve: no Prefect server answers at {api} ({e}); start one with `flywheel server`"
-        ) from None
+    _need_server("serve")
     cfg = load_config(args.config, home=args.home)
     quiet_input_errors()
     try:
@@ -93,3 +107,45 @@ def cmd_serve(args) -> int:
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def cmd_deploy(args) -> int:
+    """Register the pipeline's deployments on a work pool (a process pool, created if missing)."""
+    from configs import load_config
+    from flows.deployments import NIGHTLY_DEPLOYMENT, ROUND_DEPLOYMENT, deploy_pipeline, ensure_pool
+
+    if problem := _schedule_error(args.cron, args.timezone):
+        print(f"flywheel: {problem}", file=sys.stderr)
+        return 2
+    api = _need_server("deploy")
+    cfg = load_config(args.config, home=args.home)
+    kind = ensure_pool(args.pool)
+    deploy_pipeline(cfg, args.pool, args.cron, args.timezone)
+    print(
+        f"pipeline {cfg.pipeline!r}: deployments flywheel-pipeline/{ROUND_DEPLOYMENT} and "
+        f"flywheel-pipeline/{NIGHTLY_DEPLOYMENT} ({args.cron}, {args.timezone}) on {kind} work pool "
+        f"{args.pool!r} at {api}\nrun them with a worker:  flywheel worker --pool {args.pool}\n"
+        f"start a round now:       prefect deployment run flywheel-pipeline/{ROUND_DEPLOYMENT}"
+    )
+    return 0
+
+
+def cmd_worker(args) -> int:
+    """Become a Prefect process worker of the pool: it polls for the pool's flow runs and runs each in a
+    subprocess, until Ctrl-C or SIGTERM (`prefect worker start --pool P` does the same)."""
+    from flows.deployments import ensure_pool
+
+    _need_server("worker")
+    kind = ensure_pool(args.pool)
+    if kind != "process":
+        raise SystemExit(
+            f"flywheel worker: work pool {args.pool!r} is a {kind} pool; start its worker where {kind} runs: "
+            f"prefect worker start --pool {args.pool} (docs/work-pools.md)"
+        )
+    cmd = [sys.executable, "-m", "prefect", "worker", "start", "--pool", args.pool, "--type", "process"]
+    if args.limit:
+        cmd += ["--limit", str(args.limit)]
+    sys.stdout.flush()
+    # exec, not a child: signals reach the worker itself, which stops its flow runs' processes on the way out.
+    os.execv(sys.executable, cmd)
+    return 0  # not reached

@@ -8,6 +8,10 @@ run it was in RUNNING forever. A round is `running` only while its owner holds t
 round: `crashed`, with the time, the owner's pid and host, and the same for its Prefect runs. So
 `running` always means that something is running. The lock decides, not the pid: after a reboot a pid
 can name another process, while an flock cannot outlive its holder.
+
+With a Prefect API configured the lock also takes the pipeline's Prefect concurrency slot; a dead owner's
+slot is freed by whoever next takes the flock of its home, so a round killed here is closed at once. A slot
+held from another machine makes the pipeline busy: its rounds are left alone until it is free.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 from flows.lock import PipelineBusy, pipeline_lock
 from storage.catalog import Catalog
@@ -41,10 +47,12 @@ def close_dead_rounds(
             closed += _close(catalog, p, log)
             continue
         try:
-            with pipeline_lock(home, p, timeout_s=0):
+            with pipeline_lock(home, p, log=log, timeout_s=0):
                 closed += _close(catalog, p, log)  # read again under the lock: a round may have ended since
         except PipelineBusy:
             continue
+        except httpx.HTTPError as e:  # the configured Prefect API is down: whether the round lives is unknown
+            log(f"could not check pipeline {p!r}'s running rounds: no answer from the Prefect API ({e})")
     return closed
 
 

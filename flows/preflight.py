@@ -24,16 +24,19 @@ def preflight(cfg: FlywheelConfig, *, need_base_model: bool) -> None:
     (a few malformed rows among them are quarantined later, not an error here).
     """
     from tasks.curation.sources import read_eval_set, read_source
+    from tasks.curation.store_inputs import fetched, is_s3
 
     for i, s in enumerate(cfg.curation.sources):
-        if s.path is not None:
+        if s.path is not None and not is_s3(s.path):  # an s3:// object is checked by fetching it
             suffixes = (".jsonl", ".parquet", ".csv") if s.format == "auto" else ()
             check_file(s.path, f"curation.sources[{i}] ({s.name})", suffixes, allow_dir=True)
-        read_source(s.model_copy(update={"limit": min(s.limit or PREFLIGHT_ROWS, PREFLIGHT_ROWS)}))
+        local = fetched(cfg, s.path, f"curation.sources[{i}].path ({s.name})")
+        read_source(s.model_copy(update={"limit": min(s.limit or PREFLIGHT_ROWS, PREFLIGHT_ROWS)}), local=local)
     for i, e in enumerate(cfg.evaluation.eval_sets):
         what = f"evaluation.eval_sets[{i}] ({e.name})"
-        check_file(e.path, what, (".jsonl", ".parquet"))
-        read_eval_set(e)
+        if not is_s3(e.path):
+            check_file(e.path, what, (".jsonl", ".parquet"))
+        read_eval_set(e, fetched(cfg, e.path, f"evaluation.eval_sets[{i}].path ({e.name})"))
         # The judge and reward model run only after generation and training: a typo there costs hours.
         if e.metric == "win_rate":
             check_judge(e.judge, f"{what} judge", f"{what} judge.model")

@@ -32,7 +32,8 @@ from tasks.curation.prompts import (
     quarantine_rows,
     to_table,
 )
-from tasks.stage import External, Json, StageContext, StageOutput, Step, Table, stage
+from tasks.curation.store_inputs import eval_set_inputs
+from tasks.stage import Json, StageContext, StageOutput, Step, Table, stage
 
 
 @stage("curate-prompts", returns="prompts")
@@ -40,8 +41,8 @@ def curate_task(cfg: FlywheelConfig, round_num: int, earlier: list[str] = ()) ->
     """Curate round `round_num`; `earlier` are the prompt tables of earlier rounds it may not draw from."""
     c = cfg.curation
     inputs = {
-        **{f"source:{s.name}": source_input(s) for s in c.sources},
-        **{f"eval:{e.name}": External.file(e.path, "eval-set") for e in cfg.evaluation.eval_sets},
+        **{f"source:{s.name}": source_input(cfg, i) for i, s in enumerate(c.sources)},
+        **eval_set_inputs(cfg),
         **{f"earlier:{i}": a for i, a in enumerate(earlier)},
     }
     inputs["tokenizer"] = tokenizer_input(cfg.base_model)  # prompts must fit the model's context

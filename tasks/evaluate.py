@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from configs.schema import EvalSetConfig, FlywheelConfig, SamplingConfig
 from configs.scoring import MathScorerConfig, RewardModelScorerConfig
-from tasks.curation.sources import read_eval_set
+from tasks.curation import store_inputs
 from tasks.generation import Engine, get_engine
 from tasks.scoring import Scorer, ScoreResult
 from tasks.scoring.eval_metrics import ifeval_metrics, proportion, sampled_metrics
@@ -146,7 +146,7 @@ def evaluate_task(
 ) -> Step:
     """Evaluate `model_id` as `role` ("policy" or "candidate"); the StepResult: metrics per eval set, and
     the per-prompt `results` table. `reward_model_id`: the trained reward model, for `reward_model: trained`."""
-    inputs = {"model": model_id, **eval_set_inputs(cfg.evaluation.eval_sets)}
+    inputs = {"model": model_id, **eval_set_inputs(cfg)}
     if reward_model_id:
         inputs["reward_model"] = reward_model_id
     config = {
@@ -164,10 +164,11 @@ def evaluate_task(
     )
 
 
-def eval_set_inputs(eval_sets: list[EvalSetConfig]) -> dict[str, External]:
-    """The eval-set files, and the local reward models of `reward` sets given by path."""
-    out = {f"eval:{e.name}": External.file(e.path, "eval-set") for e in eval_sets}
-    for i, e in enumerate(eval_sets):
+def eval_set_inputs(cfg: FlywheelConfig) -> dict[str, External]:
+    """The eval-set files (local or s3://, snapshotted: tasks/curation/store_inputs.py), and the local reward
+    models of `reward` sets given by path."""
+    out = store_inputs.eval_set_inputs(cfg)
+    for i, e in enumerate(cfg.evaluation.eval_sets):
         if e.metric == "reward" and e.reward_model != "trained" and Path(e.reward_model).expanduser().is_dir():
             what = f"evaluation.eval_sets[{i}] ({e.name}) reward_model"
             out[f"reward_model:{e.name}"] = External.model_dir(e.reward_model, "reward-model", what)
@@ -180,7 +181,7 @@ def evaluate(ctx: StageContext, cfg: FlywheelConfig, role: str) -> StageOutput:
     context = {}
     if "reward_model" in ctx.inputs:
         context = {"reward_model_dir": str(ctx.model("reward_model")), "reward_model_id": ctx.id("reward_model")}
-    sets = {e.name: (e, read_eval_set(e)) for e in cfg.evaluation.eval_sets}
+    sets = store_inputs.eval_set_rows(cfg)
     scorers = {
         e.name: RewardModelScorer(RewardModelScorerConfig(model=e.reward_model), context)
         for e in cfg.evaluation.eval_sets

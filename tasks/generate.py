@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from configs.schema import FlywheelConfig, SamplingConfig
 from storage import ids
-from tasks.generation import Engine, get_engine
+from tasks.generation import ENGINE_PLACEMENT, Engine, get_engine
 from tasks.stage import External, StageContext, StageOutput, Step, Table, stage
 
 COMPLETION_SCHEMA = pa.schema(
@@ -105,7 +105,8 @@ def generate_task(cfg: FlywheelConfig, round_num: int, policy_id: str, prompts_i
     }
     return Step(
         "generate",
-        config=cfg.generation,
+        # Where the engines run is not what they produce: 1 or N replicas give the same rows, so the same step.
+        config=cfg.generation.model_dump(mode="json", exclude={"engine": set(ENGINE_PLACEMENT)}),
         inputs={"policy": policy_id, "prompts": prompts_id, **committee},
         run=lambda ctx: generate(ctx, cfg, round_num),
     )

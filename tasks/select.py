@@ -17,9 +17,10 @@ from configs.schema import FlywheelConfig, SelectionConfig
 from storage import ids
 from tasks.curation.decontam import decontaminate_rows
 from tasks.curation.inputs import eval_index
+from tasks.curation.store_inputs import eval_set_inputs
 from tasks.scoring import SCORER_ERRORS
 from tasks.selection.replay import replay_rows
-from tasks.stage import External, Json, StageContext, StageOutput, Step, Table, stage
+from tasks.stage import Json, StageContext, StageOutput, Step, Table, stage
 
 
 def combined_rewards(score_rows: list[dict]) -> dict[str, float | None]:
@@ -205,7 +206,7 @@ def select_task(
     for kind, tables in (replay or {}).items():
         inputs.update({f"replay:{kind}:{i}": t for i, t in enumerate(tables)})
     if cfg.selection.decontaminate:
-        inputs.update({f"eval:{e.name}": External.file(e.path, "eval-set") for e in cfg.evaluation.eval_sets})
+        inputs.update(eval_set_inputs(cfg))
     config = {
         "selection": cfg.selection.model_dump(mode="json"),
         "tie_break": cfg.scoring.tie_break,

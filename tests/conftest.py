@@ -138,12 +138,34 @@ def make_config(small_model, demo_data, s3_server, tmp_path):
             },
             "evaluation": {"eval_sets": [{"name": "heldout", "path": str(demo_data["heldout"])}], "max_tokens": 8},
         }
-        for key, value in overrides.items():
-            section = data
-            *parents, leaf = key.split("__")
-            for p in parents:
-                section = section.setdefault(p, {})
-            section[leaf] = value
-        return parse_config(data)
+        return parse_config(with_overrides(data, overrides))
 
     return make
+
+
+def with_overrides(data: dict, overrides: dict) -> dict:
+    """`data` with each `a__b__c=value` override set at data["a"]["b"]["c"] (missing sections created)."""
+    for key, value in overrides.items():
+        section = data
+        *parents, leaf = key.split("__")
+        for p in parents:
+            section = section.setdefault(p, {})
+        section[leaf] = value
+    return data
+
+
+def perturbed_copy(model_dir: Path, out: Path, seed: int) -> Path:
+    """A copy of `model_dir` with every weight moved by noise: same architecture, other outputs."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    shutil.copytree(model_dir, out)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    model.save_pretrained(out)
+    return out

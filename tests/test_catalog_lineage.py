@@ -2,10 +2,11 @@
 
 import multiprocessing as mp
 
+import duckdb
 from test_catalog import BASE, COMPLETIONS, MODEL, PROMPTS, SFT, SOURCE, P, _sql, art, cat, chain, chained, step  # noqa: F401
 
 from storage.artifacts import ArtifactRef
-from storage.catalog import Catalog, StepRecord
+from storage.catalog import MAX_ROW_DEPTH, Catalog, StepRecord, level_query, walk_row_edges
 
 # --- lineage ------------------------------------------------------------------------------------
 
@@ -92,6 +93,80 @@ def test_row_lineage_of_a_pair_has_both_completions(cat):
     )
     got = sorted((r["depth"], r["row_id"], r["parent_id"]) for r in cat.row_lineage("pair1"))
     assert got == [(1, "pair1", "c1"), (1, "pair1", "c2"), (2, "c1", "p1"), (2, "c2", "p1")]
+
+
+def _edges(cat: Catalog, *edges: tuple[str, str, str]) -> None:
+    """Row edges written as-is, as a step would (no artifacts row unless the test records one)."""
+    for e in edges:
+        _sql(cat, "INSERT INTO row_edges VALUES (?, ?, ?)", list(e))
+
+
+def _walk(cat: Catalog, row_id: str) -> list[tuple]:
+    return [(r["depth"], r["row_id"], r["parent_id"]) for r in cat.row_lineage(row_id)]
+
+
+def test_row_lineage_of_a_pair_lists_the_shared_prompt_once_in_order(cat):
+    # pair1 -> c1, c2 -> p1 -> source: p1 is reached twice at depth 2 but expanded once.
+    _edges(cat, ("pair1", "c2", "pairs"), ("pair1", "c1", "pairs"), ("c2", "p1", "comp"), ("c1", "p1", "comp"))
+    _edges(cat, ("p1", "source-0", "prompts"))
+    assert _walk(cat, "pair1") == [
+        (1, "pair1", "c1"),
+        (1, "pair1", "c2"),
+        (2, "c1", "p1"),
+        (2, "c2", "p1"),
+        (3, "p1", "source-0"),
+    ]
+
+
+def test_row_lineage_ends_on_a_cycle(cat):
+    _edges(cat, ("a", "b", "x"), ("b", "c", "x"), ("c", "a", "x"), ("s", "s", "x"))
+    assert _walk(cat, "a") == [(1, "a", "b"), (2, "b", "c"), (3, "c", "a")]
+    assert _walk(cat, "s") == [(1, "s", "s")]
+
+
+def test_row_lineage_lists_a_row_at_its_nearest_depth(cat):
+    # r replays r0 and also points at c1 directly; r0 points at c1 too, so c1 is at depth 2, not 3.
+    _edges(cat, ("r", "r0", "sft-2"), ("r", "c1", "sft-2"), ("r0", "c1", "sft-1"), ("c1", "p1", "comp"))
+    assert _walk(cat, "r") == [(1, "r", "c1"), (1, "r", "r0"), (2, "c1", "p1"), (2, "r0", "c1")]
+
+
+def test_row_lineage_of_a_replayed_row_reaches_the_source(cat):
+    _edges(cat, ("r3", "r2", "sft-3"), ("r2", "r1", "sft-2"), ("r1", "c1", "sft-1"), ("c1", "p1", "comp"))
+    _edges(cat, ("p1", "source-0", "prompts"), ("p1", "source-0", "prompts"))  # a duplicate edge is listed once
+    assert [d for d, _, _ in _walk(cat, "r3")] == [1, 2, 3, 4, 5]
+    assert _walk(cat, "r3")[-1] == (5, "p1", "source-0")
+
+
+def test_row_lineage_stops_at_the_depth_cap(cat):
+    _edges(cat, *[(f"n{i}", f"n{i + 1}", "x") for i in range(MAX_ROW_DEPTH + 5)])
+    got = _walk(cat, "n0")
+    assert len(got) == MAX_ROW_DEPTH == 50
+    assert got[-1] == (50, "n49", "n50")
+    con = duckdb.connect(str(cat.path))
+    try:
+        assert walk_row_edges(con, "n0", max_depth=2) == [("n0", "n1", "x", 1), ("n1", "n2", "x", 2)]
+    finally:
+        con.close()
+
+
+def test_row_lineage_of_an_unknown_artifact_has_no_kind(cat):
+    cat.register_artifact(art("prompts-9", "prompts"), P, 4, "curate")
+    _edges(cat, ("c9", "p9", "gone"), ("p9", "source-0", "prompts-9"))
+    got = [(r["row_id"], r["kind"], r["round"], r["step"]) for r in cat.row_lineage("c9")]
+    assert got == [("c9", None, None, None), ("p9", "prompts", 4, "curate")]
+
+
+def test_level_query_reads_the_row_id_index(cat):
+    # Point reads in the ART index, not a scan of the table: what keeps a lookup flat at 10 M edges.
+    con = duckdb.connect(str(cat.path))
+    try:
+        con.execute("INSERT INTO row_edges SELECT 'r' || i, 'p' || i, 'a' FROM range(3000) t(i)")
+        con.execute("CHECKPOINT")
+        plan = con.execute("EXPLAIN ANALYZE " + level_query(2), ["r7", "r2999"]).fetchall()[0][1]
+        assert "Index Scan" in plan
+        assert walk_row_edges(con, "r7") == [("r7", "p7", "a", 1)]
+    finally:
+        con.close()
 
 
 # --- two writers --------------------------------------------------------------------------------

@@ -5,13 +5,11 @@ from __future__ import annotations
 import shutil
 
 import pytest
-import torch
-from transformers import AutoModelForCausalLM
 
 from configs.schema import EngineConfig, SamplingConfig
 from tasks.generation import architecture_key, get_engine
 from tasks.generation.hf import HFEngine
-from tests.conftest import ENGINE
+from tests.conftest import ENGINE, perturbed_copy
 
 PROMPTS = [f"What is {a} plus {b}?" for a, b in [(37, 8), (8, 37), (12, 3), (45, 9), (90, 9), (5, 71)]]
 GREEDY = SamplingConfig(n=1, temperature=0.0, max_tokens=8)
@@ -63,14 +61,7 @@ def test_vllm_greedy_matches_transformers(tiny_model):
 
 def test_switching_checkpoints_reloads_weights_in_place(tiny_model, tmp_path):
     """A changed checkpoint of the same architecture is served by the same engine, with the new weights."""
-    other = tmp_path / "other"
-    shutil.copytree(tiny_model, other)
-    model = AutoModelForCausalLM.from_pretrained(other)
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.5)
-    model.save_pretrained(other)
+    other = perturbed_copy(tiny_model, tmp_path / "other", seed=1)
     assert architecture_key(str(other)) == architecture_key(str(tiny_model))
 
     engine = get_engine(EngineConfig(**ENGINE), str(tiny_model))

@@ -10,22 +10,42 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from configs.schema import FlywheelConfig, SourceConfig
+from configs.schema import FlywheelConfig
 from storage.ids import hash_obj, sha256_file
 from tasks.curation.decontam import DecontamIndex
 from tasks.curation.prompts import EarlierPrompts
-from tasks.curation.sources import SourceRows, read_eval_set, read_source, source_fingerprint, source_uri
+from tasks.curation.sources import SourceRows, read_source
+from tasks.curation.store_inputs import eval_set_rows, fetched, source_input
 from tasks.stage import External
+
+__all__ = [
+    "context_budget",
+    "earlier_prompt_tables",
+    "eval_index",
+    "load_earlier_prompts",
+    "prompt_filters",
+    "read_sources",
+    "source_input",  # re-exported: tasks.curate declares its sources through this module
+    "tokenizer_input",
+]
 
 
 def read_sources(cfg: FlywheelConfig) -> dict[str, SourceRows]:
-    """Every configured source, malformed rows set aside (see tasks.curation.sources)."""
-    return {s.name: read_source(s, cfg.curation.max_row_chars) for s in cfg.curation.sources}
+    """Every configured source, malformed rows set aside (see tasks.curation.sources); s3:// sources are
+    read from their copy in the home's cache (tasks.curation.store_inputs)."""
+    return {
+        s.name: read_source(
+            s, cfg.curation.max_row_chars, fetched(cfg, s.path, f"curation.sources[{i}].path ({s.name})")
+        )
+        for i, s in enumerate(cfg.curation.sources)
+    }
 
 
 def eval_index(cfg: FlywheelConfig) -> DecontamIndex:
     """The n-gram index of every configured eval set (prompts and training data are checked against it)."""
-    texts = {e.name: [r.get("decontam_text", r["prompt"]) for r in read_eval_set(e)] for e in cfg.evaluation.eval_sets}
+    texts = {
+        name: [r.get("decontam_text", r["prompt"]) for r in rows] for name, (_, rows) in eval_set_rows(cfg).items()
+    }
     return DecontamIndex(texts, cfg.curation.decontam_ngram, cfg.curation.decontam_threshold)
 
 
@@ -79,12 +99,6 @@ def load_earlier_prompts(tables: list[pa.Table]) -> EarlierPrompts:
         hashes.update(table.column("text_hash").to_pylist())
         texts.extend(table.column("prompt").to_pylist())
     return EarlierPrompts(hashes, texts)
-
-
-def source_input(cfg: SourceConfig) -> External:
-    """A prompt source as a step input: its content hash, so an edited source is a new input, a renamed one not."""
-    path = Path(cfg.path).resolve() if cfg.path is not None else None
-    return External(source_fingerprint(cfg), "source", source_uri(cfg), cfg.format, path)
 
 
 def tokenizer_input(model_dir: str) -> External:

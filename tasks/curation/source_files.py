@@ -39,10 +39,14 @@ class Bad:
 
 
 class Where:
-    """Names a source in error messages: its label ("source 'pool'"), config list key, and path or URI."""
+    """Names a source in error messages: its label ("source 'pool'"), config list key, and path or URI.
 
-    def __init__(self, label: str, key: str, path: str):
-        self.label, self.key, self.path = label, key, path
+    `local` is where the bytes are read when that differs from `path`: the downloaded copy of an s3:// object
+    (tasks/curation/store_inputs.py), so messages keep naming the URI the config gave.
+    """
+
+    def __init__(self, label: str, key: str, path: str, local: Path | None = None):
+        self.label, self.key, self.path, self.local = label, key, path, local
 
     def error(self, what: str, fix: str) -> SourceError:
         return SourceError(f"{self.label}: {what} ({fix})")
@@ -53,7 +57,10 @@ Records = Iterator[tuple[int | None, "dict | Bad"]]
 
 
 def check_file(where: Where, fmt: str) -> tuple[Path, str]:
-    path = Path(where.path)
+    if where.local is None and where.path.startswith("s3://"):
+        # Only tasks.curation.store_inputs knows the store's endpoint and credentials, so it fetches first.
+        raise where.error(f"{where.path} was not fetched before reading", "read s3:// inputs through a round")
+    path = where.local or Path(where.path)
     if not path.exists():
         raise where.error(f"file not found: {where.path}", f"fix {where.key}.path")
     if path.is_dir():

@@ -4,7 +4,8 @@ Pure I/O, no Prefect: curation calls `read_source` per source (JSONL/Parquet/CSV
 or `datasets.load_dataset` spec) and `read_eval_set` per eval set. A broken row (bad bytes or JSON, a missing
 or mistyped field) lands in `SourceRows.quarantined` with reason and location; a problem with the whole
 source (no file, a field no row has, every row broken) is a one-line `SourceError`: what, where, what to fix.
-Eval sets are small and curated, so any bad row in one is a `SourceError`.
+Eval sets are small and curated, so any bad row in one is a `SourceError`. An s3:// path is read from its
+downloaded copy (`local`), fetched by tasks/curation/store_inputs.py; messages keep naming the URI.
 
 Try it on a config:  python -m tasks.curate configs/demo.yaml   (reads every source and eval set)
 Tests:  python -m pytest tests/test_sources.py -q
@@ -72,7 +73,7 @@ class SourceRows:
         return len(self.rows) + len(self.quarantined)
 
 
-def read_source(cfg: SourceConfig, max_row_chars: int | None = None) -> SourceRows:
+def read_source(cfg: SourceConfig, max_row_chars: int | None = None, local: Path | None = None) -> SourceRows:
     """Read one prompt source (at most `cfg.limit` rows, quarantined ones included).
 
     Good rows:  {"prompt": str (non-empty), "system": str | None (first system turn of messages_field),
@@ -82,10 +83,11 @@ def read_source(cfg: SourceConfig, max_row_chars: int | None = None) -> SourceRo
                   "detail", "raw" (at most 1000 chars)}
     Args:
         max_row_chars: a prompt longer than this is a broken row (reason "over_length"); None: no limit.
+        local: where the bytes of an s3:// `path` were downloaded (tasks.curation.store_inputs.fetched).
     Raises SourceError for a missing/unreadable source, an unknown extension, a configured field that no row
     has (listing the columns there are), a source without rows, and a source whose every row is quarantined.
     """
-    where = _source_where(cfg)
+    where = _source_where(cfg, local)
     main = cfg.messages_field or cfg.prompt_field
     needed = list(dict.fromkeys([main, *([cfg.answer_field] if cfg.answer_field else []), *cfg.keep_fields]))
     with reading(where), gc_paused():  # millions of row dicts that all stay alive: see tasks.curation.perf
@@ -131,16 +133,16 @@ def read_source(cfg: SourceConfig, max_row_chars: int | None = None) -> SourceRo
     return SourceRows(rows, quarantined)
 
 
-def read_eval_set(cfg: EvalSetConfig) -> list[dict]:
+def read_eval_set(cfg: EvalSetConfig, local: Path | None = None) -> list[dict]:
     """Read a held-out eval set: [{"prompt": str, "answer": str | None}], in file order.
 
     Every row must have a non-empty prompt, and an answer (string or number) when `answer_field` is set;
     a bad row is a SourceError naming its line (JSONL, CSV) or row (Parquet). With `decontam_field` a row
     also has "decontam_text", the text decontamination compares with. `metric: ifeval` sets also
     give each row its "instruction_id_list" and "kwargs" (as stored: lists, or their JSON text), which must
-    be present; the checkers report malformed ones per prompt.
+    be present; the checkers report malformed ones per prompt. `local`: where an s3:// `path` was downloaded.
     """
-    where = Where(f"eval set {cfg.name!r}", "evaluation.eval_sets[]", cfg.path)
+    where = Where(f"eval set {cfg.name!r}", "evaluation.eval_sets[]", cfg.path, local)
     path, fmt = check_file(where, "auto")
     with reading(where):
         extra = [cfg.instructions_field, cfg.kwargs_field] if cfg.metric == "ifeval" else []
@@ -207,10 +209,11 @@ def read_eval_set(cfg: EvalSetConfig) -> list[dict]:
     return rows
 
 
-def source_fingerprint(cfg: SourceConfig) -> str:
+def source_fingerprint(cfg: SourceConfig, local: Path | None = None) -> str:
     """sha256 hex of the source's content: a file's bytes, a save_to_disk directory's files (by relative
-    path), or a load_dataset spec plus the loaded dataset's fingerprint. Renaming a file keeps it."""
-    where = _source_where(cfg)
+    path), or a load_dataset spec plus the loaded dataset's fingerprint. Renaming a file keeps it, and an
+    s3:// object (read from its downloaded copy `local`) has the id of the same bytes as a local file."""
+    where = _source_where(cfg, local)
     if cfg.dataset is not None:
         # datasets caches the load, so loading again for read_source costs little.
         ds = load_dataset(where, cfg.dataset)
@@ -221,7 +224,10 @@ def source_fingerprint(cfg: SourceConfig) -> str:
 
 
 def source_uri(cfg: SourceConfig) -> str:
-    """Where the source lives, for the catalog: file:///abs/path, or hf://datasets/<path>?name=..&split=.."""
+    """Where the source lives, as the config names it: file:///abs/path, s3://bucket/key as given, or
+    hf://datasets/<path>?name=..&split=.. (the catalog registers it when the source is not snapshotted)."""
+    if cfg.path is not None and cfg.path.startswith("s3://"):
+        return cfg.path
     if cfg.dataset is None:
         return Path(cfg.path).resolve().as_uri()
     spec = cfg.dataset
@@ -331,8 +337,9 @@ def _location(line: int | None, i: int) -> str:
 # ---- opening a source -----------------------------------------------------------------------------------
 
 
-def _source_where(cfg: SourceConfig) -> Where:
-    return Where(f"source {cfg.name!r}", "curation.sources[]", cfg.path if cfg.dataset is None else source_uri(cfg))
+def _source_where(cfg: SourceConfig, local: Path | None = None) -> Where:
+    path = cfg.path if cfg.dataset is None else source_uri(cfg)
+    return Where(f"source {cfg.name!r}", "curation.sources[]", path, local)
 
 
 def _open_source(where: Where, cfg: SourceConfig, needed: list[str]) -> tuple[list[str] | None, Records]:

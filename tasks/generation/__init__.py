@@ -1,5 +1,8 @@
 """Generation behind one interface: vLLM (default) or plain transformers (fallback).
 
+`generation.engine.replicas` > 1 spreads the prompts over that many engines in Ray actors
+(`tasks.generation.ray_pool`), behind the same interface.
+
 Engines are expensive to start (vLLM: 17-30 s on CPU), so one engine per process is kept and reused
 across stages and rounds; switching to another checkpoint of the same architecture reloads weights in
 place instead of starting a new engine.
@@ -14,6 +17,9 @@ from pathlib import Path
 from typing import Protocol
 
 from configs.schema import EngineConfig, SamplingConfig
+
+# EngineConfig fields that say where engines run, not what they generate: left out of step identities.
+ENGINE_PLACEMENT = frozenset({"replicas", "ray_address", "cpus_per_replica"})
 
 # A user message, or a conversation as chat messages ({"role", "content"}) ending in a user turn.
 Prompt = str | list[dict]
@@ -90,12 +96,17 @@ def get_engine(cfg: EngineConfig, model_path: str) -> Engine:
             return engine
         engine.close()
         del _ENGINES[key]
-    engine = _create(cfg, model_path)
+    engine = create_engine(cfg, model_path)
     _ENGINES[key] = engine
     return engine
 
 
-def _create(cfg: EngineConfig, model_path: str) -> Engine:
+def create_engine(cfg: EngineConfig, model_path: str) -> Engine:
+    """A new engine for `cfg` (not the process's shared one: use `get_engine` for that)."""
+    if cfg.replicas > 1 or cfg.ray_address:
+        from tasks.generation.ray_pool import RayEnginePool  # optional dependency (ray): import lazily
+
+        return RayEnginePool(cfg, model_path)
     if cfg.backend == "vllm":
         from tasks.generation.vllm import VLLMEngine  # optional heavy dependency: import lazily
 
@@ -103,6 +114,13 @@ def _create(cfg: EngineConfig, model_path: str) -> Engine:
     from tasks.generation.hf import HFEngine
 
     return HFEngine(cfg, model_path)
+
+
+def close_engine(cfg: EngineConfig) -> None:
+    """Stop the process's engine for `cfg`, if one runs (the others keep running)."""
+    engine = _ENGINES.pop(cfg.model_dump_json(), None)
+    if engine is not None:
+        engine.close()
 
 
 def close_engines() -> None:

@@ -57,8 +57,6 @@ class VLLMEngine:
             tensor_parallel_size=cfg.tensor_parallel_size,
             seed=0,
         )
-        if cfg.data_parallel_size > 1:
-            kwargs["data_parallel_size"] = cfg.data_parallel_size
         if on_gpu:
             kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
         else:

@@ -36,7 +36,9 @@ class LocalJudge:
     def __init__(self, endpoint: JudgeEndpointConfig, engine_cfg=None):
         from configs.schema import EngineConfig
 
-        self.engine_cfg = (engine_cfg or EngineConfig()).model_copy(update={"backend": "vllm"})
+        # One in-process engine: the judge calls vLLM itself (structured outputs), which a Ray pool does not expose.
+        one = {"backend": "vllm", "replicas": 1, "ray_address": None}
+        self.engine_cfg = (engine_cfg or EngineConfig()).model_copy(update=one)
         self.endpoint = endpoint
         self.max_model_len = self.engine_cfg.max_model_len
         self.structured = endpoint.structured
