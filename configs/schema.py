@@ -118,6 +118,7 @@ class EngineConfig(_Strict):
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="vLLM: fraction of GPU memory to use.")
     cpu_kvcache_gb: int = Field(1, ge=1, description="vLLM on CPU: KV cache size in GiB.")
     enforce_eager: bool = Field(True, description="vLLM: skip graph capture (faster start, fine on CPU).")
+    sleep_mode: bool = Field(True, description="vLLM on GPU: sleep (weights in CPU RAM) during in-process training.")
 
     @model_validator(mode="before")
     @classmethod

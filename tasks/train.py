@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from configs.schema import DPOConfig, FlywheelConfig, SFTConfig
 from tasks.generation import release_accelerator
+from tasks.generation.handoff import free_accelerator_memory
 from tasks.stage import Model, StageContext, StageOutput, Step, stage
 from trainers.launch import launch_training, launcher_identity
 
@@ -66,6 +67,9 @@ def train(
         else:
             from trainers.dpo import train_dpo as train_fn
         ckpt, summary = train_fn(model_dir, rows, stage_cfg, ctx.workdir, **kwargs)
+        # The trainer and its model are unreachable now, but may sit in reference cycles, and PyTorch caches
+        # their freed blocks: give the memory back before the next stage, or the engine's wake finds it taken.
+        free_accelerator_memory()
     else:
         ckpt, summary = launch_training(
             tcfg.launcher,

@@ -4,7 +4,9 @@ Runs after selection: the reward model of round r learns from the pairs of round
 see rounds_of_pairs) and scores completions from round r+1 on, for a `reward_model` scorer with
 `model: trained`. One step, "train-reward", whose identity covers its pairs tables and backbone, so a
 resumed round reuses a reward model it already trained. The backbone is the round's policy, or a model
-directory (`base`), which is then an external input.
+directory (`base`), which is then an external input. `training.launcher` decides where it trains, as for
+train-sft and train-dpo: in this process (`local`), or as an `accelerate launch` job (DDP, DeepSpeed, FSDP;
+trainers/launch.py) whose checkpoint is the same AutoModelForSequenceClassification directory.
 
 In a round flow:
     pairs_ids = reward_pairs_ids(rt.catalog, cfg.pipeline, r, pairs, cfg.training.reward_model.rounds_of_pairs)
@@ -17,11 +19,15 @@ Run alone:  python -m tasks.train_reward --config configs/x.yaml --round 1 [--ho
 
 from __future__ import annotations
 
+import pyarrow as pa
+
 from configs.reward import RewardModelTrainConfig
 from configs.schema import FlywheelConfig
 from storage.catalog import Catalog
 from tasks.generation import release_accelerator
+from tasks.generation.handoff import free_accelerator_memory
 from tasks.stage import External, Model, StageContext, StageOutput, Step, stage
+from trainers.launch import launch_training, launcher_identity
 
 STEP = "train-reward"
 PAIR_COLUMNS = ["prompt", "chosen", "rejected"]
@@ -38,7 +44,11 @@ def train_reward_task(cfg: FlywheelConfig, round_num: int, pairs_ids: list[str],
     if rm_cfg.base != "policy":
         base = External.model_dir(rm_cfg.base, "reward-model-base", "training.reward_model.base")
     stage_cfg = rm_cfg.model_copy(update={"seed": rm_cfg.seed + round_num})  # a different data order each round
-    config = {"reward_model": stage_cfg.model_dump(mode="json"), **cfg.training.model_dump(include={"use_cpu", "bf16"})}
+    config = {
+        "reward_model": stage_cfg.model_dump(mode="json"),
+        **cfg.training.model_dump(include={"use_cpu", "bf16"}),
+        "launcher": launcher_identity(cfg.training.launcher),  # e.g. 2 processes double the global batch
+    }
     return Step(
         STEP,
         config=config,
@@ -48,28 +58,33 @@ def train_reward_task(cfg: FlywheelConfig, round_num: int, pairs_ids: list[str],
 
 
 def train_reward(ctx: StageContext, cfg: FlywheelConfig, stage_cfg: RewardModelTrainConfig) -> StageOutput:
-    from trainers.reward import train_reward_model  # torch and TRL: imported only when a round trains one
-
     tables = [k for k in ctx.inputs if k.startswith("pairs")]
-    rows = [r for k in tables for r in ctx.rows(k, columns=PAIR_COLUMNS)]
-    if not rows:
+    parts = [ctx.table(k, columns=PAIR_COLUMNS) for k in tables]
+    if not sum(t.num_rows for t in parts):
         ctx.log.warning("%s skipped: no pairs in %d table(s)", STEP, len(tables))
         return StageOutput({}, rows_in=0, rows_out=0, summary={"skipped": "no pairs"})
+    table = pa.concat_tables(parts)  # one table for either path: a launched job's processes read it as parquet
     release_accelerator()
-    out = ctx.workdir / "reward-model"
-    summary = train_reward_model(
-        rows,
-        str(ctx.model("base")),
-        str(out),
-        stage_cfg,
-        base_id=ctx.id("base"),
-        use_cpu=cfg.training.use_cpu,
-        bf16=cfg.training.bf16,
-        logger=ctx.log,
-    )
+    tcfg = cfg.training
+    kwargs = dict(base_id=ctx.id("base"), seed=stage_cfg.seed, use_cpu=tcfg.use_cpu, bf16=tcfg.bf16, logger=ctx.log)
+    if tcfg.launcher.kind == "local":
+        from trainers.reward import train_reward as train_fn  # torch and TRL: imported only when a round trains one
+
+        out, summary = train_fn(str(ctx.model("base")), table.to_pylist(), stage_cfg, ctx.workdir, **kwargs)
+        free_accelerator_memory()  # as after SFT/DPO: the engine's wake must find the trainer's memory free
+    else:
+        out, summary = launch_training(
+            tcfg.launcher,
+            stage="reward",
+            model_dir=str(ctx.model("base")),
+            data=table,
+            stage_config=stage_cfg,
+            out_dir=ctx.workdir,
+            **kwargs,
+        )
     return StageOutput(
         {"reward_model": Model(out, kind="reward-model")},
-        rows_in=len(rows),
+        rows_in=table.num_rows,
         rows_out=summary["pairs"],
         summary={k: v for k, v in summary.items() if k != "seconds"},
         timings={"reward_model/seconds": summary["seconds"]},

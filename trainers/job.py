@@ -19,11 +19,17 @@ class TrainSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    stage: Literal["sft", "dpo"] = Field(description="Which trainer: trainers.sft.train_sft or trainers.dpo.train_dpo.")
+    stage: Literal["sft", "dpo", "reward"] = Field(
+        description="Which trainer: trainers.sft.train_sft, trainers.dpo.train_dpo or trainers.reward.train_reward."
+    )
     model_dir: str = Field(description="Local directory of the model to start from.")
     base_id: str = Field(description="Artifact id of that model, which the checkpoint records (not model_dir).")
-    data: str = Field(description="Parquet file of the training rows (SFT `messages`, or DPO prompt/chosen/rejected).")
-    stage_config: dict[str, Any] = Field(description="The stage's config (SFTConfig or DPOConfig) as JSON.")
+    data: str = Field(
+        description="Parquet file of the training rows (SFT `messages`, or DPO/reward prompt/chosen/rejected)."
+    )
+    stage_config: dict[str, Any] = Field(
+        description="The stage's config (SFTConfig, DPOConfig or RewardModelTrainConfig) as JSON."
+    )
     out_dir: str = Field(description="Where the checkpoint (out_dir/model) and train_result.json are written.")
     seed: int = Field(description="Training seed.")
     use_cpu: bool = Field(description="Train on CPU.")

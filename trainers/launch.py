@@ -145,9 +145,9 @@ def _child_env(extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    """Stop the job's whole process group (accelerate, torchrun, the workers): SIGTERM, then SIGKILL."""
-    for sig, wait_s in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+def stop_group(proc: subprocess.Popen, term_wait_s: float = 15) -> None:
+    """Stop a job's whole process group (accelerate, torchrun, the workers): SIGTERM, then SIGKILL."""
+    for sig, wait_s in ((signal.SIGTERM, term_wait_s), (signal.SIGKILL, 5)):
         try:
             os.killpg(proc.pid, sig)
             proc.wait(timeout=wait_s)
@@ -212,7 +212,7 @@ def stream_command(cmd: list[str], logger: Logger, *, env: dict[str, str] | None
                 first_failure = first_failure or list(tail)
         code = proc.wait()
     except BaseException:
-        _stop(proc)
+        stop_group(proc)
         raise
     if code != 0:
         # After a worker fails, torchrun prints its own traceback and a failure table that says nothing about
@@ -230,7 +230,7 @@ def stream_command(cmd: list[str], logger: Logger, *, env: dict[str, str] | None
 def launch_training(
     cfg: LauncherConfig,
     *,
-    stage: Literal["sft", "dpo"],
+    stage: Literal["sft", "dpo", "reward"],
     model_dir: str,
     base_id: str,
     data,
@@ -241,12 +241,13 @@ def launch_training(
     bf16: bool,
     logger: Logger,
 ) -> tuple[Path, dict]:
-    """Train `stage` as a launched job; same contract as train_sft/train_dpo: (checkpoint dir, summary).
+    """Train `stage` as a launched job; same contract as train_sft/train_dpo/train_reward: (checkpoint dir, summary).
 
     Args:
         base_id: artifact id of the model in `model_dir`, recorded in the checkpoint.
         data: the training rows as a pyarrow Table (written to parquet for the job's processes).
-        out_dir: a scratch directory of this step; the checkpoint is written to out_dir/model.
+        out_dir: a scratch directory of this step; the checkpoint is written to out_dir/model (a reward
+            model to out_dir/reward-model).
     """
     import pyarrow.parquet as pq
 

@@ -5,6 +5,9 @@ new one-output head; training pushes r(prompt + chosen) above r(prompt + rejecte
 here by the reward-model scorer's own `encode_conversations`, so training and scoring read the same
 sequences.
 
+`train_reward` has train_sft's signature, so trainers/run.py runs it in every process of an `accelerate
+launch` job (DDP, DeepSpeed, FSDP: `training.launcher`) and the checkpoint is the same directory either way.
+
 Run alone (pairs: a Parquet table of TRL conversational prompt/chosen/rejected rows):
     python -m trainers.reward --pairs pairs.parquet --base /tmp/base --out /tmp/rm
 """
@@ -24,7 +27,7 @@ from trl.trainer.reward_trainer import suppress_seqcls_warning
 
 from configs.reward import RewardModelTrainConfig
 from storage.ids import sha256_dir
-from trainers.common import LossLogger, check_finite, common_args, save_checkpoint
+from trainers.common import LossLogger, _save_sharded, _sharded, check_finite, common_args, save_checkpoint
 from trainers.reward_encoding import encode_conversations, reward_values
 
 
@@ -109,8 +112,6 @@ def train_reward_model(
         logger.warning(
             "reward model: left out %d of %d pairs longer than %d tokens", too_long, len(pairs), cfg.max_length
         )
-    device = torch.device("cuda" if torch.cuda.is_available() and not use_cpu else "cpu")
-    before = pair_accuracy(model.to(device), rows, tokenizer.pad_token_id, cfg.batch_size * 2, device)
 
     callback = LossLogger(logger, "reward")
     with tempfile.TemporaryDirectory() as scratch:  # the trainer's output_dir; nothing in it is kept
@@ -128,6 +129,9 @@ def train_reward_model(
             center_rewards_coefficient=cfg.center_rewards_coefficient,
             gradient_checkpointing=not use_cpu,  # it trades compute for GPU memory; on CPU it only costs time
         )
+        # The arguments' device is this process's own (cuda:<local rank> in a launched job): a bare "cuda"
+        # would put every rank's copy of the model on GPU 0 before training starts.
+        before = pair_accuracy(model.to(args.device), rows, tokenizer.pad_token_id, cfg.batch_size * 2, args.device)
         trainer = RewardTrainer(
             model=model,
             args=args,
@@ -138,7 +142,9 @@ def train_reward_model(
         trainer.remove_callback(PrinterCallback)  # its raw dicts on stdout duplicate LossLogger's lines
         result = trainer.train()
     check_finite(callback.history, "reward")
-    after = pair_accuracy(trainer.model, rows, tokenizer.pad_token_id, cfg.batch_size * 2, trainer.model.device)
+    # Every process scores all pairs in the same batches: with ZeRO-3 or FSDP each forward gathers the
+    # weights from all ranks, so no rank may skip it.
+    after = pair_accuracy(trainer.model, rows, tokenizer.pad_token_id, cfg.batch_size * 2, args.device)
 
     info = {
         "stage": "reward",
@@ -148,7 +154,10 @@ def train_reward_model(
         "accuracy_before": before,
         "accuracy_after": after,
     }
-    save_checkpoint(trainer.model, tokenizer, Path(out_dir), info)
+    if _sharded(trainer):  # ZeRO-3/FSDP: all ranks gather the full weights, the main process writes them
+        _save_sharded(trainer, tokenizer, Path(out_dir), info)
+    elif trainer.is_world_process_zero():  # the other ranks hold the same weights: one copy is written
+        save_checkpoint(trainer.model, tokenizer, Path(out_dir), info)
     logger.info("reward model: %d pairs, training-pair accuracy %.3f -> %.3f", len(rows), before, after)
     return {
         "pairs": len(rows),
@@ -160,6 +169,34 @@ def train_reward_model(
         "seconds": time.perf_counter() - t0,
         "history": callback.history,
     }
+
+
+def train_reward(
+    model_path: str,
+    rows: list[dict],
+    cfg: RewardModelTrainConfig,
+    out_dir: Path,
+    *,
+    base_id: str,
+    seed: int,
+    use_cpu: bool,
+    bf16: bool,
+    logger: logging.Logger | logging.LoggerAdapter,
+) -> tuple[Path, dict]:
+    """train_reward_model with train_sft's contract (trainers/run.py calls either): the reward model is
+    written to out_dir/reward-model; returns (that directory, summary). `seed` replaces cfg.seed."""
+    ckpt = Path(out_dir) / "reward-model"
+    summary = train_reward_model(
+        rows,
+        model_path,
+        str(ckpt),
+        cfg.model_copy(update={"seed": seed}),
+        base_id=base_id,
+        use_cpu=use_cpu,
+        bf16=bf16,
+        logger=logger,
+    )
+    return ckpt, summary
 
 
 if __name__ == "__main__":

@@ -4,10 +4,10 @@ Every process of the `accelerate launch` job runs this (trainers/launch.py build
 
     accelerate launch --cpu -m trainers.run /path/to/train_spec.json
 
-Each process calls train_sft/train_dpo, and TRL splits the rows over the processes and syncs gradients.
-Only the main process keeps its checkpoint and writes train_result.json, last, so that file existing
-means the run finished. On failure a process prints one `flywheel-train-error:` line (the cause, which
-the parent puts first in its error) and exits 1.
+Each process calls train_sft/train_dpo/train_reward, and TRL splits the rows over the processes and syncs
+gradients. Only the main process keeps its checkpoint and writes train_result.json, last, so that file
+existing means the run finished. On failure a process prints one `flywheel-train-error:` line (the cause,
+which the parent puts first in its error) and exits 1.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ def train(spec: TrainSpec, rank: int, world_size: int, logger: logging.Logger) -
     """Train as this process's part of the job; returns (checkpoint, summary) on the main process, else None."""
     import pyarrow.parquet as pq
 
+    from configs.reward import RewardModelTrainConfig
     from configs.schema import DPOConfig, SFTConfig
 
     rows = pq.read_table(spec.data).to_pylist()
@@ -48,12 +49,16 @@ def train(spec: TrainSpec, rank: int, world_size: int, logger: logging.Logger) -
         from trainers.sft import train_sft as train_fn
 
         cfg = SFTConfig.model_validate(spec.stage_config)
-    else:
+    elif spec.stage == "dpo":
         from trainers.dpo import train_dpo as train_fn
 
         cfg = DPOConfig.model_validate(spec.stage_config)
-    # The trainers save from every process: the other ranks write into scratch dirs of their own, so no two
-    # processes ever write (or rmtree) the same checkpoint directory.
+    else:
+        from trainers.reward import train_reward as train_fn
+
+        cfg = RewardModelTrainConfig.model_validate(spec.stage_config)
+    # SFT and DPO save from every process (the reward trainer from the main one only): the other ranks write
+    # into scratch dirs of their own, so no two processes ever write (or rmtree) the same checkpoint directory.
     out_dir = Path(spec.out_dir) if rank == 0 else Path(spec.out_dir) / f".rank-{rank:03d}"
     logger.info("%s on %d rows from %s, %d process(es)", spec.stage, len(rows), spec.model_dir, world_size)
     ckpt, summary = train_fn(

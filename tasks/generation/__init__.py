@@ -5,7 +5,8 @@
 
 Engines are expensive to start (vLLM: 17-30 s on CPU), so one engine per process is kept and reused
 across stages and rounds; switching to another checkpoint of the same architecture reloads weights in
-place instead of starting a new engine.
+place instead of starting a new engine. On a GPU, `release_accelerator()` puts the vLLM engine to sleep
+for in-process training and scoring, and `get_engine` wakes it (tasks/generation/handoff.py).
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from typing import Protocol
 
 from configs.schema import EngineConfig, SamplingConfig
 
-# EngineConfig fields that say where engines run, not what they generate: left out of step identities.
-ENGINE_PLACEMENT = frozenset({"replicas", "ray_address", "cpus_per_replica"})
+# EngineConfig fields that say where and how engines run, not what they generate: left out of step identities.
+ENGINE_PLACEMENT = frozenset({"replicas", "ray_address", "cpus_per_replica", "sleep_mode"})
 
 # A user message, or a conversation as chat messages ({"role", "content"}) ending in a user turn.
 Prompt = str | list[dict]
@@ -85,13 +86,23 @@ _ENGINES: dict[str, Engine] = {}
 
 
 def get_engine(cfg: EngineConfig, model_path: str) -> Engine:
-    """The process's engine for `cfg`, serving `model_path` (created, or reloaded in place)."""
+    """The process's engine for `cfg`, serving `model_path` (created, woken, or reloaded in place).
+
+    Raises EngineError when a sleeping engine would not fit back into the GPU's free memory.
+    """
     key = cfg.model_dump_json()
     engine = _ENGINES.get(key)
     if engine is not None:
+        same = engine.model_path == model_path or architecture_key(engine.model_path) == architecture_key(model_path)
+        if same and getattr(engine, "sleeping", False):
+            from tasks.generation.handoff import free_accelerator_memory
+
+            free_accelerator_memory()  # what training or scoring left behind, before the engine maps its memory back
+            engine.wake(model_path)
+            return engine
         if engine.model_path == model_path:
             return engine
-        if architecture_key(engine.model_path) == architecture_key(model_path):
+        if same:
             engine.load(model_path)
             return engine
         engine.close()
@@ -131,11 +142,21 @@ def close_engines() -> None:
 
 
 def release_accelerator() -> None:
-    """Before training in this process: on a GPU the vLLM engine holds most of the memory, so free it."""
+    """Before training or scoring in this process: on a GPU the engines hold most of the memory, so free it.
+
+    A vLLM engine with sleep mode goes to sleep (the next `get_engine` wakes it: one start per round), any
+    other engine is closed. On CPU nothing happens: the engines keep serving and reload weights in place.
+    """
     import torch
 
-    if torch.cuda.is_available():
-        close_engines()
+    if not torch.cuda.is_available():
+        return
+    for key, engine in list(_ENGINES.items()):
+        if getattr(engine, "sleep_mode", False):
+            engine.sleep()
+        else:
+            del _ENGINES[key]
+            engine.close()
 
 
 def render_prompts(tokenizer, prompts: list[Prompt]) -> list[str]:

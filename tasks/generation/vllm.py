@@ -4,14 +4,22 @@ The engine runs in a child process that vLLM spawns, so a script that creates it
 `if __name__ == "__main__":` guard. Switching checkpoints reloads weights in place (0.03 s for a
 tiny model instead of a 20-30 s restart); prefix caching is off because cached blocks would belong
 to the previous weights.
+
+On a GPU (with `sleep_mode`) the engine is built with vLLM's sleep mode: `sleep()` before in-process
+training copies the weights to CPU memory and drops the KV cache, `wake()` maps them back (refusing with
+an EngineError when the GPU lacks the room, see tasks/generation/handoff.py) and reloads the new
+checkpoint in place, so a round starts the engine once. On CPU vLLM has no sleep mode: the engine stays up.
+`timings` records the seconds of each start, sleep, wake and reload, for bench/ scripts to print.
 """
 
 from __future__ import annotations
 
 import os
+import time
 
 from configs.schema import EngineConfig, SamplingConfig
 from tasks.generation import EngineError, Generation, Prompt, render_prompts
+from tasks.generation.handoff import gpu_memory, wake_memory_error
 
 
 def _retie_embeddings(model) -> None:
@@ -44,6 +52,12 @@ class VLLMEngine:
         self.cfg = cfg
         self.model_path = model_path
         on_gpu = torch.cuda.is_available()
+        # vLLM supports sleep mode on CUDA only; on CPU the engine never sleeps.
+        self.sleep_mode = on_gpu and cfg.sleep_mode
+        self.sleeping = False
+        self.released_bytes: int | None = None  # what the last sleep() gave back to the device
+        # One entry per event, in order (seconds): bench/ scripts print them, tests read them.
+        self.timings: dict[str, list[float]] = {"start_s": [], "sleep_s": [], "wake_s": [], "reload_s": []}
         # apply_model() sends a function to our own engine process; vLLM pickles it only when allowed.
         os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
         if not on_gpu:
@@ -59,6 +73,8 @@ class VLLMEngine:
         )
         if on_gpu:
             kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+            if self.sleep_mode:
+                kwargs["enable_sleep_mode"] = True
         else:
             # Per-request seeds keep each prompt's samples independent of its batch. When a prefill is split
             # into chunks, vLLM rewinds the request's generator offset, which CPU generators do not support
@@ -66,17 +82,77 @@ class VLLMEngine:
             # step budget that holds the longest one.
             kwargs["enable_chunked_prefill"] = False
             kwargs["max_num_batched_tokens"] = max(cfg.max_model_len, 4096)
+        started = time.perf_counter()
         self.llm = vllm.LLM(**kwargs)
+        self.timings["start_s"].append(time.perf_counter() - started)
         self.tokenizer = self.llm.get_tokenizer()
 
     def load(self, model_path: str) -> None:
+        if self.sleeping:
+            raise EngineError(f"the vLLM engine of {self.model_path} is asleep: wake() it before loading {model_path}")
+        started = time.perf_counter()
         self.llm.collective_rpc("reload_weights", kwargs={"weights_path": model_path})
         # The in-place reload gives the embedding fresh tensors but puts the old ones back on a tied
         # lm_head (it finds no lm_head weights in the checkpoint): tie them again or the logits are stale.
         self.llm.apply_model(_retie_embeddings)
         self.model_path = model_path
+        self.timings["reload_s"].append(time.perf_counter() - started)
+
+    def sleep(self) -> None:
+        """Give the GPU back until `wake()`: weights to CPU memory, KV cache dropped (vLLM sleep level 1).
+
+        Level 1 rather than 2 (which drops the weights too) so that waking without a new checkpoint, e.g.
+        to evaluate the policy again, needs no reload from disk.
+        """
+        if not self.sleep_mode:
+            raise EngineError(
+                "this vLLM engine was built without sleep mode (CPU, or generation.engine.sleep_mode off)"
+            )
+        if self.sleeping:
+            return
+        started = time.perf_counter()
+        free_before = gpu_memory()[0]
+        self.llm.sleep(level=1)
+        self.released_bytes = gpu_memory()[0] - free_before  # the device's free memory, so the child's release counts
+        self.sleeping = True
+        self.timings["sleep_s"].append(time.perf_counter() - started)
+
+    def wake(self, model_path: str | None = None) -> None:
+        """Map the weights and KV cache back, serving `model_path` (default: the checkpoint it slept with).
+
+        Raises EngineError before touching the engine when the GPU lacks the free memory. The weights wake
+        first and the new checkpoint reloads into them before the KV cache comes back, so the reload's
+        per-layer staging never competes with the KV cache for memory (vLLM's RLHF weight-update order).
+        """
+        if self.sleeping:
+            free, total = gpu_memory()
+            error = wake_memory_error(
+                free, total, self.cfg.gpu_memory_utilization, self.released_bytes, model=self.model_path
+            )
+            if error:
+                raise EngineError(error)
+            started = time.perf_counter()
+            self.llm.wake_up(tags=["weights"])
+            woke_weights = time.perf_counter() - started
+            self.sleeping = False
+            try:
+                if model_path is not None and model_path != self.model_path:
+                    self.load(model_path)
+            finally:  # after a failed reload the engine is awake (and can be closed), never half awake
+                started = time.perf_counter()
+                # vLLM resumes scheduling only once every pool is resident again: a pool left asleep hangs generate.
+                if not self.llm.wake_up(tags=["kv_cache"]):
+                    self.llm.wake_up()
+                self.timings["wake_s"].append(woke_weights + time.perf_counter() - started)
+        elif model_path is not None and model_path != self.model_path:
+            self.load(model_path)
 
     def generate(self, prompts: list[Prompt], params: SamplingConfig, seeds: list[int]) -> list[list[Generation]]:
+        if self.sleeping:
+            raise EngineError(
+                f"the vLLM engine of {self.model_path} is asleep: get it through tasks.generation.get_engine, "
+                "which wakes it"
+            )
         texts = render_prompts(self.tokenizer, prompts)
         sampling = [
             self._vllm.SamplingParams(

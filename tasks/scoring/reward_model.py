@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from tasks.generation import release_accelerator
+from tasks.generation.handoff import free_accelerator_memory
 from tasks.scoring import ScoreResult
 from trainers.reward_encoding import conversation, encode_conversations, reward_values
 
@@ -96,6 +98,9 @@ class RewardModelScorer:
             if model.startswith(("/", ".")) and not Path(model).is_dir():
                 raise FileNotFoundError(f"scoring.scorers[{cfg.id}]: model directory {model} does not exist")
         self.device = resolve_device(cfg.device)
+        if self.device.type == "cuda":
+            # A live vLLM engine holds gpu_memory_utilization of the device: put it to sleep first (get_engine wakes it).
+            release_accelerator()
         self.model, self.tokenizer = load_reward_model(model, self.device)
         # A stored model's artifact id is its directory hash already: no need to hash it again.
         fingerprint = context.get("reward_model_id") if cfg.model == TRAINED else None
@@ -127,6 +132,15 @@ class RewardModelScorer:
     def metrics(self) -> dict[str, float]:
         """Fraction of the last call's completions cut to max_length."""
         return dict(self._metrics)
+
+    def close(self) -> None:
+        """Free the model's memory now (the scorer cannot score afterwards), e.g. before the engine wakes.
+
+        Dropping the last reference to a scorer frees it too, at the next `get_engine` at the latest (which
+        collects garbage and empties the CUDA cache before waking a sleeping engine): this only makes it prompt.
+        """
+        self.model = None
+        free_accelerator_memory()
 
 
 if __name__ == "__main__":
