@@ -112,10 +112,26 @@ def lock_holder(home: Path, pipeline: str) -> str:
     from flows.pipeline_limit import api_url, slot_holder
 
     path = Path(home) / "locks" / f"{pipeline}.lock"
-    # No lease in the local record: the slot, if taken, is held from another machine (or home).
-    if api_url() and not _read(path).get("lease_id"):
+    # A held flock names its holder in its file; otherwise the slot, if taken, is held from another machine
+    # (or home), whose holder only the Prefect variable knows.
+    if api_url() and not _flock_held(path):
         return slot_holder(pipeline)
     return _holder(path)
+
+
+def _flock_held(path: Path) -> bool:
+    """Whether a process holds the flock of `path` now (probed without waiting, released at once)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
 
 
 def _read(path: Path) -> dict:

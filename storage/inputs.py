@@ -136,3 +136,10 @@ def snapshot(store: Store, path: Path, digest: str) -> str:
         listing = [{"path": p.relative_to(path).as_posix(), "bytes": p.stat().st_size} for p in files]
         store.put_bytes(manifest, (json.dumps({"id": digest, "files": listing}, indent=2) + "\n").encode())
     return store.url(key)
+
+
+def snapshot_complete(store: Store, key: str) -> bool:
+    """Whether the snapshot at `key` (inputs/sha256/<digest>/<name>, as `snapshot` names it) is whole in the
+    store: the file itself, or the manifest of a directory's snapshot, written last."""
+    digest_dir = key.rsplit("/", 1)[0]
+    return store.exists(key) or store.exists(f"{digest_dir}/MANIFEST.json")

@@ -114,13 +114,22 @@ def audit(home: Path, store) -> dict[str, object]:
     con = duckdb.connect(str(home / "catalog.duckdb"), read_only=True)
     try:
         rounds = con.execute("select round, status from rounds order by round").fetchall()
-        stored = con.execute("select id from artifacts where uri like ? order by id", [f"{store.uri}/%"]).fetchall()
+        stored = con.execute(
+            "select id, uri from artifacts where uri like ? order by id", [f"{store.uri}/%"]
+        ).fetchall()
         steps = con.execute("select step, status, reused from steps order by step").fetchall()
     finally:
         con.close()
     from storage.artifacts import MANIFEST, artifact_folder
+    from storage.inputs import INPUTS, snapshot_complete
 
-    unresolved = [a for (a,) in stored if not store.exists(f"{artifact_folder(a)}/{MANIFEST}")]
+    def resolves(artifact_id: str, uri: str) -> bool:
+        key = uri[len(store.uri) + 1 :]
+        if key.startswith(f"{INPUTS}/"):  # a source or eval set snapshotted by content (storage/inputs.py)
+            return snapshot_complete(store, key)
+        return store.exists(f"{artifact_folder(artifact_id)}/{MANIFEST}")
+
+    unresolved = [a for a, uri in stored if not resolves(a, uri)]
     scratch = [p.name for root in (home / "tmp", home / "cache" / "tmp") if root.is_dir() for p in root.iterdir()]
     stray = [p.name for p in home.iterdir() if p.name.startswith("tmp") and p.name != "tmp"]  # tempfile's names
     return {
