@@ -10,6 +10,7 @@ in the same rounds, and its rows are checked to equal the one-engine rows.
 
 Run (the instruct demo's base model, converted once by `python -m demo.smollm2 --out DIR`):
     .venv/bin/python bench/generate.py --model DIR [--prompts 32] [--n 4] [--max-tokens 128] [--repeats 2] [--replicas 2]
+        [--reserved-cores 0]
 Last line: one JSON object with the tokens/s and their ratios (the stage must reach 0.9 of raw).
 """
 
@@ -39,6 +40,9 @@ def main() -> None:
     p.add_argument("--max-model-len", type=int, default=1024)
     p.add_argument("--kvcache-gb", type=int, default=2, help="KV cache of each engine, GiB.")
     p.add_argument("--replicas", type=int, default=1, help="Also run the stage path on this many engines (Ray).")
+    p.add_argument(
+        "--reserved-cores", type=int, default=None, help="generation.engine.cpu_reserved_cores (None: vLLM's 1)."
+    )
     args = p.parse_args()
 
     pool, _ = make_prompts(0)
@@ -47,7 +51,11 @@ def main() -> None:
         for i, r in enumerate(pool[: args.prompts])
     ]
     engine_cfg = EngineConfig(
-        backend="vllm", dtype="float32", max_model_len=args.max_model_len, cpu_kvcache_gb=args.kvcache_gb
+        backend="vllm",
+        dtype="float32",
+        max_model_len=args.max_model_len,
+        cpu_kvcache_gb=args.kvcache_gb,
+        cpu_reserved_cores=args.reserved_cores,
     )
     engine = get_engine(engine_cfg, args.model)
     params = SamplingConfig(n=args.n, temperature=1.0, max_tokens=args.max_tokens, seed=0)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from configs.schema import FlywheelConfig
 from flows.quality_report import curation_markdown, scoring_markdown
-from flows.report import STAGE_LABELS, plot_rounds, round_rows
+from flows.report import STAGE_LABELS, plot_rl_steps, plot_rounds, round_rows
 from storage.runtime import Runtime
 
 
@@ -61,7 +61,9 @@ def report_markdown(
     lineage: list[dict],
     plot_png: bytes | None = None,
     data_quality: list[str] | None = None,
+    rl_plot: tuple[str, bytes] | None = None,
 ) -> str:
+    """The round's markdown report; `rl_plot` is (store URL, PNG) of its GRPO curves when it ran train-rl."""
     m = rnd["metrics"]
     lines = [
         f"# {rnd['pipeline']}, round {rnd['round']}: {'promoted' if rnd['promoted'] else 'policy kept'}",
@@ -83,6 +85,18 @@ def report_markdown(
         ),
         *(data_quality or []),
         *([""] if data_quality else []),
+        *(
+            [
+                "## RL (train-rl)",
+                "",
+                f"Per-step GRPO metrics (PNG): `{rl_plot[0]}`",
+                "",
+                f"![RL steps](data:image/png;base64,{base64.b64encode(rl_plot[1]).decode()})",
+                "",
+            ]
+            if rl_plot
+            else []
+        ),
         "## Artifacts",
         "",
         "| stage | output | id | uri |",
@@ -117,6 +131,11 @@ def publish_round_report(rt: Runtime, cfg: FlywheelConfig, r: int) -> str:
         key = f"runs/{cfg.pipeline}/round-{r:04d}/metrics.png"
         rt.store.put_file(key, png)
         png_bytes = png.read_bytes()
+        rl_plot = None
+        if (rl_png := plot_rl_steps(rnd["metrics"], Path(tmp) / "rl.png")) is not None:
+            rl_key = f"runs/{cfg.pipeline}/round-{r:04d}/rl.png"
+            rt.store.put_file(rl_key, rl_png)
+            rl_plot = (rt.store.url(rl_key), rl_png.read_bytes())
     plot_uri = rt.store.url(key)
     uris = {a["id"]: a["uri"] for a in rt.catalog.artifacts_of_round(cfg.pipeline, r)}
     lineage = rt.catalog.lineage(rnd["candidate"]) if rnd["candidate"] else []
@@ -129,7 +148,7 @@ def publish_round_report(rt: Runtime, cfg: FlywheelConfig, r: int) -> str:
     )
     create_markdown_artifact(
         key=f"{cfg.pipeline}-round-report",
-        markdown=report_markdown(rnd, steps, uris, plot_uri, lineage, png_bytes, quality),
+        markdown=report_markdown(rnd, steps, uris, plot_uri, lineage, png_bytes, quality, rl_plot),
         description=f"{cfg.pipeline} round {r}: artifacts and lineage",
     )
     return plot_uri

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +94,7 @@ STAGE_LABELS = {
     "train-reward": "rm",
     "train-sft": "sft",
     "train-dpo": "dpo",
+    "train-rl": "rl",
     "average": "avg",
     "evaluate-policy": "eval pol",
     "evaluate-candidate": "eval cand",
@@ -190,6 +192,67 @@ def plot_rounds(rows: list[dict[str, Any]], out: Path) -> Path:
     ax2.legend()
     ax1.set_xticks(pol_x)
     ax2.set_xticks(xs)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+_RL_STEP = re.compile(r"^train/rl/(\w+)/(\d+)$")  # trainers.grpo.step_metrics' names
+
+
+def rl_step_series(metrics: dict[str, float]) -> dict[str, list[tuple[int, float]]]:
+    """The per-step RL metrics of a round, by name, in step order.
+
+    >>> rl_step_series({"train/rl/reward_mean/0002": 0.5, "train/rl/reward_mean/0001": 0.25, "eval/x": 1.0})
+    {'reward_mean': [(1, 0.25), (2, 0.5)]}
+    """
+    out: dict[str, list[tuple[int, float]]] = {}
+    for key, value in metrics.items():
+        if m := _RL_STEP.match(key):
+            out.setdefault(m.group(1), []).append((int(m.group(2)), value))
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def plot_rl_steps(metrics: dict[str, float], out: Path) -> Path | None:
+    """The round's GRPO curves (PNG): reward mean +- std, KL, completion length, share of zero-std groups.
+
+    None when the round ran no RL step.
+    """
+    series = rl_step_series(metrics)
+    if not series.get("reward_mean"):
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.5))
+    steps, mean = zip(*series["reward_mean"])
+    std = dict(series.get("reward_std", []))
+    axes[0].plot(steps, mean, marker=".", label="mean")
+    lo = [m - std.get(s, 0.0) for s, m in zip(steps, mean)]
+    hi = [m + std.get(s, 0.0) for s, m in zip(steps, mean)]
+    axes[0].fill_between(steps, lo, hi, alpha=0.2, label="+- std")
+    axes[0].set(title="reward", xlabel="step")
+    axes[0].legend()
+    for ax, (name, title) in zip(
+        axes[1:],
+        [
+            ("kl", "KL to the reference"),
+            ("completion_length", "completion length (tokens)"),
+            ("zero_std_groups", "groups with zero reward std"),
+        ],
+    ):
+        points = series.get(name, [])
+        if points:
+            ax.plot(*zip(*points), marker=".")
+        else:  # kl: only logged with beta > 0
+            ax.text(0.5, 0.5, "not logged (beta 0)", ha="center", va="center", transform=ax.transAxes)
+        ax.set(title=title, xlabel="step")
+        if name == "zero_std_groups":
+            ax.set_ylim(-0.05, 1.05)  # a share
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)

@@ -41,6 +41,7 @@ from tasks.select import replay_tables, select_task
 from tasks.stage import import_model, runtime
 from tasks.train import train_dpo_task, train_sft_task
 from tasks.train_reward import reward_model_for, reward_pairs_ids, train_reward_task
+from tasks.train_rl import train_rl_task
 
 # Errors in the user's input: the round is rolled back entirely instead of being kept as "failed", unless
 # some of its steps finished: those stay reusable, so a late bad input does not cost the work before it.
@@ -96,6 +97,8 @@ def _run_round(rt: Runtime, cfg: FlywheelConfig) -> RoundReport:
             train_reward_task(cfg, r, pairs_ids, policy)
         sft_model = train_sft_task(cfg, r, policy, sft)
         candidate = train_dpo_task(cfg, r, sft_model, pairs)
+        if cfg.training.rl.enabled:  # GRPO on verifiable rewards, from the preference-tuned checkpoint
+            candidate = train_rl_task(cfg, r, candidate, prompts)
         # The trained model itself when averaging is off.
         candidate = average_task(cfg, r, candidate, policy, policy_history(rt.catalog.rounds(cfg.pipeline), r))
         reward_model = reward_model_for(rt.catalog, cfg, r + 1, "evaluate")  # this round's counts too

@@ -6,6 +6,7 @@
     select.py         scores -> best-of-N SFT rows and DPO pairs (plus replayed rows of earlier rounds)
     train_reward.py   pairs -> a reward model for the next rounds (optional)
     train.py          SFT, then DPO, from the policy -> the trained model
+    train_rl.py       trained model + prompts -> GRPO on the verifiable rewards (optional)
     average.py        trained model + earlier policies -> the candidate (optional)
     evaluate.py       policy and candidate -> held-out metrics, with 95 % intervals
     compare.py        judge win rate of the candidate against the policy (win_rate eval sets only)

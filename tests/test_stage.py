@@ -207,6 +207,7 @@ def test_every_stage_runs_alone_and_says_how_at_the_top():
         "select",
         "train_reward",
         "train",
+        "train_rl",
         "average",
         "evaluate",
         "compare",

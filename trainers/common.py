@@ -116,13 +116,18 @@ def common_args(
     )
 
 
-def stage_args(cfg: BaseModel, output_dir: Path, *, seed: int, use_cpu: bool, bf16: bool) -> dict:
-    """`common_args` from an SFT or DPO stage config (both carry the same optimizer fields)."""
+def stage_args(
+    cfg: BaseModel, output_dir: Path, *, seed: int, use_cpu: bool, bf16: bool, batch_size: int | None = None
+) -> dict:
+    """`common_args` from an SFT, DPO or RL stage config (all carry the same optimizer fields).
+
+    `batch_size` overrides the config's (RL counts its batch in completions: prompts x group size).
+    """
     return common_args(
         output_dir,
         lr=cfg.learning_rate,
         epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
+        batch_size=batch_size or cfg.batch_size,
         seed=seed,
         use_cpu=use_cpu,
         bf16=bf16,

@@ -19,16 +19,23 @@ class TrainSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    stage: Literal["sft", "dpo", "reward"] = Field(
-        description="Which trainer: trainers.sft.train_sft, trainers.dpo.train_dpo or trainers.reward.train_reward."
+    stage: Literal["sft", "dpo", "rl", "reward"] = Field(
+        description="Which trainer: trainers.sft.train_sft, trainers.dpo.train_dpo, trainers.grpo.train_rl or "
+        "trainers.reward.train_reward."
     )
     model_dir: str = Field(description="Local directory of the model to start from.")
     base_id: str = Field(description="Artifact id of that model, which the checkpoint records (not model_dir).")
     data: str = Field(
-        description="Parquet file of the training rows (SFT `messages`, or DPO/reward prompt/chosen/rejected)."
+        description="Parquet file of the training rows (SFT `messages`, DPO/reward prompt/chosen/rejected, or RL "
+        "curated prompts)."
     )
     stage_config: dict[str, Any] = Field(
-        description="The stage's config (SFTConfig, DPOConfig or RewardModelTrainConfig) as JSON."
+        description="The stage's config (SFTConfig, DPOConfig, RLConfig or RewardModelTrainConfig) as JSON."
+    )
+    rewards: dict[str, Any] | None = Field(
+        None,
+        description="rl only: {factory: 'module:function', scorers: [scorer configs as JSON]}; each process calls "
+        "the factory with the scorers to get its reward functions and weights (tasks/scoring/rl_rewards.py).",
     )
     out_dir: str = Field(description="Where the checkpoint (out_dir/model) and train_result.json are written.")
     seed: int = Field(description="Training seed.")

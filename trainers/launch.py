@@ -230,7 +230,7 @@ def stream_command(cmd: list[str], logger: Logger, *, env: dict[str, str] | None
 def launch_training(
     cfg: LauncherConfig,
     *,
-    stage: Literal["sft", "dpo", "reward"],
+    stage: Literal["sft", "dpo", "rl", "reward"],
     model_dir: str,
     base_id: str,
     data,
@@ -240,14 +240,17 @@ def launch_training(
     use_cpu: bool,
     bf16: bool,
     logger: Logger,
+    rewards: dict | None = None,
 ) -> tuple[Path, dict]:
-    """Train `stage` as a launched job; same contract as train_sft/train_dpo/train_reward: (checkpoint dir, summary).
+    """Train `stage` as a launched job; same contract as train_sft/train_dpo/train_rl/train_reward: (checkpoint
+    dir, summary).
 
     Args:
         base_id: artifact id of the model in `model_dir`, recorded in the checkpoint.
         data: the training rows as a pyarrow Table (written to parquet for the job's processes).
         out_dir: a scratch directory of this step; the checkpoint is written to out_dir/model (a reward
             model to out_dir/reward-model).
+        rewards: rl only: the reward functions' factory and scorer configs (TrainSpec.rewards).
     """
     import pyarrow.parquet as pq
 
@@ -263,6 +266,7 @@ def launch_training(
         seed=seed,
         use_cpu=use_cpu,
         bf16=bf16,
+        rewards=rewards,
     )
     spec_path = out_dir / SPEC_FILE
     spec_path.write_text(spec.model_dump_json(indent=2))

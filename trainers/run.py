@@ -4,7 +4,7 @@ Every process of the `accelerate launch` job runs this (trainers/launch.py build
 
     accelerate launch --cpu -m trainers.run /path/to/train_spec.json
 
-Each process calls train_sft/train_dpo/train_reward, and TRL splits the rows over the processes and syncs
+Each process calls train_sft/train_dpo/train_rl/train_reward, and TRL splits the rows over the processes and syncs
 gradients. Only the main process keeps its checkpoint and writes train_result.json, last, so that file
 existing means the run finished. On failure a process prints one `flywheel-train-error:` line (the cause,
 which the parent puts first in its error) and exits 1.
@@ -16,6 +16,8 @@ from configs.quiet import apply_defaults
 
 apply_defaults()  # before transformers is imported: it reads these once
 
+import functools  # noqa: E402
+import importlib  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
@@ -37,6 +39,18 @@ def make_logger(rank: int) -> logging.Logger:
     return logger
 
 
+def reward_factory(spec: TrainSpec) -> tuple[list, list[float]]:
+    """The reward functions and weights of an rl spec, built by the factory it names.
+
+    Resolved by name because the factory lives in the tasks layer, which trainers may not import (the
+    import-linter layering); the stage that wrote the spec imports it, so it is in that step's code identity.
+    """
+    if not spec.rewards:
+        raise ValueError("an rl train spec needs `rewards` (its reward functions' factory and scorers)")
+    module, _, name = spec.rewards["factory"].partition(":")
+    return getattr(importlib.import_module(module), name)(spec.rewards["scorers"])
+
+
 def train(spec: TrainSpec, rank: int, world_size: int, logger: logging.Logger) -> tuple[Path, dict] | None:
     """Train as this process's part of the job; returns (checkpoint, summary) on the main process, else None."""
     import pyarrow.parquet as pq
@@ -53,11 +67,18 @@ def train(spec: TrainSpec, rank: int, world_size: int, logger: logging.Logger) -
         from trainers.dpo import train_dpo as train_fn
 
         cfg = DPOConfig.model_validate(spec.stage_config)
+    elif spec.stage == "rl":
+        from configs.rl import RLConfig
+        from trainers.grpo import train_rl
+
+        cfg = RLConfig.model_validate(spec.stage_config)
+        funcs, weights = reward_factory(spec)
+        train_fn = functools.partial(train_rl, reward_funcs=funcs, reward_weights=weights)
     else:
         from trainers.reward import train_reward as train_fn
 
         cfg = RewardModelTrainConfig.model_validate(spec.stage_config)
-    # SFT and DPO save from every process (the reward trainer from the main one only): the other ranks write
+    # SFT, DPO and RL save from every process (the reward trainer from the main one only): the other ranks write
     # into scratch dirs of their own, so no two processes ever write (or rmtree) the same checkpoint directory.
     out_dir = Path(spec.out_dir) if rank == 0 else Path(spec.out_dir) / f".rank-{rank:03d}"
     logger.info("%s on %d rows from %s, %d process(es)", spec.stage, len(rows), spec.model_dir, world_size)

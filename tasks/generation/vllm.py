@@ -62,6 +62,10 @@ class VLLMEngine:
         os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
         if not on_gpu:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.cpu_kvcache_gb))
+            if cfg.cpu_reserved_cores is not None:
+                # vLLM keeps a core for its scheduler by default and runs the worker's torch on the rest: one
+                # thread of two here. That core idles while the worker computes (bench/generate.py measures both).
+                os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", str(cfg.cpu_reserved_cores))
         kwargs = dict(
             model=model_path,
             dtype=cfg.dtype if cfg.dtype != "auto" else ("auto" if on_gpu else "float32"),

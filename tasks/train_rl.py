@@ -1,0 +1,109 @@
+"""Train: the optional RL step, TRL GRPO on the round's curated prompts, after DPO, rewarded by verifiers.
+
+The step starts from the round's trained checkpoint (DPO's, or SFT's when DPO is disabled) and its
+output becomes the candidate, which averaging, evaluation and the gate then treat like any other. Its
+rewards are the configured verifiable scorers (configs/rl.py), the same scorer objects the score stage
+runs (tasks/scoring/rl_rewards.py). Per-step reward mean and std, KL, completion length and the share of
+groups with one reward for all (no learning signal) are stored as the step's metrics, and plotted in the
+round's report. `training.launcher` decides where it trains, as for SFT and DPO.
+
+Run alone:  python -m tasks.train_rl --config configs/demo.yaml --round 1 [--home DIR] [--force]
+"""
+
+from __future__ import annotations
+
+import math
+
+from configs.rl import RLConfig, rl_scorers
+from configs.schema import FlywheelConfig
+from tasks.generation import release_accelerator
+from tasks.generation.handoff import free_accelerator_memory
+from tasks.scoring.rl_rewards import reward_functions
+from tasks.stage import Model, StageContext, StageOutput, Step, stage
+from trainers.launch import launch_training, launcher_identity
+
+
+@stage("train-rl", returns="model")
+def train_rl_task(cfg: FlywheelConfig, round_num: int, model_id: str, prompts_id: str) -> Step | str:
+    """The GRPO step from `model_id` on the prompts `prompts_id`; disabled: `model_id`, and nothing is recorded."""
+    rl = cfg.training.rl
+    if not rl.enabled:
+        return model_id
+    seed = cfg.training.seed + round_num
+    rl = rl.for_round(round_num)
+    scorers = [s.model_dump(mode="json") for s in rl_scorers(rl, cfg.scoring)]
+    config = {
+        "rl": rl.model_dump(mode="json", exclude={"schedule"}),
+        "scorers": scorers,  # a changed verifier setting is a new reward, so a new step
+        "seed": seed,
+        "bf16": cfg.training.bf16,
+        "use_cpu": cfg.training.use_cpu,  # decides the rollout backend under generation_backend: auto
+        "launcher": launcher_identity(cfg.training.launcher),
+    }
+    return Step(
+        "train-rl",
+        config=config,
+        inputs={"model": model_id, "prompts": prompts_id},
+        run=lambda ctx: train_rl(ctx, cfg, rl, scorers, seed),
+    )
+
+
+def rl_prompts(rows: list[dict], fraction: float) -> list[dict]:
+    """The first `fraction` of the prompt rows (at least one), in prompt-id order: a reproducible sample.
+
+    >>> [r["prompt_id"] for r in rl_prompts([{"prompt_id": "b"}, {"prompt_id": "a"}, {"prompt_id": "c"}], 0.5)]
+    ['a', 'b']
+    """
+    ordered = sorted(rows, key=lambda r: r["prompt_id"])
+    return ordered[: max(1, math.ceil(fraction * len(ordered)))] if ordered else []
+
+
+def train_rl(ctx: StageContext, cfg: FlywheelConfig, rl: RLConfig, scorers: list[dict], seed: int) -> StageOutput:
+    """GRPO from model `model` on table `prompts`; the new checkpoint, with per-step metrics."""
+    columns = ["prompt_id", "prompt", "system", "answer", "provenance"]
+    rows = rl_prompts(ctx.rows("prompts", columns=columns), rl.prompt_fraction)
+    if not rows:
+        ctx.log.warning("train-rl skipped (no prompts this round): its input model passes through")
+        return StageOutput({"model": ctx.id("model")}, rows_in=0, rows_out=0, summary={"skipped": "no prompts"})
+    release_accelerator()
+    tcfg = cfg.training
+    kwargs = dict(base_id=ctx.id("model"), seed=seed, use_cpu=tcfg.use_cpu, bf16=tcfg.bf16, logger=ctx.log)
+    model_dir = str(ctx.model("model"))
+    if tcfg.launcher.kind == "local":
+        from trainers.grpo import train_rl as train_fn  # torch and TRL: imported only when a round trains
+
+        funcs, weights = reward_functions(scorers)
+        ckpt, summary = train_fn(model_dir, rows, rl, ctx.workdir, reward_funcs=funcs, reward_weights=weights, **kwargs)
+        free_accelerator_memory()  # as after SFT and DPO: the engine's wake must find the memory free
+    else:
+        import pyarrow as pa
+
+        ckpt, summary = launch_training(
+            tcfg.launcher,
+            stage="rl",
+            model_dir=model_dir,
+            data=pa.Table.from_pylist(rows),
+            stage_config=rl,
+            out_dir=ctx.workdir,
+            # The job's processes build the same reward functions from these (trainers/run.py).
+            rewards={"factory": f"{reward_functions.__module__}:{reward_functions.__name__}", "scorers": scorers},
+            **kwargs,
+        )
+    history = summary.get("history", [])
+    rewards = [h["reward"] for h in history if "reward" in h]
+    metrics = {
+        "train/rl_loss": summary["train_loss"],
+        "train/rl_steps": summary["steps"],
+        **({"train/rl_reward_first": rewards[0], "train/rl_reward_last": rewards[-1]} if rewards else {}),
+        **summary.pop("step_metrics", {}),
+    }
+    return StageOutput({"model": Model(ckpt)}, rows_in=len(rows), rows_out=len(rows), summary=summary, metrics=metrics)
+
+
+if __name__ == "__main__":
+    from tasks.run_alone import run_alone
+
+    run_alone(
+        train_rl_task,
+        lambda rnd: {"model_id": rnd.output("train-dpo", "model"), "prompts_id": rnd.output("curate", "prompts")},
+    )
