@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo demo-instruct test faults lint clean chromium gpu-check
+.PHONY: install demo demo-instruct test faults lint clean chromium graphviz gpu-check
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -37,7 +37,11 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 
-test: $(STAMP) chromium lint
+# Graphviz's `dot` renders the lineage graphs (flywheel lineage --graph, the round report).
+graphviz:
+	@command -v dot >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq graphviz)
+
+test: $(STAMP) chromium graphviz lint
 	$(BIN)/python -m pytest -q
 
 # The fault battery alone (also part of `make test`): kills, an S3 outage, a held catalog, bad inputs.

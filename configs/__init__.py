@@ -61,3 +61,38 @@ def load_config(path: str | Path, home: str | None = None) -> FlywheelConfig:
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML: {e}") from None
     return parse_config(data, str(p), home)
+
+
+def apply_overrides(cfg: FlywheelConfig, overrides: dict[str, Any], where: str = "overrides") -> FlywheelConfig:
+    """`cfg` with dotted keys set, e.g. {"generation.sampling.temperature": 0.7}, validated as a whole.
+
+    A key that names no field fails with the fields that exist at that level, so a typo never passes as a
+    silently ignored setting.
+
+    >>> from configs import DEMO_CONFIG, load_config
+    >>> apply_overrides(load_config(DEMO_CONFIG), {"generation.sampling.temperature": 0.7}).generation.sampling.temperature
+    0.7
+    """
+    if not overrides:
+        return cfg
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"{where}: expected a mapping of dotted keys to values, got {type(overrides).__name__}")
+    data = cfg.model_dump(mode="json")
+    for key, value in overrides.items():
+        *parents, leaf = str(key).split(".")
+        node: Any = data
+        for depth, part in enumerate([*parents, leaf]):
+            at = ".".join([*parents, leaf][:depth]) or "the top level"
+            if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                part = int(part)
+            elif not isinstance(node, dict) or part not in node:
+                known = sorted(node) if isinstance(node, dict) else f"{len(node)} list items"
+                raise ConfigError(f"{where}: {key!r}: {at} has no {part!r} (it has: {known})")
+            if depth == len(parents):
+                node[part] = value
+            else:
+                node = node[part]
+    try:
+        return FlywheelConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, where)) from None

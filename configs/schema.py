@@ -20,6 +20,7 @@ from configs.launcher import LauncherConfig
 from configs.reward import RewardModelTrainConfig
 from configs.rl import RLConfig, rl_scorers
 from configs.scoring import JudgeEndpointConfig, ScorerConfig, ScoringConfig  # noqa: F401  (re-exported)
+from configs.tracking import TrackingConfig
 from configs.training import DPOConfig, LoraConfig, SFTConfig  # noqa: F401  (re-exported)
 
 
@@ -264,6 +265,7 @@ class FlywheelConfig(_Strict):
     training: TrainingConfig = Field(default_factory=TrainingConfig, description="TRL SFT, DPO, optional GRPO.")
     evaluation: EvaluationConfig = Field(description="Held-out eval sets on which policy and candidate are compared.")
     promotion: PromotionConfig = Field(default_factory=PromotionConfig, description="The promotion gate.")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="Lineage run events (OpenLineage).")
 
     @model_validator(mode="after")
     def _check_cross_fields(self) -> FlywheelConfig:

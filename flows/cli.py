@@ -4,7 +4,7 @@ flywheel demo [--task addition|instruct] [--rounds 3]  build a demo's model and 
 flywheel run --config configs/demo.yaml [--rounds N]  run N more rounds of a pipeline
 flywheel rounds [--pipeline P] [--json] [--attempts]  one row per round (or per attempt of a round)
 flywheel promote --pipeline P --round N --reason R [--wait]  roll the pipeline back (or forward) to round N's candidate
-flywheel lineage <artifact-or-row-id> [--json]     where an artifact or a training row came from
+flywheel lineage <id> [--json] [--graph out.svg]   where an artifact or a training row came from
 flywheel server [--port 4200]                      a local Prefect server + UI
 flywheel serve --config configs/demo.yaml          serve the round-now and nightly deployments
 flywheel deploy --config configs/demo.yaml --pool P  register them on work pool P (docs/work-pools.md)
@@ -152,8 +152,13 @@ def cmd_rounds(args) -> int:
 
 
 def cmd_lineage(args) -> int:
+    from flows.lineage_graph import draw_lineage, graph_problem
     from flows.report import dumps, print_lineage
 
+    graph = Path(args.graph) if args.graph else None
+    if graph is not None and (problem := graph_problem(graph)):
+        _say(problem)
+        return 2
     cat = _catalog(args)
     artifact = cat.artifact(args.id)
     edges = cat.lineage(artifact["id"]) if artifact else []
@@ -164,6 +169,8 @@ def cmd_lineage(args) -> int:
         print(dumps({"artifact": artifact, "edges": edges, "rows": rows}))
     else:
         print_lineage(artifact, edges, rows)
+    if graph is not None:
+        _say(f"lineage graph: {draw_lineage(cat, args.id, artifact, edges, rows, graph)}")
     return 0
 
 
@@ -276,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("lineage", help="ancestry of an artifact or a training row")
     s.add_argument("id")
     s.add_argument("--json", action="store_true")
+    s.add_argument("--graph", help="also draw the ancestry to this file; its suffix picks .svg, .png, .pdf or .dot")
     s.set_defaults(fn=cmd_lineage)
     s = sub.add_parser("server", help="start a local Prefect server and UI on 127.0.0.1")
     s.add_argument("--port", type=int, default=4200)

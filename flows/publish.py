@@ -2,7 +2,8 @@
 
 Artifact keys are stable per pipeline (`<pipeline>-round-summary`, `<pipeline>-round-report`), so the
 UI's artifact page lists every round's report as the history of one key. The plot is a PNG stored
-with the round's files (`runs/<pipeline>/round-NNNN/metrics.png`) and linked from the report.
+with the round's files (`runs/<pipeline>/round-NNNN/metrics.png`) and linked from the report; so is the
+round's lineage graph (`lineage.png`, `lineage.svg`: flows/lineage_graph.py).
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ import tempfile
 from pathlib import Path
 
 from configs.schema import FlywheelConfig
+from flows.lineage_graph import MISSING_DOT, store_round_graph
 from flows.quality_report import curation_markdown, scoring_markdown
 from flows.report import STAGE_LABELS, plot_rl_steps, plot_rounds, round_rows
+from flows.what_changed import what_changed_markdown
 from storage.runtime import Runtime
 
 
@@ -62,8 +65,10 @@ def report_markdown(
     plot_png: bytes | None = None,
     data_quality: list[str] | None = None,
     rl_plot: tuple[str, bytes] | None = None,
+    lineage_graph: tuple[str, bytes] | None = None,
 ) -> str:
-    """The round's markdown report; `rl_plot` is (store URL, PNG) of its GRPO curves when it ran train-rl."""
+    """The round's markdown report; `rl_plot` is (store URL, PNG) of its GRPO curves when it ran train-rl,
+    `lineage_graph` (SVG URL, PNG) of its lineage graph, None when it was not drawn (no `dot`)."""
     m = rnd["metrics"]
     lines = [
         f"# {rnd['pipeline']}, round {rnd['round']}: {'promoted' if rnd['promoted'] else 'policy kept'}",
@@ -97,6 +102,18 @@ def report_markdown(
             if rl_plot
             else []
         ),
+        "## Lineage graph",
+        "",
+        *(
+            [
+                f"SVG: `{lineage_graph[0]}`",
+                "",
+                f"![lineage graph](data:image/png;base64,{base64.b64encode(lineage_graph[1]).decode()})",
+            ]
+            if lineage_graph
+            else [f"Skipped: {MISSING_DOT}."]
+        ),
+        "",
         "## Artifacts",
         "",
         "| stage | output | id | uri |",
@@ -136,11 +153,19 @@ def publish_round_report(rt: Runtime, cfg: FlywheelConfig, r: int) -> str:
             rl_key = f"runs/{cfg.pipeline}/round-{r:04d}/rl.png"
             rt.store.put_file(rl_key, rl_png)
             rl_plot = (rt.store.url(rl_key), rl_png.read_bytes())
+        lineage_graph = store_round_graph(rt, cfg.pipeline, r, Path(tmp))
     plot_uri = rt.store.url(key)
     uris = {a["id"]: a["uri"] for a in rt.catalog.artifacts_of_round(cfg.pipeline, r)}
     lineage = rt.catalog.lineage(rnd["candidate"]) if rnd["candidate"] else []
     lineage = [e for e in lineage if e["round"] == r or e["depth"] == 1]
     quality = curation_markdown(*_data_quality_reports(rt, steps, uris)) + scoring_markdown(rnd["metrics"])
+    try:
+        quality += ["", *what_changed_markdown(rt, cfg, r)]
+    except Exception as e:  # the round is recorded by now: a section that cannot be built must not fail it
+        from tasks.stage import get_logger
+
+        get_logger().warning("round %d: the report's 'what changed' section failed: %s: %s", r, type(e).__name__, e)
+        quality += ["", f"'What changed' could not be built: {type(e).__name__}: {e}"]
     create_table_artifact(
         key=f"{cfg.pipeline}-round-summary",
         table=summary_rows(rnd, steps),
@@ -148,7 +173,7 @@ def publish_round_report(rt: Runtime, cfg: FlywheelConfig, r: int) -> str:
     )
     create_markdown_artifact(
         key=f"{cfg.pipeline}-round-report",
-        markdown=report_markdown(rnd, steps, uris, plot_uri, lineage, png_bytes, quality, rl_plot),
+        markdown=report_markdown(rnd, steps, uris, plot_uri, lineage, png_bytes, quality, rl_plot, lineage_graph),
         description=f"{cfg.pipeline} round {r}: artifacts and lineage",
     )
     return plot_uri

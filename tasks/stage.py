@@ -47,6 +47,7 @@ from storage.catalog import StepRecord
 from storage.code_identity import code_identity, module_name
 from storage.ids import home_relative, sha256_dir, sha256_file, step_identity
 from storage.runtime import Runtime, open_runtime
+from tasks.lineage_events import StepEvents, prefect_ids
 from tasks.model_files import chat_template_problem, weights_problem
 
 
@@ -284,10 +285,12 @@ def run_step(cfg: FlywheelConfig, round_num: int, step: Step, code: str, *, reus
     input_ids = {k: v.id if isinstance(v, External) else v for k, v in step.inputs.items()}
     # Paths into the home (a demo's data and base model) are hashed as {home}/...: the same step, same id anywhere.
     identity = step_identity(step.same_work_as or step.name, code, home_relative(config, rt.home), input_ids)
-    flow_run_id, task_run_id = _prefect_ids()
+    flow_run_id, task_run_id = prefect_ids()
     started, t0 = datetime.now(timezone.utc), time.perf_counter()
     for ext in (v for v in step.inputs.values() if isinstance(v, External)):
         rt.catalog.register_artifact(ext.ref(), cfg.pipeline, round_num, ext.kind)
+    events = StepEvents(cfg.tracking.openlineage, rt, cfg.pipeline, round_num, step.name, identity, input_ids, log)
+    events.start()
 
     prior = rt.catalog.find_completed_step(identity) if reuse else None
     if prior is not None and all(rt.artifacts.exists(a) for a in prior.values()):
@@ -301,6 +304,7 @@ def run_step(cfg: FlywheelConfig, round_num: int, step: Step, code: str, *, reus
                 refs = {name: _store(rt, o) for name, o in out.outputs.items()}
         except Exception as e:
             rt.catalog.record_step_failure(cfg.pipeline, round_num, step.name, identity, f"{type(e).__name__}: {e}")
+            events.fail(e)
             raise
         summary = {**out.summary, "metrics": out.metrics, "rows_in": out.rows_in, "rows_out": out.rows_out}
         refs["summary"] = rt.artifacts.put_json(summary, kind=f"{step.name}-summary")
@@ -333,6 +337,7 @@ def run_step(cfg: FlywheelConfig, round_num: int, step: Step, code: str, *, reus
             reused=reused,
         )
     )
+    events.complete(refs, reused)
     for name, ref in refs.items():
         rt.artifacts.link(f"runs/{cfg.pipeline}/round-{round_num:04d}/{step.name}/{name}.json", ref)
     return StepResult(step.name, identity, {k: r.id for k, r in refs.items()}, summary, reused)
@@ -346,15 +351,6 @@ def kill_point(name: str) -> None:
 
     if os.environ.get("FLYWHEEL_TEST_KILL_AT") == name:
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _prefect_ids() -> tuple[str | None, str | None]:
-    try:
-        from prefect.runtime import flow_run, task_run
-
-        return (str(flow_run.id) if flow_run.id else None, str(task_run.id) if task_run.id else None)
-    except Exception:
-        return None, None
 
 
 Returns = str | tuple[str, ...] | Callable[[StepResult], Any] | None

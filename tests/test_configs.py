@@ -1,6 +1,7 @@
 """Every YAML config in configs/ loads and validates; a broken config fails with the field path and the problem."""
 
 import copy
+import re
 import typing
 from pathlib import Path
 
@@ -292,3 +293,22 @@ def test_models_are_found_recursively():
 def test_every_field_has_a_description(model, name):
     description = model.model_fields[name].description
     assert description and description.strip(), f"{model.__name__}.{name} has no description"
+
+
+def test_overrides_set_dotted_keys_and_name_what_is_wrong(tmp_path):
+    """The pipeline flow's `overrides` (a one-off change from the UI's Custom run or the API)."""
+    from configs import apply_overrides
+
+    cfg = load_config(DEMO_CONFIG, home=str(tmp_path))
+    changed = apply_overrides(cfg, {"generation.sampling.temperature": 0.7, "curation.sources.1.weight": 2.5})
+    assert changed.generation.sampling.temperature == 0.7 and changed.curation.sources[1].weight == 2.5
+    assert cfg.generation.sampling.temperature == 1.0  # the served config itself is untouched
+    assert apply_overrides(cfg, {}) is cfg
+    for overrides, message in [
+        ({"generation.sampling.temprature": 1}, "generation.sampling has no 'temprature' (it has: ['max_tokens', 'n'"),
+        ({"curation.sources.5.weight": 1}, "curation.sources has no '5' (it has: 2 list items)"),
+        ({"curation.sources.0.weight": 0}, "overrides: curation.sources.0.weight: Input should be greater than 0"),
+        ({"rounds": 2}, "the top level has no 'rounds'"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            apply_overrides(cfg, overrides)

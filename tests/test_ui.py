@@ -1,8 +1,9 @@
 """Operating the flywheel from Prefect: a real server, `flywheel serve`, and the UI in headless Chromium.
 
 Starts `flywheel server` on a free loopback port, serves the pipeline's deployments with
-`flywheel serve`, clicks Run -> Quick run on the flywheel-round deployment page, waits for the round,
-and checks the catalog, the store and the Prefect artifacts; then checks the nightly schedule.
+`flywheel serve`, clicks Run -> Quick run on the flywheel-round deployment page (one click, no dialog),
+waits for the round, then starts a Custom run with one field of the typed config form changed, and checks
+the catalog, the store (round 2 used the changed field) and the Prefect artifacts; then the nightly schedule.
 """
 
 from __future__ import annotations
@@ -108,42 +109,56 @@ def test_quick_run_from_the_ui_runs_a_round(make_config, tmp_path):
         )
         deployments = _wait(lambda: _deployments(url), 120, "both served deployments")
         round_dep = deployments["flywheel-round"]
-        assert set(round_dep["parameter_openapi_schema"]["properties"]) == {"cfg", "rounds"}
+        schema = round_dep["parameter_openapi_schema"]
+        assert set(schema["properties"]) == {"cfg", "rounds", "overrides"}
+        assert not schema.get("required")  # what lets Quick run start without a dialog
 
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             page.goto(f"{url}/deployments/deployment/{round_dep['id']}")
             page.get_by_role("button", name="Run", exact=True).click()
+            # One click: the run is created straight away with the deployment's parameters, no dialog.
             with page.expect_response(lambda r: "create_flow_run" in r.url and r.request.method == "POST") as resp:
                 page.get_by_text("Quick run", exact=True).click()
-                # This UI version confirms a quick run of a deployment with object parameters in a dialog,
-                # prefilled with the served defaults.
-                dialog = page.get_by_role("dialog")
-                dialog.wait_for(timeout=5000)
-                dialog.get_by_role("button", name="Run", exact=True).click()
             assert resp.value.status == 201
+            assert page.get_by_role("dialog").count() == 0
             run_id = resp.value.json()["id"]
             page.screenshot(path=str(tmp_path / "ui.png"))
-            browser.close()
+            _wait_done(url, run_id, tmp_path)
 
-        state = _wait(
-            lambda: (s := _api(url, f"/flow_runs/{run_id}")["state_type"]) in ("COMPLETED", "FAILED", "CRASHED") and s,
-            420,
-            "the round started from the UI",
-            every=3,
-        )
-        assert state == "COMPLETED", (tmp_path / "serve.log").read_text()[-4000:]
+            # Custom run: the typed form of the config, one field changed (the policy's sampling temperature).
+            page.goto(f"{url}/deployments/deployment/{round_dep['id']}/run")
+            temperature = page.locator(
+                "xpath=//div[contains(@class,'schema-form-property')][./div[@class='p-label__header']"
+                "//span[@class='schema-form-property__label' and text()='Temperature (Optional)']]"
+                "[.//div[text()='Sampling temperature (0: greedy).']]//input"
+            ).first
+            assert float(temperature.input_value()) == cfg.generation.sampling.temperature
+            temperature.fill("0.7")
+            with page.expect_response(lambda r: "create_flow_run" in r.url and r.request.method == "POST") as resp:
+                page.get_by_role("button", name="Submit").click()
+            assert resp.value.status == 201
+            custom_id = resp.value.json()["id"]
+            browser.close()
+        _wait_done(url, custom_id, tmp_path)
 
         # The round is in the catalog and the store, and its report is in Prefect.
         from storage.catalog import Catalog
 
-        (rnd,) = Catalog(home / "catalog.duckdb").rounds("ui")
+        rnd, custom = Catalog(home / "catalog.duckdb").rounds("ui")
+        assert custom["status"] == "completed" and custom["flow_run_id"] is not None
         assert rnd["status"] == "completed" and rnd["manifest_uri"].endswith("runs/ui/round-0001/manifest.json")
         from storage.store import open_store
 
         store = open_store(cfg.storage.uri, endpoint_url=cfg.storage.endpoint_url)
         assert store.exists("runs/ui/round-0001/manifest.json") and store.exists("runs/ui/round-0001/metrics.png")
+        # The custom run was round 2, and it sampled with the temperature set in the form.
+        sampled = [
+            json.loads(store.get_bytes(f"runs/ui/round-{r:04d}/manifest.json"))["config"]["generation"]["sampling"]
+            for r in (1, 2)
+        ]
+        assert [s["temperature"] for s in sampled] == [cfg.generation.sampling.temperature, 0.7]
         keys = {a["key"] for a in _api(url, "/artifacts/filter", {})}
         assert {"ui-round-summary", "ui-round-report"} <= keys
 
@@ -167,6 +182,16 @@ def test_quick_run_from_the_ui_runs_a_round(make_config, tmp_path):
         _stop(server, signal.SIGTERM)
         for f in logs.values():
             f.close()
+
+
+def _wait_done(url: str, run_id: str, tmp_path: Path) -> None:
+    state = _wait(
+        lambda: (s := _api(url, f"/flow_runs/{run_id}")["state_type"]) in ("COMPLETED", "FAILED", "CRASHED") and s,
+        420,
+        "the round started from the UI",
+        every=3,
+    )
+    assert state == "COMPLETED", (tmp_path / "serve.log").read_text()[-4000:]
 
 
 def _deployments(url: str) -> dict | None:

@@ -1,0 +1,96 @@
+"""Tracking section: where a round reports what it runs, beside the catalog (which stays the record).
+
+    tracking:
+      openlineage:
+        enabled: true
+        transport: http            # or `file` (one JSON line per event) or `console` (the log)
+        url: http://localhost:5000 # Marquez; the key, if any, comes from $OPENLINEAGE_API_KEY
+
+Only OpenLineage exists so far; other trackers get sibling sections here.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class OpenLineageConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(
+        False,
+        description="Emit an OpenLineage START and COMPLETE (or FAIL) run event for every step of every round. "
+        "Off: nothing is sent anywhere.",
+    )
+    transport: Literal["http", "file", "console"] = Field(
+        "http",
+        description="http: POST each event to `url` (Marquez or any OpenLineage receiver); file: append one JSON "
+        "line per event to `file_path`; console: write each event to the log.",
+    )
+    url: str | None = Field(
+        None,
+        description="http: base URL of the receiver, e.g. http://localhost:5000 (None: the OPENLINEAGE_URL "
+        "environment variable; the config wins when both are set).",
+    )
+    endpoint: str = Field("api/v1/lineage", description="http: path of the receiver's lineage endpoint.")
+    api_key_env: str = Field(
+        "OPENLINEAGE_API_KEY",
+        description="http: name of the environment variable holding the receiver's API key, sent as a bearer "
+        "token when the variable is set. The key itself never belongs in a config file.",
+    )
+    timeout_s: float = Field(
+        5.0,
+        gt=0,
+        description="http: seconds one POST may take. An event that fails is dropped (no retries: a receiver "
+        "that is down must not slow the round), with one warning per round.",
+    )
+    file_path: str | None = Field(
+        None, description="file: the JSON-lines file, `{home}` allowed (None: {home}/openlineage/events.jsonl)."
+    )
+    namespace: str = Field(
+        "flywheel",
+        min_length=1,
+        description="OpenLineage job namespace of the steps; their job names are `<pipeline>.<step>`.",
+    )
+
+    def transport_config(self, home: Path) -> dict[str, Any]:
+        """The openlineage-python transport config (a dict its transport factory takes), resolved against
+        the environment now: the URL from OPENLINEAGE_URL if the config has none, the API key from `api_key_env`.
+
+        ValueError when the http transport has no URL from either.
+        """
+        if self.transport == "console":
+            return {"type": "console"}
+        if self.transport == "file":
+            path = Path(self.file_path) if self.file_path else home / "openlineage" / "events.jsonl"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # append: without it the transport writes one timestamped file per event.
+            return {"type": "file", "log_file_path": str(path), "append": True}
+        url = self.url or os.environ.get("OPENLINEAGE_URL")
+        if not url:
+            raise ValueError(
+                "tracking.openlineage.url is not set and neither is OPENLINEAGE_URL: give the receiver's URL"
+            )
+        config: dict[str, Any] = {
+            "type": "http",
+            "url": url,
+            "endpoint": self.endpoint,
+            "timeout": self.timeout_s,
+            "retry": {"total": 0},  # urllib3 also logs every retry as a warning
+        }
+        if key := os.environ.get(self.api_key_env):
+            config["auth"] = {"type": "api_key", "apiKey": key}
+        return config
+
+
+class TrackingConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    openlineage: OpenLineageConfig = Field(
+        default_factory=OpenLineageConfig,
+        description="OpenLineage run events of every step (Marquez, DataHub, any OpenLineage receiver).",
+    )
