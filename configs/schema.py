@@ -265,7 +265,7 @@ class FlywheelConfig(_Strict):
     training: TrainingConfig = Field(default_factory=TrainingConfig, description="TRL SFT, DPO, optional GRPO.")
     evaluation: EvaluationConfig = Field(description="Held-out eval sets on which policy and candidate are compared.")
     promotion: PromotionConfig = Field(default_factory=PromotionConfig, description="The promotion gate.")
-    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="Lineage run events (OpenLineage).")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="OpenLineage events, MLflow runs.")
 
     @model_validator(mode="after")
     def _check_cross_fields(self) -> FlywheelConfig:

@@ -1,12 +1,12 @@
 """Tracking section: where a round reports what it runs, beside the catalog (which stays the record).
 
-    tracking:
-      openlineage:
-        enabled: true
-        transport: http            # or `file` (one JSON line per event) or `console` (the log)
-        url: http://localhost:5000 # Marquez; the key, if any, comes from $OPENLINEAGE_API_KEY
-
-Only OpenLineage exists so far; other trackers get sibling sections here.
+tracking:
+  openlineage:
+    enabled: true
+    transport: http            # or `file` (one JSON line per event) or `console` (the log)
+    url: http://localhost:5000 # Marquez; the key, if any, comes from $OPENLINEAGE_API_KEY
+  mlflow:
+    enabled: true              # one run per round; tracking_uri None: $MLFLOW_TRACKING_URI or {home}/mlflow
 """
 
 from __future__ import annotations
@@ -87,10 +87,36 @@ class OpenLineageConfig(BaseModel):
         return config
 
 
+class MLflowConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(
+        False,
+        description="Log every round as one MLflow run: its metrics, the config as parameters, the report and "
+        "plots as artifacts, tagged with the Prefect flow run and the catalog round. Off: nothing is logged.",
+    )
+    tracking_uri: str | None = Field(
+        None,
+        description="MLflow tracking URI, e.g. http://mlflow:5000 or sqlite:///path/mlflow.db (None: the "
+        "MLFLOW_TRACKING_URI environment variable, else sqlite:///{home}/mlflow/mlflow.db). Credentials come "
+        "from MLflow's own environment variables (MLFLOW_TRACKING_TOKEN, ...), never from here.",
+    )
+    experiment: str | None = Field(None, description="Experiment name (None: flywheel-<pipeline>).")
+
+    def resolved_uri(self, home: Path) -> str:
+        """The tracking URI to use now: the config's, the environment's, or a SQLite file in the home."""
+        return (
+            self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
+        )
+
+
 class TrackingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     openlineage: OpenLineageConfig = Field(
         default_factory=OpenLineageConfig,
         description="OpenLineage run events of every step (Marquez, DataHub, any OpenLineage receiver).",
+    )
+    mlflow: MLflowConfig = Field(
+        default_factory=MLflowConfig, description="Experiment tracking: one MLflow run per round (off by default)."
     )

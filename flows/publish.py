@@ -17,6 +17,7 @@ from configs.schema import FlywheelConfig
 from flows.lineage_graph import MISSING_DOT, store_round_graph
 from flows.quality_report import curation_markdown, scoring_markdown
 from flows.report import STAGE_LABELS, plot_rl_steps, plot_rounds, round_rows
+from flows.tracking_mlflow import log_round
 from flows.what_changed import what_changed_markdown
 from storage.runtime import Runtime
 
@@ -162,21 +163,35 @@ def publish_round_report(rt: Runtime, cfg: FlywheelConfig, r: int) -> str:
     try:
         quality += ["", *what_changed_markdown(rt, cfg, r)]
     except Exception as e:  # the round is recorded by now: a section that cannot be built must not fail it
-        from tasks.stage import get_logger
-
-        get_logger().warning("round %d: the report's 'what changed' section failed: %s: %s", r, type(e).__name__, e)
+        _warn(r, "the report's 'what changed' section failed", e)
         quality += ["", f"'What changed' could not be built: {type(e).__name__}: {e}"]
     create_table_artifact(
         key=f"{cfg.pipeline}-round-summary",
         table=summary_rows(rnd, steps),
         description=f"{cfg.pipeline} round {r}: rows, yields, timings and the decision",
     )
+    report = report_markdown(rnd, steps, uris, plot_uri, lineage, png_bytes, quality, rl_plot, lineage_graph)
     create_markdown_artifact(
         key=f"{cfg.pipeline}-round-report",
-        markdown=report_markdown(rnd, steps, uris, plot_uri, lineage, png_bytes, quality, rl_plot, lineage_graph),
+        markdown=report,
         description=f"{cfg.pipeline} round {r}: artifacts and lineage",
     )
+    plots = {
+        "metrics.png": png_bytes,
+        "rl.png": rl_plot and rl_plot[1],
+        "lineage.png": lineage_graph and lineage_graph[1],
+    }
+    try:
+        log_round(rt, cfg, rnd, report, plots)
+    except Exception as e:  # as above: the round is recorded; a tracking server that is down must not fail it
+        _warn(r, "could not log the round to MLflow", e)
     return plot_uri
+
+
+def _warn(r: int, what: str, e: Exception) -> None:
+    from tasks.stage import get_logger
+
+    get_logger().warning("round %d: %s: %s: %s", r, what, type(e).__name__, e)
 
 
 def _data_quality_reports(rt: Runtime, steps: dict, uris: dict[str, str]) -> tuple[dict | None, list[dict], str | None]:
