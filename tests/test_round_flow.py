@@ -392,14 +392,3 @@ def test_eval_sets_with_their_own_metrics_and_a_guarded_gate(make_config, small_
         assert m[f"eval/reward/chat/{role}"] == m[f"eval/reward/chat/{role}"]  # a number, not NaN
     assert "accuracy/heldout" in report.reason and "reward/chat" in report.reason
     assert report.promoted == (m["eval/accuracy/heldout/candidate"] >= m["eval/accuracy/heldout/policy"])
-
-
-def test_the_pipeline_flow_refuses_a_bad_override_or_no_config_before_any_round(make_config):
-    from configs import ConfigError
-
-    cfg = make_config(pipeline="overrides")
-    with pytest.raises(ConfigError, match=r"generation.sampling has no 'temprature' \(it has: \['max_tokens'"):
-        pipeline_flow(cfg, 1, overrides={"generation.sampling.temprature": 0.5})
-    with pytest.raises(ConfigError, match="flywheel-pipeline got no `cfg`: run it from a deployment"):
-        pipeline_flow()
-    assert runtime(cfg).catalog.rounds("overrides") == []
