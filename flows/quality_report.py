@@ -73,7 +73,7 @@ def _decontam_section(rep: dict) -> list[str]:
     if rep.get("examples"):
         lines += ["", "| eval set | eval row | overlap | removed text |", "|---|---|---|---|"]
         for ex in rep["examples"]:
-            lines.append(f"| {ex['eval_set']} | {ex['eval_index']} | {ex['overlap']:.0%} | {_cell(ex['text'])} |")
+            lines.append(f"| {ex['eval_set']} | {ex['eval_index']} | {ex['overlap']:.0%} | {table_cell(ex['text'])} |")
     return lines
 
 
@@ -81,7 +81,7 @@ def _pct(x: float | None) -> str:
     return "" if x is None else f"{x:.1%}"
 
 
-def _cell(text: str, limit: int = 120) -> str:
+def table_cell(text: str, limit: int = 120) -> str:
     """Text safe inside a markdown table cell: one line, pipes escaped, shortened."""
     text = " ".join(text.split()).replace("|", "\\|")
     return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 from configs.schema import FlywheelConfig
-from flows.quality_report import _cell
+from flows.quality_report import table_cell
 from flows.report import STAGE_LABELS
 from storage.runtime import Runtime
 from tasks.promote import INTERVAL_METRICS, PERCENT_METRICS
@@ -183,7 +183,7 @@ def flips_markdown(eval_set: str, metric: str, flips: dict | None, limit: int = 
             "|---|---|---|---|---|",
         ]
         for f in rows[:limit]:
-            cells = (_cell(str(f[k] or "")) for k in ("prompt", "answer", "policy", "candidate"))
+            cells = (table_cell(str(f[k] or "")) for k in ("prompt", "answer", "policy", "candidate"))
             lines.append(f"| {f['index']} | " + " | ".join(cells) + " |")
     return lines
 

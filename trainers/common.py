@@ -34,7 +34,11 @@ class LossLogger(TrainerCallback):
             self.history.append(
                 {"step": state.global_step, **{k: float(v) for k, v in logs.items() if isinstance(v, (int, float))}}
             )
-            self.logger.info("%s step %d/%d loss %.4f", self.name, state.global_step, state.max_steps, logs["loss"])
+            self.logger.info(*self.line(state, logs))
+
+    def line(self, state, logs: dict) -> tuple:
+        """One logged step's line, as the logger's arguments (a stage's logger may say more)."""
+        return "%s step %d/%d loss %.4f", self.name, state.global_step, state.max_steps, logs["loss"]
 
 
 def load_policy(model_path: str, bf16: bool):

@@ -44,20 +44,16 @@ STEP_METRICS = {
 class RLLogger(LossLogger):
     """LossLogger whose line also says the mean reward and the share of groups that taught nothing."""
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and "loss" in logs:
-            self.history.append(
-                {"step": state.global_step, **{k: float(v) for k, v in logs.items() if isinstance(v, (int, float))}}
-            )
-            self.logger.info(
-                "rl step %d/%d loss %.4f reward %.3f (std %.3f) zero-std groups %.0f%%",
-                state.global_step,
-                state.max_steps,
-                logs["loss"],
-                logs.get("reward", math.nan),
-                logs.get("reward_std", math.nan),
-                100 * logs.get("frac_reward_zero_std", math.nan),
-            )
+    def line(self, state, logs: dict) -> tuple:
+        return (
+            "rl step %d/%d loss %.4f reward %.3f (std %.3f) zero-std groups %.0f%%",
+            state.global_step,
+            state.max_steps,
+            logs["loss"],
+            logs.get("reward", math.nan),
+            logs.get("reward_std", math.nan),
+            100 * logs.get("frac_reward_zero_std", math.nan),
+        )
 
 
 def to_prompts(rows: list[dict]) -> Dataset:
