@@ -51,10 +51,10 @@ SFT_SHARE, PAIR_SHARE, REPLAY_SHARE = 0.5, 0.5, 0.1  # of prompts with an SFT ro
 # The query row_lineage ran before the level walk: kept here to measure "before" on the same catalog.
 RECURSIVE_SQL = """
 WITH RECURSIVE up(row_id, parent_id, artifact_id, depth) AS (
-    SELECT row_id, parent_id, artifact_id, 1 FROM row_edges WHERE row_id = ?
+    SELECT child_id, parent_id, artifact_id, 1 FROM row_edges WHERE child_id = ?
     UNION
-    SELECT r.row_id, r.parent_id, r.artifact_id, up.depth + 1
-    FROM row_edges r JOIN up ON r.row_id = up.parent_id WHERE up.depth < 50)
+    SELECT r.child_id, r.parent_id, r.artifact_id, up.depth + 1
+    FROM row_edges r JOIN up ON r.child_id = up.parent_id WHERE up.depth < 50)
 SELECT up.*, a.kind, a.round, a.step FROM up LEFT JOIN artifacts a ON a.id = up.artifact_id ORDER BY depth"""
 
 
@@ -112,7 +112,7 @@ def build(path: Path, edges: int, rounds: int, n: int, seed: int) -> tuple[list[
             ref = ArtifactRef(art, kind, f"file:///store/artifacts/{art[:2]}/{art}", None, len(set(rows)), "parquet")
             cat.record_step(StepRecord(PIPELINE, r, name, f"id-{name}-{r}", {}, {kind: ref}))
             arts = np.full(len(rows), art, dtype=object)
-            tbl = pa.table({"row_id": rows, "parent_id": parents, "artifact_id": arts})  # noqa: F841 (read by name)
+            tbl = pa.table({"child_id": rows, "parent_id": parents, "artifact_id": arts})  # noqa: F841 (read by name)
             con.execute("INSERT INTO row_edges SELECT * FROM tbl")
             if kind in ("sft", "pairs"):
                 samples.append(rng.choice(rows, 200))

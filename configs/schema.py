@@ -8,6 +8,7 @@ Check a file:  flywheel validate configs/demo.yaml
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -236,11 +237,37 @@ class StorageConfig(_Strict):
         description="How long a catalog write waits while another process (a DuckDB CLI, a notebook) holds "
         "the catalog file, logging the holder every 30 s, before the round fails.",
     )
+    catalog: Literal["duckdb", "ducklake"] = Field(
+        "duckdb",
+        description="`duckdb`: one DuckDB file in the home (one machine; indexed row lineage). `ducklake`: "
+        "DuckLake, its tables as Parquet under the store's catalog/lake/ and its metadata in SQLite or "
+        "Postgres (catalog_metadata); every finished round is a snapshot (`flywheel rounds --as-of-round N`).",
+    )
+    catalog_metadata: str | None = Field(
+        None,
+        description="Where DuckLake keeps its metadata: None: SQLite, catalog.sqlite in the home (one "
+        "machine); `postgres:host=H dbname=D user=U` for several machines sharing one catalog (the password "
+        "from PGPASSWORD or ~/.pgpass, never here). Only with catalog: ducklake.",
+    )
 
     @model_validator(mode="after")
     def _check_uri(self) -> StorageConfig:
         if self.uri != "embedded" and not self.uri.startswith(("s3://", "file://")):
             raise ValueError(f"storage.uri ({self.uri!r}) must start with s3:// or file://, or be 'embedded'")
+        meta = self.catalog_metadata
+        if meta is not None:
+            if self.catalog != "ducklake":
+                raise ValueError("storage.catalog_metadata is for DuckLake: set storage.catalog: ducklake, or drop it")
+            if not meta.startswith(("sqlite:", "postgres:")):
+                raise ValueError(
+                    f"storage.catalog_metadata ({meta!r}) must be `sqlite:/path/catalog.sqlite` or "
+                    "`postgres:host=... dbname=... user=...`"
+                )
+            if re.search(r"\bpassword\s*=", meta) or re.search(r"://[^/@]*:[^/@]*@", meta):
+                raise ValueError(
+                    "storage.catalog_metadata holds a password: set PGPASSWORD (or ~/.pgpass) in the "
+                    "environment instead, so that it never lands in a config, a log or the catalog"
+                )
         return self
 
 
@@ -265,7 +292,9 @@ class FlywheelConfig(_Strict):
     training: TrainingConfig = Field(default_factory=TrainingConfig, description="TRL SFT, DPO, optional GRPO.")
     evaluation: EvaluationConfig = Field(description="Held-out eval sets on which policy and candidate are compared.")
     promotion: PromotionConfig = Field(default_factory=PromotionConfig, description="The promotion gate.")
-    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="OpenLineage events, MLflow runs.")
+    tracking: TrackingConfig = Field(
+        default_factory=TrackingConfig, description="OpenLineage events, MLflow runs, training curves."
+    )
 
     @model_validator(mode="after")
     def _check_cross_fields(self) -> FlywheelConfig:

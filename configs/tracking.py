@@ -7,15 +7,18 @@ tracking:
     url: http://localhost:5000 # Marquez; the key, if any, comes from $OPENLINEAGE_API_KEY
   mlflow:
     enabled: true              # one run per round; tracking_uri None: $MLFLOW_TRACKING_URI or {home}/mlflow
+  training_curves:
+    report_to: [mlflow, tensorboard]   # per-step loss curves of every training step (default []: none)
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class OpenLineageConfig(BaseModel):
@@ -103,11 +106,62 @@ class MLflowConfig(BaseModel):
     )
     experiment: str | None = Field(None, description="Experiment name (None: flywheel-<pipeline>).")
 
+    def experiment_name(self, pipeline: str) -> str:
+        return self.experiment or f"flywheel-{pipeline}"
+
     def resolved_uri(self, home: Path) -> str:
         """The tracking URI to use now: the config's, the environment's, or a SQLite file in the home."""
         return (
             self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
         )
+
+
+# What each integration needs importable (transformers' TensorBoardCallback takes either package), and the
+# pip line that installs it.
+_PACKAGES = {
+    "mlflow": (("mlflow",), "pip install mlflow-skinny"),
+    "wandb": (("wandb",), "pip install wandb"),
+    "tensorboard": (("tensorboard", "tensorboardX"), "pip install tensorboard"),
+}
+
+
+class TrainingCurvesConfig(BaseModel):
+    """Per-step training curves (loss, learning rate, grad norm, ...) of every training step, through the
+    trainers' own `report_to` integrations. Reporting is not part of what a step computes: it never enters a
+    step's identity, so turning it on or off reuses finished steps as before."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    report_to: list[Literal["mlflow", "wandb", "tensorboard"]] = Field(
+        default_factory=list,
+        description="Where the trainers report their logged steps. mlflow: one run per training step, in the "
+        "tracking.mlflow URI and experiment, tagged with the pipeline, round and step (and nested under the "
+        "round's run once tracking.mlflow logs it); wandb: offline runs under `log_dir` unless WANDB_MODE says "
+        "otherwise (its key, if any, only from WANDB_API_KEY); tensorboard: event files under `log_dir`. "
+        "Empty (the default): nothing is reported anywhere.",
+    )
+    log_dir: str | None = Field(
+        None,
+        description="wandb and tensorboard: the root of their files, `{home}` allowed (None: "
+        "{home}/training-curves). Each step writes to <log_dir>/<pipeline>/round-NNNN/<step>/, which outlives "
+        "the step's scratch directory.",
+    )
+
+    @model_validator(mode="after")
+    def _check_installed(self) -> TrainingCurvesConfig:
+        for name in self.report_to:
+            modules, install = _PACKAGES[name]
+            if not any(importlib.util.find_spec(m) for m in modules):
+                raise ValueError(
+                    f"tracking.training_curves.report_to includes {name!r}, but {' or '.join(modules)} is not "
+                    f"installed: {install}, or remove {name!r} from report_to"
+                )
+        return self
+
+    def step_dir(self, home: Path, pipeline: str, round_num: int, step: str) -> Path:
+        """Where a step's wandb and tensorboard files go: browsable, zero-padded like the run paths."""
+        root = Path(self.log_dir) if self.log_dir else home / "training-curves"
+        return root / pipeline / f"round-{round_num:04d}" / step
 
 
 class TrackingConfig(BaseModel):
@@ -119,4 +173,9 @@ class TrackingConfig(BaseModel):
     )
     mlflow: MLflowConfig = Field(
         default_factory=MLflowConfig, description="Experiment tracking: one MLflow run per round (off by default)."
+    )
+    training_curves: TrainingCurvesConfig = Field(
+        default_factory=TrainingCurvesConfig,
+        description="Per-step training curves through the trainers' report_to (MLflow, wandb offline, "
+        "TensorBoard); off by default.",
     )

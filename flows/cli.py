@@ -34,14 +34,14 @@ def _home(args) -> Path:
 
 
 def _catalog(args):
-    from storage.catalog import Catalog
+    from storage.runtime import home_catalog
 
-    path = _home(args) / "catalog.duckdb"
-    if not path.exists():
+    cat = home_catalog(_home(args))
+    if cat is None:
         raise SystemExit(
-            f"no catalog at {path}: run `flywheel demo` or `flywheel run --config ...` first (or pass --home)"
+            f"no catalog in {_home(args)}: run `flywheel demo` or `flywheel run --config ...` first (or pass --home)"
         )
-    return Catalog(path)
+    return cat
 
 
 def _run_rounds(cfg, rounds: int) -> list:
@@ -98,9 +98,9 @@ def cmd_demo(args) -> int:
         write_demo_data(home / "demo" / "data")
         build_base_model(Path(cfg.base_model))
     t_base = time.perf_counter() - t0
-    from storage.catalog import Catalog
+    from tasks.stage import runtime
 
-    done = Catalog(home / "catalog.duckdb").next_round(cfg.pipeline) - 1
+    done = runtime(cfg).catalog.next_round(cfg.pipeline) - 1
     todo = max(args.rounds - done, 0)
     if todo == 0:
         print(f"the {cfg.pipeline} pipeline already has {done} completed rounds in {home} (use --fresh to start over)")
@@ -115,8 +115,7 @@ def _wipe_demo_state(home: Path) -> None:
     """Forget earlier demo rounds (catalog, store, caches); keep the built base model and data."""
     import shutil
 
-    for name in ("catalog.duckdb", "catalog.duckdb.wal", "s3", "cache", "reports"):
-        p = home / name
+    for p in [*home.glob("catalog.*"), home / "s3", home / "cache", home / "reports"]:
         if p.is_dir():
             shutil.rmtree(p)
         elif p.exists():
@@ -141,8 +140,16 @@ def cmd_rounds(args) -> int:
     from flows.report import attempt_rows, dumps, print_attempts, print_rounds, round_rows
 
     cat = _catalog(args)
-    # A round left `running` by a killed process is shown as what it is: crashed.
-    close_dead_rounds(cat, _home(args), args.pipeline, log=_say)
+    if args.as_of_round is not None:
+        if not args.pipeline:
+            raise SystemExit("--as-of-round needs --pipeline: a round number is per pipeline")
+        try:
+            cat = cat.as_of_round(args.pipeline, args.as_of_round)  # read-only: nothing to close below
+        except (ValueError, LookupError) as e:
+            raise SystemExit(str(e)) from None
+    else:
+        # A round left `running` by a killed process is shown as what it is: crashed.
+        close_dead_rounds(cat, _home(args), args.pipeline, log=_say)
     rows = attempt_rows(cat.attempts(args.pipeline)) if args.attempts else round_rows(cat.rounds(args.pipeline))
     if args.json:
         print(dumps(rows))
@@ -164,7 +171,7 @@ def cmd_lineage(args) -> int:
     edges = cat.lineage(artifact["id"]) if artifact else []
     rows = [] if artifact else cat.row_lineage(args.id)
     if not artifact and not rows:
-        raise SystemExit(f"{args.id}: no artifact or row with this id in {cat.path} (ids: `flywheel rounds --json`)")
+        raise SystemExit(f"{args.id}: no artifact or row with this id in {cat.where} (ids: `flywheel rounds --json`)")
     if args.json:
         print(dumps({"artifact": artifact, "edges": edges, "rows": rows}))
     else:
@@ -175,32 +182,33 @@ def cmd_lineage(args) -> int:
 
 
 def cmd_catalog_rebuild(args) -> int:
-    """A new catalog from the store's round manifests (after losing the catalog file, or to audit it)."""
-    import tempfile
-
+    """A new catalog from the store's round manifests (after losing the catalog, to audit it, or to move a
+    home's catalog onto DuckLake: set storage.catalog: ducklake and run this once)."""
     from configs import load_config
     from storage.artifacts import ArtifactStore
-    from storage.catalog import Catalog
-    from storage.rebuild import rebuild_catalog
-    from storage.runtime import open_home_store
-    from storage.scratch import process_scratch
+    from storage.runtime import CATALOG_FILE, LAKE_FILE, lake_spec, open_home_store, rebuild_into
 
     cfg = load_config(args.config, home=args.home)
-    out = Path(args.out) if args.out else cfg.resolve_home() / "catalog.duckdb"
+    s, home = cfg.storage, cfg.resolve_home()
+    if s.catalog == "ducklake" and (s.catalog_metadata or "").startswith("postgres:"):
+        raise SystemExit(
+            "a Postgres catalog is rebuilt in place: drop and create its database, then run "
+            "`flywheel rounds` (or any round) with this config, which fills it from the store"
+        )
+    out = Path(args.out) if args.out else home / (LAKE_FILE if s.catalog == "ducklake" else CATALOG_FILE)
     if out.exists() and not args.force:
         raise SystemExit(f"{out} exists: pass --force to replace it, or --out to write elsewhere")
-    store, server = open_home_store(cfg.resolve_home(), cfg.storage.uri, cfg.storage.endpoint_url, cfg.storage.region)
+    store, server = open_home_store(home, s.uri, s.endpoint_url, s.region)
     try:
-        with tempfile.TemporaryDirectory(dir=process_scratch(cfg.resolve_home() / "tmp")) as tmp:
-            # Built aside and moved into place, so a failed rebuild never leaves half a catalog.
-            new = Path(tmp) / "catalog.duckdb"
-            rounds = rebuild_catalog(store, ArtifactStore(store, cfg.resolve_home() / "cache"), Catalog(new))
-            out.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(new, out)
+        lake = None
+        if s.catalog == "ducklake":
+            lake = lake_spec(home, store, server.endpoint_url if server else s.endpoint_url, s.region, None)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        rounds = rebuild_into(out, store, ArtifactStore(store, home / "cache"), lake)
     finally:
         if server is not None:
             server.stop()
-    print(f"{out}: rebuilt {len(rounds)} rounds from {store.uri}")
+    print(f"{out}: rebuilt {rounds} rounds from {store.uri}")
     return 0
 
 
@@ -279,6 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pipeline")
     s.add_argument("--json", action="store_true")
     s.add_argument("--attempts", action="store_true", help="one row per attempt of a round, with its error")
+    s.add_argument(
+        "--as-of-round", type=int, metavar="N", help="the catalog as it was when round N finished (DuckLake catalogs)"
+    )
     s.set_defaults(fn=cmd_rounds)
     s = sub.add_parser("lineage", help="ancestry of an artifact or a training row")
     s.add_argument("id")
@@ -303,9 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pool", required=True)
     s.add_argument("--limit", type=int, default=None, help="most flow runs at once on this machine (default: no cap)")
     s.set_defaults(fn=cmd_worker)
-    s = sub.add_parser("catalog-rebuild", help="rebuild the DuckDB catalog from the store's round manifests")
+    s = sub.add_parser("catalog-rebuild", help="rebuild the catalog from the store's round manifests")
     s.add_argument("--config", required=True)
-    s.add_argument("--out", help="where to write it (default: the home's catalog.duckdb)")
+    s.add_argument("--out", help="where to write it (default: the home's catalog file)")
     s.add_argument("--force", action="store_true", help="replace an existing catalog file")
     s.set_defaults(fn=cmd_catalog_rebuild)
     s = sub.add_parser("promote", help="make an earlier round's candidate the pipeline's policy (rollback)")

@@ -124,7 +124,8 @@ def _run_round(rt: Runtime, cfg: FlywheelConfig) -> RoundReport:
     except BaseException as e:
         rt.catalog.fail_round(cfg.pipeline, r, f"{type(e).__name__}: {e}")
         raise
-    rt.store.put_file("catalog/catalog.duckdb", rt.catalog.path)  # backup after every round
+    if rt.catalog.lake is None:  # a DuckLake catalog's data is in the store already
+        rt.store.put_file("catalog/catalog.duckdb", rt.catalog.path)  # backup after every round
     return RoundReport(
         pipeline=cfg.pipeline,
         round=r,

@@ -5,6 +5,9 @@ plot them over rounds), the config flattened into parameters, the report and plo
 tags that link it back: the pipeline and round, the decision, the candidate and policy ids, the manifest
 in the store and the Prefect flow run. Publishing a round again (a retried report) logs into the same
 run instead of adding a second one. Turned on by `tracking.mlflow` (configs/tracking.py).
+
+The round's training steps, when `tracking.training_curves` reports to MLflow, log runs of their own while
+they train (trainers/curves.py), before the round's run exists; it then adopts them as its nested runs.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 
 from configs.schema import FlywheelConfig
 from storage.runtime import Runtime
+from trainers.curves import mlflow_experiment
 
 # MLflow's allowed characters in metric and parameter names; IFEval's and pass@k's names need the rest mapped.
 _NOT_ALLOWED = re.compile(r"[^A-Za-z0-9_\-. /:]")
@@ -65,16 +69,15 @@ def log_round(rt: Runtime, cfg: FlywheelConfig, rnd: dict, report: str, files: d
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     uri = ml.resolved_uri(rt.home)
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    experiment_id = mlflow_experiment(uri, ml.experiment_name(cfg.pipeline), rt.home)
     client = MlflowClient(tracking_uri=uri)
-    name = ml.experiment or f"flywheel-{cfg.pipeline}"
-    experiment = client.get_experiment_by_name(name)
-    experiment_id = experiment.experiment_id if experiment else _create_experiment(client, name, uri, rt.home)
     r = rnd["round"]
-    found = client.search_runs(
+    of_round = client.search_runs(
         [experiment_id], filter_string=f"tags.`flywheel.pipeline` = '{cfg.pipeline}' AND tags.`flywheel.round` = '{r}'"
     )
+    # Training-curve runs carry the same tags and a `flywheel.step` one (trainers/curves.py).
+    found = [run for run in of_round if "flywheel.step" not in run.data.tags]
+    training = [run for run in of_round if "flywheel.step" in run.data.tags]
     tags = {
         "flywheel.pipeline": cfg.pipeline,
         "flywheel.round": str(r),
@@ -108,11 +111,7 @@ def log_round(rt: Runtime, cfg: FlywheelConfig, rnd: dict, report: str, files: d
             if data is not None:
                 (Path(tmp) / file_name).write_bytes(data)
                 client.log_artifact(run_id, str(Path(tmp) / file_name))
+    for run in training:  # MLflow's UI shows a run with this tag under its parent
+        client.set_tag(run.info.run_id, "mlflow.parentRunId", run_id)
     client.set_terminated(run_id)
     return run_id
-
-
-def _create_experiment(client, name: str, uri: str, home: Path) -> str:
-    # A SQLite store keeps its artifacts beside it in the home; a server decides for itself.
-    location = (home / "mlflow" / "artifacts").as_uri() if uri.startswith("sqlite:") else None
-    return client.create_experiment(name, artifact_location=location)

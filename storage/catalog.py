@@ -1,20 +1,22 @@
-"""The DuckDB catalog: pipelines, rounds, steps, artifacts, lineage edges and metrics.
+"""The catalog: pipelines, rounds, steps, artifacts, lineage edges and metrics, in DuckDB or on DuckLake.
 
 This file holds the connection, the schema, steps, artifacts and lineage; pipelines, rounds, their
 attempts and manual promotions are storage/catalog_rounds.py (a mixin of Catalog).
 
-Every write goes through Catalog, one transaction per call. A connection is opened per call and
-closed after it, so several processes (two flows, a CLI query) can share the file: DuckDB lets only one
-process hold it at a time, and a caller that finds it locked waits and retries.
-
-Query it with any DuckDB client:  duckdb .flywheel/catalog.duckdb "select * from rounds"
+Every write goes through Catalog, one transaction per call, in SQL both backends run (DuckLake has no
+keys, ON CONFLICT, RETURNING or indexes: an upsert is a delete and an insert in one transaction).
+- `storage.catalog: duckdb` (one machine): one DuckDB file. A connection is opened per call and closed
+  after it, so several processes (two flows, a CLI query) can share the file: DuckDB lets only one
+  process hold it at a time, and a caller that finds it locked waits and retries.
+  Query it with any DuckDB client:  duckdb .flywheel/catalog.duckdb "select * from rounds"
+- `storage.catalog: ducklake` (several machines): storage/catalog_lake.py.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,39 +25,10 @@ from typing import Any
 import duckdb
 
 from storage.artifacts import ArtifactRef
+from storage.catalog_lake import ALIAS, LakeConnection, LakeSpec
 from storage.catalog_lock import WAIT_S, connect_waiting
 from storage.catalog_rounds import RoundsMixin
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS pipelines (
-    name TEXT PRIMARY KEY, created_at TIMESTAMPTZ, base_model TEXT, config JSON);
-CREATE TABLE IF NOT EXISTS rounds (
-    pipeline TEXT, round INTEGER, status TEXT, config_hash TEXT,
-    policy_in TEXT, candidate TEXT, policy_out TEXT, promoted BOOLEAN, reason TEXT,
-    flow_run_id TEXT, started_at TIMESTAMPTZ, finished_at TIMESTAMPTZ, manifest_uri TEXT,
-    PRIMARY KEY (pipeline, round));
-CREATE TABLE IF NOT EXISTS round_attempts (
-    pipeline TEXT, round INTEGER, attempt INTEGER, status TEXT, started_at TIMESTAMPTZ, finished_at TIMESTAMPTZ,
-    error TEXT, flow_run_id TEXT, pid INTEGER, host TEXT, config_hash TEXT, policy_in TEXT, steps JSON,
-    PRIMARY KEY (pipeline, round, attempt));
-CREATE TABLE IF NOT EXISTS steps (
-    pipeline TEXT, round INTEGER, step TEXT, identity TEXT, status TEXT, reused BOOLEAN,
-    flow_run_id TEXT, task_run_id TEXT, started_at TIMESTAMPTZ, finished_at TIMESTAMPTZ,
-    duration_s DOUBLE, rows_in BIGINT, rows_out BIGINT, inputs JSON, outputs JSON, error TEXT,
-    PRIMARY KEY (pipeline, round, step));
-CREATE TABLE IF NOT EXISTS artifacts (
-    id TEXT PRIMARY KEY, kind TEXT, format TEXT, uri TEXT, bytes BIGINT, rows BIGINT,
-    pipeline TEXT, round INTEGER, step TEXT, created_at TIMESTAMPTZ);
-CREATE TABLE IF NOT EXISTS edges (
-    src TEXT, dst TEXT, step TEXT, pipeline TEXT, round INTEGER, PRIMARY KEY (src, dst));
-CREATE TABLE IF NOT EXISTS metrics (
-    pipeline TEXT, round INTEGER, step TEXT, name TEXT, value DOUBLE, PRIMARY KEY (pipeline, round, name));
-CREATE TABLE IF NOT EXISTS row_edges (row_id TEXT, parent_id TEXT, artifact_id TEXT);
-CREATE TABLE IF NOT EXISTS promotions (
-    pipeline TEXT, after_round INTEGER, policy TEXT, from_round INTEGER, which TEXT, who TEXT,
-    promoted_at TIMESTAMPTZ, why TEXT);
-CREATE INDEX IF NOT EXISTS row_edges_row ON row_edges (row_id);
-"""
+from storage.catalog_schema import SCHEMA, insert_new, lake_schema, migrate_schema, round_mark, upsert
 
 
 def _now() -> datetime:
@@ -84,18 +57,38 @@ class StepRecord:
 
 
 class Catalog(RoundsMixin):
-    """The catalog file; its rounds, attempts and promotions are in storage/catalog_rounds.py."""
+    """The catalog; its rounds, attempts and promotions are in storage/catalog_rounds.py.
 
-    def __init__(self, path: Path, lock_wait_s: float = WAIT_S):
+    `path` is the DuckDB file, or with `lake` the DuckLake catalog's local marker (the SQLite file where
+    that holds the metadata): see the module doc.
+    """
+
+    def __init__(self, path: Path, lock_wait_s: float = WAIT_S, lake: LakeSpec | None = None):
         self.path, self.lock_wait_s = Path(path), lock_wait_s
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.lake = LakeConnection(lake, lock_wait_s) if lake is not None else None
+        self._reader = None  # a read-only snapshot (as_of_round)
         with self._tx() as con:
-            con.execute(SCHEMA)
+            if self.lake is None:
+                migrate_schema(con)
+            con.execute(SCHEMA if self.lake is None else lake_schema())
+
+    @property
+    def where(self) -> str:
+        """Where the catalog is, for messages: the DuckDB file, or the lake's metadata and data."""
+        return str(self.path) if self.lake is None else self.lake.spec.describe()
+
+    def _tx(self) -> AbstractContextManager[duckdb.DuckDBPyConnection]:
+        """One connection (a cursor on the lake), one transaction: commit on success, roll back on any
+        error. A DuckDB file another process holds (a reader too) is waited for: storage/catalog_lock.py."""
+        if self._reader is not None:
+            return self._reader.tx()
+        if self.lake is not None:
+            return self.lake.tx()
+        return self._file_tx()
 
     @contextmanager
-    def _tx(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """One connection, one transaction: commit on success, roll back on any error.
-        A file another process holds (a reader too) is waited for: see storage/catalog_lock.py."""
+    def _file_tx(self) -> Iterator[duckdb.DuckDBPyConnection]:
         con = connect_waiting(self.path, self.lock_wait_s)
         try:
             con.execute("BEGIN TRANSACTION")
@@ -106,6 +99,30 @@ class Catalog(RoundsMixin):
             raise
         finally:
             con.close()
+
+    def _mark_snapshot(self, con: duckdb.DuckDBPyConnection, message: str) -> None:
+        """Name the snapshot this transaction commits (DuckLake), so that as_of_round can find it."""
+        if self.lake is not None:
+            con.execute(f"CALL {ALIAS}.set_commit_message('flywheel', ?)", [message])
+
+    def as_of_round(self, pipeline: str, round_num: int) -> Catalog:
+        """The catalog as it was when this round finished: a read-only Catalog (DuckLake time travel)."""
+        if self.lake is None:
+            raise ValueError(
+                f"the catalog {self.path} is a DuckDB file, which keeps no history: time travel needs "
+                "`storage.catalog: ducklake`"
+            )
+        snapshot = self.lake.snapshot_of(round_mark(pipeline, round_num))
+        if snapshot is None:
+            raise LookupError(f"no finished round {round_num} of pipeline {pipeline!r} in {self.where}")
+        view = object.__new__(Catalog)
+        view.path, view.lock_wait_s, view.lake = self.path, self.lock_wait_s, self.lake
+        view._reader = self.lake.at_snapshot(snapshot)
+        return view
+
+    def close(self) -> None:
+        if self.lake is not None:
+            self.lake.close()
 
     def _query(self, sql: str, params: list | None = None) -> list[dict[str, Any]]:
         with self._tx() as con:
@@ -140,41 +157,36 @@ class Catalog(RoundsMixin):
         """Write a finished step with its artifacts, edges, metrics and row lineage, atomically."""
         finished = _now()
         with self._tx() as con:
-            con.execute(
-                """INSERT OR REPLACE INTO steps VALUES (?, ?, ?, ?, 'completed', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)""",
-                [
-                    rec.pipeline,
-                    rec.round,
-                    rec.step,
-                    rec.identity,
-                    rec.reused,
-                    rec.flow_run_id,
-                    rec.task_run_id,
-                    rec.started_at or finished,
-                    finished,
-                    rec.duration_s,
-                    rec.rows_in,
-                    rec.rows_out,
-                    json.dumps(rec.inputs),
-                    json.dumps({k: a.id for k, a in rec.outputs.items()}),
-                ],
+            upsert(
+                con,
+                "steps",
+                {"pipeline": rec.pipeline, "round": rec.round, "step": rec.step},
+                {
+                    "identity": rec.identity,
+                    "status": "completed",
+                    "reused": rec.reused,
+                    "flow_run_id": rec.flow_run_id,
+                    "task_run_id": rec.task_run_id,
+                    "started_at": rec.started_at or finished,
+                    "finished_at": finished,
+                    "duration_s": rec.duration_s,
+                    "rows_in": rec.rows_in,
+                    "rows_out": rec.rows_out,
+                    "inputs": json.dumps(rec.inputs),
+                    "outputs": json.dumps({k: a.id for k, a in rec.outputs.items()}),
+                },
             )
             for a in rec.outputs.values():
-                con.execute(
-                    "INSERT INTO artifacts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
-                    [a.id, a.kind, a.format, a.uri, a.bytes, a.rows, rec.pipeline, rec.round, rec.step, finished],
-                )
+                _add_artifact(con, a, rec.pipeline, rec.round, rec.step, finished)
                 for src in rec.inputs.values():
                     if src != a.id:
-                        con.execute(
-                            "INSERT INTO edges VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                            [src, a.id, rec.step, rec.pipeline, rec.round],
+                        insert_new(
+                            con,
+                            "edges",
+                            {"src": src, "dst": a.id},
+                            {"step": rec.step, "pipeline": rec.pipeline, "round": rec.round},
                         )
-            for name, value in rec.metrics.items():
-                con.execute(
-                    "INSERT OR REPLACE INTO metrics VALUES (?, ?, ?, ?, ?)",
-                    [rec.pipeline, rec.round, rec.step, name, float(value)],
-                )
+            _put_metrics(con, rec.pipeline, rec.round, rec.step, rec.metrics)
             if rec.row_edges and not rec.reused:
                 import pyarrow as pa
 
@@ -182,24 +194,29 @@ class Catalog(RoundsMixin):
                 con.execute(
                     f"DELETE FROM row_edges WHERE artifact_id IN ({','.join('?' * len(new_artifacts))})", new_artifacts
                 )
-                rows, parents, arts = zip(*rec.row_edges)
-                edges_tbl = pa.table({"row_id": rows, "parent_id": parents, "artifact_id": arts})  # noqa: F841
+                # Sorted, so that each Parquet row group of a DuckLake table covers a narrow range of ids and
+                # a lookup skips the others (there is no index there).
+                rows, parents, arts = zip(*sorted(rec.row_edges))
+                edges_tbl = pa.table({"child_id": rows, "parent_id": parents, "artifact_id": arts})  # noqa: F841
                 con.execute("INSERT INTO row_edges SELECT * FROM edges_tbl")
 
     def record_metrics(self, pipeline: str, round_num: int, step: str, metrics: dict[str, float]) -> None:
         with self._tx() as con:
-            for name, value in metrics.items():
-                con.execute(
-                    "INSERT OR REPLACE INTO metrics VALUES (?, ?, ?, ?, ?)",
-                    [pipeline, round_num, step, name, float(value)],
-                )
+            _put_metrics(con, pipeline, round_num, step, metrics)
 
     def record_step_failure(self, pipeline: str, round_num: int, step: str, identity: str, error: str) -> None:
         with self._tx() as con:
-            con.execute(
-                """INSERT OR REPLACE INTO steps (pipeline, round, step, identity, status, reused, finished_at, error)
-                   VALUES (?, ?, ?, ?, 'failed', false, ?, ?)""",
-                [pipeline, round_num, step, identity, _now(), error[:2000]],
+            upsert(
+                con,
+                "steps",
+                {"pipeline": pipeline, "round": round_num, "step": step},
+                {
+                    "identity": identity,
+                    "status": "failed",
+                    "reused": False,
+                    "finished_at": _now(),
+                    "error": error[:2000],
+                },
             )
 
     def forget_steps(self, pipeline: str, round_num: int, steps: list[str], missing: list[str]) -> None:
@@ -234,10 +251,7 @@ class Catalog(RoundsMixin):
     def register_artifact(self, a: ArtifactRef, pipeline: str, round_num: int, step: str) -> None:
         """An artifact produced outside a step (a prompt source file, the base model)."""
         with self._tx() as con:
-            con.execute(
-                "INSERT INTO artifacts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
-                [a.id, a.kind, a.format, a.uri, a.bytes, a.rows, pipeline, round_num, step, _now()],
-            )
+            _add_artifact(con, a, pipeline, round_num, step, _now())
 
     def prompt_tables_before(self, pipeline: str, before_round: int) -> list[tuple[int, str]]:
         """(round, prompt table id) of each earlier round of this pipeline, oldest first."""
@@ -266,7 +280,7 @@ class Catalog(RoundsMixin):
     def artifacts_of_round(self, pipeline: str, round_num: int) -> list[dict[str, Any]]:
         """Every artifact a step of this round output (including ones first made in earlier rounds)."""
         return self._query(
-            """SELECT DISTINCT a.* FROM steps s, json_each(s.outputs) o JOIN artifacts a ON a.id = o.value ->> '$'
+            """SELECT DISTINCT a.* FROM steps s, json_each(s.outputs) o JOIN artifacts a ON a.id = (o.value ->> '$')
                WHERE s.pipeline = ? AND s.round = ?""",
             [pipeline, round_num],
         )
@@ -288,8 +302,8 @@ class Catalog(RoundsMixin):
         """Ancestry of one row (training row -> pair -> completions -> prompt -> source file).
 
         Returns one dict per row edge, by depth (1: the row's own edges), then row_id, parent_id:
-        row_id, parent_id, artifact_id, depth, and the kind, round and step of the artifact holding the
-        row (None where the catalog has no such artifact).
+        row_id (the row's; row_edges calls it child_id), parent_id, artifact_id, depth, and the kind, round
+        and step of the artifact holding the row (None where the catalog has no such artifact).
         """
         with self._tx() as con:
             edges = walk_row_edges(con, row_id)
@@ -304,7 +318,7 @@ class Catalog(RoundsMixin):
 def level_query(n: int) -> str:
     """The row edges of `n` row ids (bound as parameters), sorted so that a level lists the same way each time."""
     marks = ",".join("?" * n)
-    return f"SELECT DISTINCT row_id, parent_id, artifact_id FROM row_edges WHERE row_id IN ({marks}) ORDER BY ALL"
+    return f"SELECT DISTINCT child_id, parent_id, artifact_id FROM row_edges WHERE child_id IN ({marks}) ORDER BY ALL"
 
 
 # The recursive query's cap, kept; the walk ends on cycles through `seen`, not through this. A replay of a
@@ -318,13 +332,13 @@ def walk_row_edges(
 ) -> list[tuple[str, str, str, int]]:
     """The row edges upstream of `row_id`, level by level: (row_id, parent_id, artifact_id, depth).
 
-    One query per depth for the rows on that level, `WHERE row_id IN (...)`, which DuckDB answers from
-    the ART index on row_edges(row_id) (EXPLAIN ANALYZE: "Index Scan", no row group scanned), so a
+    One query per depth for the rows on that level, `WHERE child_id IN (...)`, which DuckDB answers from
+    the ART index on row_edges(child_id) (EXPLAIN ANALYZE: "Index Scan", no row group scanned), so a
     lookup costs a few point reads whatever the size of the table. The recursive CTE it replaces joined
     against the whole table at every level: seconds at 10 M edges, growing with history (bench/lineage.py).
     Each row is expanded once, at its nearest depth: a cycle ends, and a prompt that two completions of
-    a pair share is listed once. A store without that index (DuckLake) needs only this function
-    changed.
+    a pair share is listed once. On DuckLake, which has no index, each level reads the row groups whose
+    id range holds the frontier (record_step writes them sorted): see bench/lineage.py.
     """
     seen, frontier, out = {row_id}, [row_id], []
     for depth in range(1, max_depth + 1):
@@ -335,3 +349,24 @@ def walk_row_edges(
         frontier = sorted({e[1] for e in level} - seen)
         seen.update(frontier)
     return out
+
+
+def _add_artifact(con, a: ArtifactRef, pipeline: str, round_num: int, step: str, at: datetime) -> None:
+    """Record an artifact once: the first record of an id stays (its round and step are where it was made)."""
+    insert_new(
+        con,
+        "artifacts",
+        {"id": a.id},
+        {"kind": a.kind, "format": a.format, "uri": a.uri, "bytes": a.bytes, "rows": a.rows}
+        | {"pipeline": pipeline, "round": round_num, "step": step, "created_at": at},
+    )
+
+
+def _put_metrics(con, pipeline: str, round_num: int, step: str, metrics: dict[str, float]) -> None:
+    for name, value in metrics.items():
+        upsert(
+            con,
+            "metrics",
+            {"pipeline": pipeline, "round": round_num, "name": name},
+            {"step": step, "value": float(value)},
+        )

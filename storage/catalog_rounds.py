@@ -23,6 +23,8 @@ from typing import Any
 
 import duckdb
 
+from storage.catalog_schema import insert_new, round_mark
+
 
 def now() -> datetime:
     return datetime.now(timezone.utc)
@@ -31,14 +33,19 @@ def now() -> datetime:
 class RoundsMixin:
     _tx: Callable[[], AbstractContextManager[duckdb.DuckDBPyConnection]]
     _query: Callable[..., list[dict[str, Any]]]
+    _mark_snapshot: Callable[[duckdb.DuckDBPyConnection, str], None]
 
     # --- pipelines --------------------------------------------------------------------------
 
     def ensure_pipeline(self, name: str, base_model: str, config: dict) -> None:
         with self._tx() as con:
-            con.execute(
-                "INSERT INTO pipelines VALUES (?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET config = excluded.config",
-                [name, now(), base_model, json.dumps(config)],
+            # The first record keeps its creation time and base model; the config is the latest round's.
+            con.execute("UPDATE pipelines SET config = ? WHERE name = ?", [json.dumps(config), name])
+            insert_new(
+                con,
+                "pipelines",
+                {"name": name},
+                {"created_at": now(), "base_model": base_model, "config": json.dumps(config)},
             )
 
     def pipeline_config(self, name: str) -> dict | None:
@@ -55,14 +62,14 @@ class RoundsMixin:
         new attempt owned by this process; returns the attempt number (from 1)."""
         t = now()
         with self._tx() as con:
+            opened = {"status": "running", "config_hash": config_hash, "policy_in": policy_in}
+            opened |= {"flow_run_id": flow_run_id, "started_at": t}
             con.execute(
-                """INSERT INTO rounds (pipeline, round, status, config_hash, policy_in, flow_run_id, started_at)
-                   VALUES (?, ?, 'running', ?, ?, ?, ?)
-                   ON CONFLICT (pipeline, round) DO UPDATE SET status = 'running', config_hash = excluded.config_hash,
-                     policy_in = excluded.policy_in, flow_run_id = excluded.flow_run_id,
-                     started_at = excluded.started_at, finished_at = NULL, reason = NULL""",
-                [pipeline, round_num, config_hash, policy_in, flow_run_id, t],
+                """UPDATE rounds SET status = 'running', config_hash = ?, policy_in = ?, flow_run_id = ?, started_at = ?,
+                     finished_at = NULL, reason = NULL WHERE pipeline = ? AND round = ?""",
+                [config_hash, policy_in, flow_run_id, t, pipeline, round_num],
             )
+            insert_new(con, "rounds", {"pipeline": pipeline, "round": round_num}, opened)
             # A caller opens a round only while it holds the pipeline's lock, so an attempt still marked
             # running has no owner left: close it rather than leave two running attempts.
             _end_attempt(con, pipeline, round_num, "crashed", "superseded by a new attempt: its owner was gone")
@@ -105,6 +112,7 @@ class RoundsMixin:
                 [candidate, policy_out, promoted, reason, manifest_uri, now(), pipeline, round_num],
             )
             _end_attempt(con, pipeline, round_num, "completed", None)
+            self._mark_snapshot(con, round_mark(pipeline, round_num))
 
     def fail_round(self, pipeline: str, round_num: int, reason: str) -> None:
         with self._tx() as con:
@@ -118,11 +126,12 @@ class RoundsMixin:
         """Mark a `running` round whose owner is dead `crashed`, now; its attempt row (None if it was not
         running: another process closed it first)."""
         with self._tx() as con:
-            closed = con.execute(
-                """UPDATE rounds SET status = 'crashed', reason = ?, finished_at = ?
-                   WHERE pipeline = ? AND round = ? AND status = 'running' RETURNING flow_run_id""",
+            running = "WHERE pipeline = ? AND round = ? AND status = 'running'"
+            closed = con.execute(f"SELECT flow_run_id FROM rounds {running}", [pipeline, round_num]).fetchall()
+            con.execute(
+                f"UPDATE rounds SET status = 'crashed', reason = ?, finished_at = ? {running}",
                 [reason[:2000], now(), pipeline, round_num],
-            ).fetchall()
+            )
             attempt = _end_attempt(con, pipeline, round_num, "crashed", reason[:2000])
         if not closed:
             return None

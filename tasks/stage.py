@@ -71,6 +71,8 @@ def runtime(cfg: FlywheelConfig) -> Runtime:
         region=s.region,
         retry_window_s=s.retry_window_s,
         catalog_wait_s=s.catalog_wait_s,
+        catalog=s.catalog,
+        catalog_metadata=s.catalog_metadata,
     )
 
 

@@ -14,6 +14,7 @@ from configs.schema import DPOConfig, FlywheelConfig, SFTConfig
 from tasks.generation import release_accelerator
 from tasks.generation.handoff import free_accelerator_memory
 from tasks.stage import Model, StageContext, StageOutput, Step, stage
+from trainers.curves import curve_report
 from trainers.launch import launch_training, launcher_identity
 
 
@@ -42,12 +43,17 @@ def _train_step(
         f"train-{name}",
         config=config,
         inputs={"model": model_id, "data": data_id},
-        run=lambda ctx: train(ctx, cfg, name, stage_cfg, seed),
+        run=lambda ctx: train(ctx, cfg, round_num, name, stage_cfg, seed),
     )
 
 
 def train(
-    ctx: StageContext, cfg: FlywheelConfig, name: str, stage_cfg: SFTConfig | DPOConfig, seed: int
+    ctx: StageContext,
+    cfg: FlywheelConfig,
+    round_num: int,
+    name: str,
+    stage_cfg: SFTConfig | DPOConfig,
+    seed: int,
 ) -> StageOutput:
     """Train model `model` on table `data` with TRL's `name` ("sft" or "dpo") trainer; the new checkpoint."""
     table = ctx.table("data")
@@ -60,6 +66,8 @@ def train(
     tcfg = cfg.training
     # The checkpoint names its parent by id: the local path is in this home's cache, and would be hashed.
     kwargs = dict(base_id=ctx.id("model"), seed=seed, use_cpu=tcfg.use_cpu, bf16=tcfg.bf16, logger=ctx.log)
+    # Curves are reported, not computed: tracking stays out of the step's config, so out of its identity.
+    kwargs["report"] = curve_report(cfg.tracking, cfg.resolve_home(), cfg.pipeline, round_num, f"train-{name}", ctx.log)
     model_dir = str(ctx.model("model"))
     if tcfg.launcher.kind == "local":
         if name == "sft":

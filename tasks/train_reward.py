@@ -27,6 +27,7 @@ from storage.catalog import Catalog
 from tasks.generation import release_accelerator
 from tasks.generation.handoff import free_accelerator_memory
 from tasks.stage import External, Model, StageContext, StageOutput, Step, stage
+from trainers.curves import curve_report
 from trainers.launch import launch_training, launcher_identity
 
 STEP = "train-reward"
@@ -53,11 +54,13 @@ def train_reward_task(cfg: FlywheelConfig, round_num: int, pairs_ids: list[str],
         STEP,
         config=config,
         inputs={"base": base, **{f"pairs{i}": p for i, p in enumerate(dict.fromkeys(pairs_ids))}},
-        run=lambda ctx: train_reward(ctx, cfg, stage_cfg),
+        run=lambda ctx: train_reward(ctx, cfg, round_num, stage_cfg),
     )
 
 
-def train_reward(ctx: StageContext, cfg: FlywheelConfig, stage_cfg: RewardModelTrainConfig) -> StageOutput:
+def train_reward(
+    ctx: StageContext, cfg: FlywheelConfig, round_num: int, stage_cfg: RewardModelTrainConfig
+) -> StageOutput:
     tables = [k for k in ctx.inputs if k.startswith("pairs")]
     parts = [ctx.table(k, columns=PAIR_COLUMNS) for k in tables]
     if not sum(t.num_rows for t in parts):
@@ -67,6 +70,8 @@ def train_reward(ctx: StageContext, cfg: FlywheelConfig, stage_cfg: RewardModelT
     release_accelerator()
     tcfg = cfg.training
     kwargs = dict(base_id=ctx.id("base"), seed=stage_cfg.seed, use_cpu=tcfg.use_cpu, bf16=tcfg.bf16, logger=ctx.log)
+    # Curves are reported, not computed: tracking stays out of the step's config, so out of its identity.
+    kwargs["report"] = curve_report(cfg.tracking, cfg.resolve_home(), cfg.pipeline, round_num, STEP, ctx.log)
     if tcfg.launcher.kind == "local":
         from trainers.reward import train_reward as train_fn  # torch and TRL: imported only when a round trains one
 

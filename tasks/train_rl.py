@@ -20,6 +20,7 @@ from tasks.generation import release_accelerator
 from tasks.generation.handoff import free_accelerator_memory
 from tasks.scoring.rl_rewards import reward_functions
 from tasks.stage import Model, StageContext, StageOutput, Step, stage
+from trainers.curves import curve_report
 from trainers.launch import launch_training, launcher_identity
 
 
@@ -44,7 +45,7 @@ def train_rl_task(cfg: FlywheelConfig, round_num: int, model_id: str, prompts_id
         "train-rl",
         config=config,
         inputs={"model": model_id, "prompts": prompts_id},
-        run=lambda ctx: train_rl(ctx, cfg, rl, scorers, seed),
+        run=lambda ctx: train_rl(ctx, cfg, round_num, rl, scorers, seed),
     )
 
 
@@ -58,7 +59,9 @@ def rl_prompts(rows: list[dict], fraction: float) -> list[dict]:
     return ordered[: max(1, math.ceil(fraction * len(ordered)))] if ordered else []
 
 
-def train_rl(ctx: StageContext, cfg: FlywheelConfig, rl: RLConfig, scorers: list[dict], seed: int) -> StageOutput:
+def train_rl(
+    ctx: StageContext, cfg: FlywheelConfig, round_num: int, rl: RLConfig, scorers: list[dict], seed: int
+) -> StageOutput:
     """GRPO from model `model` on table `prompts`; the new checkpoint, with per-step metrics."""
     columns = ["prompt_id", "prompt", "system", "answer", "provenance"]
     rows = rl_prompts(ctx.rows("prompts", columns=columns), rl.prompt_fraction)
@@ -68,6 +71,8 @@ def train_rl(ctx: StageContext, cfg: FlywheelConfig, rl: RLConfig, scorers: list
     release_accelerator()
     tcfg = cfg.training
     kwargs = dict(base_id=ctx.id("model"), seed=seed, use_cpu=tcfg.use_cpu, bf16=tcfg.bf16, logger=ctx.log)
+    # Curves are reported, not computed: tracking stays out of the step's config, so out of its identity.
+    kwargs["report"] = curve_report(cfg.tracking, cfg.resolve_home(), cfg.pipeline, round_num, "train-rl", ctx.log)
     model_dir = str(ctx.model("model"))
     if tcfg.launcher.kind == "local":
         from trainers.grpo import train_rl as train_fn  # torch and TRL: imported only when a round trains

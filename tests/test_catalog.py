@@ -1,10 +1,12 @@
-"""The DuckDB catalog over a real file in tmp_path: rounds, steps, transactions, lineage, two writers."""
+"""The catalog over real files in tmp_path, on both backends (a DuckDB file; DuckLake with SQLite metadata and
+Parquet data): rounds, steps, transactions, lineage, two writers."""
 
 import duckdb
 import pytest
 
 from storage.artifacts import ArtifactRef
 from storage.catalog import Catalog, StepRecord
+from storage.catalog_lake import LakeSpec
 
 P = "demo"
 
@@ -37,46 +39,53 @@ def step(
     )
 
 
-@pytest.fixture
-def cat(tmp_path):
+def lake_spec(root) -> LakeSpec:
+    """DuckLake with its metadata in SQLite and its Parquet under `root` (the store's place in a real home)."""
+    return LakeSpec(metadata=f"sqlite:{root / 'catalog.sqlite'}", data_path=f"{root / 'lake'}/")
+
+
+def open_catalog(root, backend: str) -> Catalog:
+    if backend == "ducklake":
+        return Catalog(root / "catalog.sqlite", lake=lake_spec(root))
+    return Catalog(root / "catalog.duckdb")
+
+
+@pytest.fixture(params=["duckdb", "ducklake"])
+def cat(tmp_path, request):
+    c = open_catalog(tmp_path / "sub", request.param)
     # While one connection stays open, DuckDB hands every new connection to the same file the open
     # database instead of reopening and checkpointing the file: each catalog call gets ~3x cheaper.
     # Transactions are per connection either way; reopening is covered by test_reopening_keeps_data
     # and the two-process test.
-    c = Catalog(tmp_path / "sub" / "catalog.duckdb")
-    held = duckdb.connect(str(c.path))
+    held = duckdb.connect(str(c.path)) if request.param == "duckdb" else None
     yield c
-    held.close()
+    if held is not None:
+        held.close()
+    c.close()
 
 
-@pytest.fixture(scope="module")
-def chained(tmp_path_factory):
+@pytest.fixture(scope="module", params=["duckdb", "ducklake"])
+def chained(tmp_path_factory, request):
     """One catalog holding the hand-built chain, shared by the read-only lineage tests."""
-    c = Catalog(tmp_path_factory.mktemp("chain") / "catalog.duckdb")
-    held = duckdb.connect(str(c.path))
+    c = open_catalog(tmp_path_factory.mktemp("chain"), request.param)
     chain(c)
     yield c
-    held.close()
+    c.close()
 
 
 def _sql(cat: Catalog, sql: str, params=None) -> list[tuple]:
-    con = duckdb.connect(str(cat.path))
-    try:
+    """A query through the catalog's own connection (a DuckLake table is read through its attachment)."""
+    with cat._tx() as con:
         return con.execute(sql, params or []).fetchall()
-    finally:
-        con.close()
 
 
 def _snapshot(cat: Catalog) -> dict[str, list[tuple]]:
-    """Every row of every table, read through one connection."""
-    con = duckdb.connect(str(cat.path))
-    try:
+    """Every row of every table, read in one transaction."""
+    with cat._tx() as con:
         return {
             t: con.execute(f"SELECT * FROM {t} ORDER BY ALL").fetchall()
             for t in ("pipelines", "rounds", "steps", "artifacts", "edges", "metrics", "row_edges")
         }
-    finally:
-        con.close()
 
 
 def chain(cat: Catalog) -> None:
@@ -286,13 +295,15 @@ def test_record_step_writes_artifacts_edges_metrics_and_row_edges(cat):
         ("select", "select/pairs", 1.0),
         ("select", "select/sft_rows", 2.0),
     ]
-    assert _sql(cat, "SELECT * FROM row_edges ORDER BY row_id") == [
+    assert _sql(cat, "SELECT * FROM row_edges ORDER BY child_id") == [
         ("q1", "c1", "pairs-art"),
         ("r1", "c1", "sft-art"),
         ("r2", "c2", "sft-art"),
     ]
     s = cat.steps_of(P, 1)["select"]
     assert s["status"] == "completed" and s["error"] is None
+    assert sorted(a["id"] for a in cat.artifacts_of_round(P, 1)) == ["pairs-art", "sft-art"]
+    assert cat.artifacts_of_round(P, 2) == []
 
 
 def test_record_step_has_no_self_edge(cat):
@@ -344,7 +355,7 @@ def test_reused_step_keeps_existing_row_edges(cat):
             row_edges=[("zzz", "p9", COMPLETIONS)],
         )
     )
-    assert _sql(cat, "SELECT row_id, parent_id FROM row_edges ORDER BY row_id") == [("c1", "p1"), ("c2", "p1")]
+    assert _sql(cat, "SELECT child_id, parent_id FROM row_edges ORDER BY child_id") == [("c1", "p1"), ("c2", "p1")]
     assert cat.steps_of(P, 1)["generate"]["reused"] is True
 
 

@@ -14,6 +14,7 @@ import trl
 from pydantic import BaseModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
+from trainers.curves import CurveReport
 from trainers.lora import merge_adapters, peft_version
 
 
@@ -98,7 +99,10 @@ def common_args(
     warmup_ratio: float = 0.1,
     weight_decay: float = 0.0,
     grad_accum: int = 1,
+    report: CurveReport | None = None,
 ) -> dict:
+    """TrainingArguments shared by every trainer; `report` names the training-curve integrations (none by default)."""
+    report = report or CurveReport()
     return dict(
         output_dir=str(output_dir),
         learning_rate=lr,
@@ -110,7 +114,8 @@ def common_args(
         warmup_steps=warmup_ratio,  # transformers 5: a float below 1 is a fraction of all steps
         logging_steps=5,
         save_strategy="no",
-        report_to=[],
+        report_to=list(report.report_to),
+        run_name=report.run_name,
         seed=seed,
         data_seed=seed,
         use_cpu=use_cpu,
@@ -121,7 +126,14 @@ def common_args(
 
 
 def stage_args(
-    cfg: BaseModel, output_dir: Path, *, seed: int, use_cpu: bool, bf16: bool, batch_size: int | None = None
+    cfg: BaseModel,
+    output_dir: Path,
+    *,
+    seed: int,
+    use_cpu: bool,
+    bf16: bool,
+    batch_size: int | None = None,
+    report: CurveReport | None = None,
 ) -> dict:
     """`common_args` from an SFT, DPO or RL stage config (all carry the same optimizer fields).
 
@@ -139,6 +151,7 @@ def stage_args(
         warmup_ratio=cfg.warmup_ratio,
         weight_decay=cfg.weight_decay,
         grad_accum=cfg.gradient_accumulation_steps,
+        report=report,
     )
 
 

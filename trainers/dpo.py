@@ -24,6 +24,7 @@ from trl import DPOTrainer
 
 from configs.training import DPOConfig
 from trainers.common import LossLogger, finish_stage, load_policy, stage_args
+from trainers.curves import CurveReport, reporting
 from trainers.lora import peft_config
 
 
@@ -99,18 +100,21 @@ def train_dpo(
     use_cpu: bool,
     bf16: bool,
     logger: logging.Logger | logging.LoggerAdapter,
+    report: CurveReport | None = None,
 ) -> tuple[Path, dict]:
     """Tune `model_path` on conversational `prompt/chosen/rejected` rows; returns checkpoint and summary.
 
     `base_id` names the model in `model_path` (its artifact id) in the checkpoint's flywheel_training.json.
+    `report` says where the training curves go (trainers/curves.py; None: nowhere).
     """
     model, tokenizer = load_policy(model_path, bf16)
     callback = LossLogger(logger, "dpo")
-    base = stage_args(cfg, out_dir / "trainer", seed=seed, use_cpu=use_cpu, bf16=bf16)
+    base = stage_args(cfg, out_dir / "trainer", seed=seed, use_cpu=use_cpu, bf16=bf16, report=report)
     build = _dpo_trainer if cfg.reference == "policy" else _cpo_trainer
-    trainer = build(model, tokenizer, _to_pairs(pairs), cfg, base, [callback])
-    trainer.remove_callback(PrinterCallback)  # its raw dicts on stdout duplicate LossLogger's lines
-    result = trainer.train()
+    with reporting(report):  # built inside too: TensorBoard's callback reads its directory when it is made
+        trainer = build(model, tokenizer, _to_pairs(pairs), cfg, base, [callback])
+        trainer.remove_callback(PrinterCallback)  # its raw dicts on stdout duplicate LossLogger's lines
+        result = trainer.train()
     info = {
         "stage": "dpo",
         "config": cfg.model_dump(mode="json"),

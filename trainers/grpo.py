@@ -29,6 +29,7 @@ from trl import GRPOTrainer
 
 from configs.rl import RLConfig
 from trainers.common import LossLogger, finish_stage, load_policy, stage_args
+from trainers.curves import CurveReport, reporting
 from trainers.lora import peft_config
 
 # What each step's log line and the stage's per-step metrics keep (TRL's names; `kl` only with beta > 0).
@@ -85,11 +86,19 @@ def generation_backend(choice: str, use_cpu: bool) -> str:
 
 
 def grpo_args(
-    cfg: RLConfig, out_dir: Path, reward_weights: list[float], *, seed: int, use_cpu: bool, bf16: bool, backend: str
+    cfg: RLConfig,
+    out_dir: Path,
+    reward_weights: list[float],
+    *,
+    seed: int,
+    use_cpu: bool,
+    bf16: bool,
+    backend: str,
+    report: CurveReport | None = None,
 ) -> TRLGRPOConfig:
     # Completions per device step: whole groups on every device, as GRPO normalises within a group.
     batch = cfg.prompts_per_step * cfg.num_generations
-    base = stage_args(cfg, out_dir, seed=seed, use_cpu=use_cpu, bf16=bf16, batch_size=batch)
+    base = stage_args(cfg, out_dir, seed=seed, use_cpu=use_cpu, bf16=bf16, batch_size=batch, report=report)
     base["logging_steps"] = 1  # every step's reward, KL and lengths become metrics of the stage
     vllm = dict(use_vllm=True, vllm_mode="colocate", vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization)
     return TRLGRPOConfig(
@@ -142,6 +151,7 @@ def train_rl(
     use_cpu: bool,
     bf16: bool,
     logger: logging.Logger | logging.LoggerAdapter,
+    report: CurveReport | None = None,
 ) -> tuple[Path, dict]:
     """GRPO on prompt rows (`prompt`, `system`, `answer`, `provenance`); returns checkpoint and summary.
 
@@ -149,6 +159,7 @@ def train_rl(
         reward_funcs: TRL reward functions `fn(prompts, completions, **columns) -> list[float | None]`.
         reward_weights: one weight per function (TRL sums the weighted rewards, then normalises per group).
         base_id: the artifact id of the model in `model_path`, recorded in flywheel_training.json.
+        report: where the training curves go (trainers/curves.py; None: nowhere).
     Returns:
         (checkpoint dir, summary with steps, losses, the per-step history, `step_metrics` and the backend)
     """
@@ -164,19 +175,27 @@ def train_rl(
     model, tokenizer = load_policy(model_path, bf16)
     tokenizer.padding_side = "left"  # generation continues each prompt from its last token
     callback = RLLogger(logger, "rl")
-    trainer = GRPOTrainer(
-        model=model,
-        reward_funcs=list(reward_funcs),
-        args=grpo_args(
-            cfg, out_dir / "trainer", reward_weights, seed=seed, use_cpu=use_cpu, bf16=bf16, backend=backend
-        ),
-        train_dataset=to_prompts(rows),
-        processing_class=tokenizer,
-        callbacks=[callback],
-        peft_config=peft_config(cfg.lora),
-    )
-    trainer.remove_callback(PrinterCallback)  # its raw dicts on stdout duplicate RLLogger's lines
-    result = trainer.train()
+    with reporting(report):  # built inside too: TensorBoard's callback reads its directory when it is made
+        trainer = GRPOTrainer(
+            model=model,
+            reward_funcs=list(reward_funcs),
+            args=grpo_args(
+                cfg,
+                out_dir / "trainer",
+                reward_weights,
+                seed=seed,
+                use_cpu=use_cpu,
+                bf16=bf16,
+                backend=backend,
+                report=report,
+            ),
+            train_dataset=to_prompts(rows),
+            processing_class=tokenizer,
+            callbacks=[callback],
+            peft_config=peft_config(cfg.lora),
+        )
+        trainer.remove_callback(PrinterCallback)  # its raw dicts on stdout duplicate RLLogger's lines
+        result = trainer.train()
     info = {
         "stage": "rl",
         "config": cfg.model_dump(mode="json"),

@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from trainers.curves import CurveReport
+
 SPEC_FILE = "train_spec.json"
 DATA_FILE = "train_data.parquet"
 RESULT_FILE = "train_result.json"
@@ -41,3 +43,8 @@ class TrainSpec(BaseModel):
     seed: int = Field(description="Training seed.")
     use_cpu: bool = Field(description="Train on CPU.")
     bf16: bool = Field(description="Train in bfloat16.")
+    report: CurveReport = Field(
+        default_factory=CurveReport,
+        description="Where the training curves go; every process sets its environment while training "
+        "(transformers reports from the main process only).",
+    )

@@ -28,6 +28,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from configs.launcher import PACKAGE_ROOT, LauncherConfig
+from trainers.curves import CurveReport
 from trainers.job import DATA_FILE, ERROR_MARKER, RESULT_FILE, SPEC_FILE, TrainSpec
 
 TAIL_LINES = 20
@@ -241,6 +242,7 @@ def launch_training(
     bf16: bool,
     logger: Logger,
     rewards: dict | None = None,
+    report: CurveReport | None = None,
 ) -> tuple[Path, dict]:
     """Train `stage` as a launched job; same contract as train_sft/train_dpo/train_rl/train_reward: (checkpoint
     dir, summary).
@@ -251,6 +253,8 @@ def launch_training(
         out_dir: a scratch directory of this step; the checkpoint is written to out_dir/model (a reward
             model to out_dir/reward-model).
         rewards: rl only: the reward functions' factory and scorer configs (TrainSpec.rewards).
+        report: where the training curves go (trainers/curves.py; None: nowhere). Its environment is set
+            for the job as well as inside each of its processes.
     """
     import pyarrow.parquet as pq
 
@@ -267,6 +271,7 @@ def launch_training(
         use_cpu=use_cpu,
         bf16=bf16,
         rewards=rewards,
+        report=report or CurveReport(),
     )
     spec_path = out_dir / SPEC_FILE
     spec_path.write_text(spec.model_dump_json(indent=2))
@@ -275,7 +280,7 @@ def launch_training(
     if cmd is None:
         raise ValueError("launch_training needs launcher kind 'accelerate' (kind 'local' trains in-process)")
     logger.info("%s: launching %s", stage, shlex.join(cmd))
-    stream_command(cmd, logger, env=launch_env(cfg))
+    stream_command(cmd, logger, env={**launch_env(cfg), **(report.env if report else {})})
     result_path = out_dir / RESULT_FILE
     if not result_path.is_file():
         raise LaunchError(f"training job exited 0 but wrote no {result_path}", 0, [])

@@ -28,6 +28,7 @@ from trl.trainer.reward_trainer import suppress_seqcls_warning
 from configs.reward import RewardModelTrainConfig
 from storage.ids import sha256_dir
 from trainers.common import LossLogger, _save_sharded, _sharded, check_finite, common_args, save_checkpoint
+from trainers.curves import CurveReport, reporting
 from trainers.reward_encoding import encode_conversations, reward_values
 
 
@@ -86,6 +87,7 @@ def train_reward_model(
     use_cpu: bool = True,
     bf16: bool = False,
     logger: logging.Logger | logging.LoggerAdapter | None = None,
+    report: CurveReport | None = None,
 ) -> dict:
     """Train a reward model on conversational prompt/chosen/rejected `pairs`; save it to `out_dir`.
 
@@ -97,6 +99,7 @@ def train_reward_model(
             make the reward model's id depend on where the backbone lies).
         out_dir: receives model + tokenizer (+ flywheel_training.json), loadable by
             AutoModelForSequenceClassification; replaced if it exists.
+        report: where the training curves go (trainers/curves.py; None: nowhere).
 
     Returns:
         {"pairs", "pairs_too_long", "accuracy_before", "accuracy_after", "loss", "steps", "seconds",
@@ -124,6 +127,7 @@ def train_reward_model(
                 seed=cfg.seed,
                 use_cpu=use_cpu,
                 bf16=bf16,
+                report=report,
             ),
             max_length=cfg.max_length,
             center_rewards_coefficient=cfg.center_rewards_coefficient,
@@ -132,15 +136,16 @@ def train_reward_model(
         # The arguments' device is this process's own (cuda:<local rank> in a launched job): a bare "cuda"
         # would put every rank's copy of the model on GPU 0 before training starts.
         before = pair_accuracy(model.to(args.device), rows, tokenizer.pad_token_id, cfg.batch_size * 2, args.device)
-        trainer = RewardTrainer(
-            model=model,
-            args=args,
-            train_dataset=Dataset.from_list(rows),
-            processing_class=tokenizer,
-            callbacks=[callback],
-        )
-        trainer.remove_callback(PrinterCallback)  # its raw dicts on stdout duplicate LossLogger's lines
-        result = trainer.train()
+        with reporting(report):  # built inside: TensorBoard's callback reads its directory when it is made
+            trainer = RewardTrainer(
+                model=model,
+                args=args,
+                train_dataset=Dataset.from_list(rows),
+                processing_class=tokenizer,
+                callbacks=[callback],
+            )
+            trainer.remove_callback(PrinterCallback)  # its raw dicts on stdout duplicate LossLogger's lines
+            result = trainer.train()
     check_finite(callback.history, "reward")
     # Every process scores all pairs in the same batches: with ZeRO-3 or FSDP each forward gathers the
     # weights from all ranks, so no rank may skip it.
@@ -182,6 +187,7 @@ def train_reward(
     use_cpu: bool,
     bf16: bool,
     logger: logging.Logger | logging.LoggerAdapter,
+    report: CurveReport | None = None,
 ) -> tuple[Path, dict]:
     """train_reward_model with train_sft's contract (trainers/run.py calls either): the reward model is
     written to out_dir/reward-model; returns (that directory, summary). `seed` replaces cfg.seed."""
@@ -195,6 +201,7 @@ def train_reward(
         use_cpu=use_cpu,
         bf16=bf16,
         logger=logger,
+        report=report,
     )
     return ckpt, summary
 

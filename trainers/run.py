@@ -92,6 +92,7 @@ def train(spec: TrainSpec, rank: int, world_size: int, logger: logging.Logger) -
         use_cpu=spec.use_cpu,
         bf16=spec.bf16,
         logger=logger,
+        report=spec.report,
     )
     if rank != 0:
         shutil.rmtree(out_dir, ignore_errors=True)

@@ -24,6 +24,7 @@ from trl import SFTTrainer
 
 from configs.training import SFTConfig
 from trainers.common import LossLogger, finish_stage, load_policy, stage_args
+from trainers.curves import CurveReport, reporting
 from trainers.lora import peft_config
 
 
@@ -48,11 +49,12 @@ def build_sft_trainer(
     use_cpu: bool,
     bf16: bool,
     callbacks: list,
+    report: CurveReport | None = None,
 ) -> tuple[SFTTrainer, object]:
     """The SFTTrainer `train_sft` runs (exposed so tests can look at its prepared data); returns it and the tokenizer."""
     model, tokenizer = load_policy(model_path, bf16)
     args = TRLSFTConfig(
-        **stage_args(cfg, out_dir / "trainer", seed=seed, use_cpu=use_cpu, bf16=bf16),
+        **stage_args(cfg, out_dir / "trainer", seed=seed, use_cpu=use_cpu, bf16=bf16, report=report),
         max_length=cfg.max_length,
         completion_only_loss=cfg.completion_only_loss,
         packing=cfg.packing,
@@ -80,16 +82,21 @@ def train_sft(
     use_cpu: bool,
     bf16: bool,
     logger: logging.Logger | logging.LoggerAdapter,
+    report: CurveReport | None = None,
 ) -> tuple[Path, dict]:
     """Fine-tune `model_path` on `rows`; returns the saved checkpoint dir and a summary (losses, steps).
 
     `base_id` names the model in `model_path` (its artifact id) in the checkpoint's flywheel_training.json.
+    `report` says where the training curves go (trainers/curves.py; None: nowhere).
     """
     callback = LossLogger(logger, "sft")
-    trainer, tokenizer = build_sft_trainer(
-        model_path, rows, cfg, out_dir, seed=seed, use_cpu=use_cpu, bf16=bf16, callbacks=[callback]
-    )
-    result = trainer.train()
+    # The integrations read their environment when the trainer is built (TensorBoard's directory) and when
+    # it starts (MLflow's and wandb's runs): both inside.
+    with reporting(report):
+        trainer, tokenizer = build_sft_trainer(
+            model_path, rows, cfg, out_dir, seed=seed, use_cpu=use_cpu, bf16=bf16, callbacks=[callback], report=report
+        )
+        result = trainer.train()
     info = {
         "stage": "sft",
         "config": cfg.model_dump(mode="json"),
