@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo demo-instruct test faults lint clean chromium graphviz gpu-check
+.PHONY: install demo demo-instruct test faults lint clean chromium graphviz postgresql gpu-check
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -41,7 +41,12 @@ lint: $(STAMP)
 graphviz:
 	@command -v dot >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq graphviz)
 
-test: $(STAMP) chromium graphviz lint
+# The shared-catalog tests start their own Postgres server (tests/test_catalog_postgres.py) from Debian's
+# postgresql, whose programs live in /usr/lib/postgresql/<version>/bin.
+postgresql:
+	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql)
+
+test: $(STAMP) chromium graphviz postgresql lint
 	$(BIN)/python -m pytest -q
 
 # The fault battery alone (also part of `make test`): kills, an S3 outage, a held catalog, bad inputs.

@@ -25,7 +25,7 @@ from typing import Any
 import duckdb
 
 from storage.artifacts import ArtifactRef
-from storage.catalog_lake import ALIAS, LakeConnection, LakeSpec
+from storage.catalog_lake import ALIAS, LakeConnection, LakeSnapshot, LakeSpec
 from storage.catalog_lock import WAIT_S, connect_waiting
 from storage.catalog_rounds import RoundsMixin
 from storage.catalog_schema import SCHEMA, insert_new, lake_schema, migrate_schema, round_mark, upsert
@@ -63,11 +63,14 @@ class Catalog(RoundsMixin):
     that holds the metadata): see the module doc.
     """
 
+    # Class defaults, so that a Catalog made without __init__ (as_of_round's views) is a DuckDB-file one.
+    lake: LakeConnection | None = None
+    _reader: LakeSnapshot | None = None  # a read-only snapshot (as_of_round)
+
     def __init__(self, path: Path, lock_wait_s: float = WAIT_S, lake: LakeSpec | None = None):
         self.path, self.lock_wait_s = Path(path), lock_wait_s
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.lake = LakeConnection(lake, lock_wait_s) if lake is not None else None
-        self._reader = None  # a read-only snapshot (as_of_round)
         with self._tx() as con:
             if self.lake is None:
                 migrate_schema(con)
@@ -338,7 +341,7 @@ def walk_row_edges(
     against the whole table at every level: seconds at 10 M edges, growing with history (bench/lineage.py).
     Each row is expanded once, at its nearest depth: a cycle ends, and a prompt that two completions of
     a pair share is listed once. On DuckLake, which has no index, each level reads the row groups whose
-    id range holds the frontier (record_step writes them sorted): see bench/lineage.py.
+    id range holds the frontier (record_step writes them sorted); bench/lineage_lake.py compares the two.
     """
     seen, frontier, out = {row_id}, [row_id], []
     for depth in range(1, max_depth + 1):

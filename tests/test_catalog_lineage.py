@@ -172,7 +172,7 @@ def test_row_lineage_of_an_unknown_artifact_has_no_kind(cat):
 
 def test_level_query_reads_the_row_id_index(tmp_path):
     # Point reads in the ART index, not a scan of the table: what keeps a lookup flat at 10 M edges.
-    # (The DuckDB file only: DuckLake has no indexes, and its lookups are measured in bench/lineage.py.)
+    # (The DuckDB file only: DuckLake has no indexes; its lookups are measured in bench/lineage_lake.py.)
     cat = Catalog(tmp_path / "catalog.duckdb")
     con = duckdb.connect(str(cat.path))
     try:
@@ -188,21 +188,27 @@ def test_level_query_reads_the_row_id_index(tmp_path):
 # --- two writers --------------------------------------------------------------------------------
 
 
-def _writer(root: str, backend: str, tag: str, n: int, barrier) -> None:
-    cat = open_catalog(Path(root), backend)
-    barrier.wait()
+def write_steps(cat: Catalog, pipeline: str, tag: str, n: int) -> None:
+    """`n` one-step records of writer `tag`, each with an artifact, an edge, a metric and a row edge."""
     for i in range(n):
         cat.record_step(
             StepRecord(
-                pipeline=tag,
+                pipeline=pipeline,
                 round=1,
-                step=f"step-{i:03d}",
+                step=f"{tag}-step-{i:03d}",
                 identity=f"{tag}-{i}",
                 inputs={"in": f"{tag}-in-{i}"},
                 outputs={"out": ArtifactRef(f"{tag}-out-{i}", "t", "u", 1, 1, "parquet")},
-                metrics={f"m{i}": i},
+                metrics={f"{tag}/m{i}": i},
+                row_edges=[(f"{tag}-row-{i}", f"{tag}-parent-{i}", f"{tag}-out-{i}")],
             )
         )
+
+
+def _writer(root: str, backend: str, tag: str, n: int, barrier) -> None:
+    cat = open_catalog(Path(root), backend)
+    barrier.wait()
+    write_steps(cat, tag, tag, n)
 
 
 @pytest.mark.parametrize("backend", ["duckdb", "ducklake"])

@@ -97,7 +97,8 @@ def test_missing_source_file_exit_code_and_message(make_config, tmp_path):
 
 def test_rounds_without_catalog(tmp_path):
     run = _run(["rounds"], tmp_path / "empty")
-    assert run.returncode != 0 and "no catalog at" in run.stderr
+    assert run.returncode != 0 and f"no catalog in {tmp_path / 'empty'}: run `flywheel demo`" in run.stderr
+    assert "Traceback" not in run.stderr
 
 
 def test_every_shipped_config_validates(capsys):

@@ -181,8 +181,9 @@ def test_wandb_runs_offline_under_the_home_unless_the_environment_says_otherwise
     tracking = TrackingConfig.model_construct(training_curves=curves)
     env = curve_report(tracking, tmp_path, "curves", 4, "train-dpo").env
     step_dir = tmp_path / "training-curves" / "curves" / "round-0004" / "train-dpo"
-    assert env == {"WANDB_MODE": "offline", "WANDB_DIR": str(step_dir / "wandb"), "WANDB_PROJECT": "flywheel-curves"}
-    assert (step_dir / "wandb").is_dir()
+    # wandb puts its runs in a wandb/ folder of WANDB_DIR: <step_dir>/wandb/offline-run-*, as README says.
+    assert env == {"WANDB_MODE": "offline", "WANDB_DIR": str(step_dir), "WANDB_PROJECT": "flywheel-curves"}
+    assert step_dir.is_dir()
     monkeypatch.setenv("WANDB_MODE", "online")
     assert curve_report(tracking, tmp_path, "curves", 4, "train-dpo").env["WANDB_MODE"] == "online"
 

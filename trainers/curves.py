@@ -85,11 +85,11 @@ def curve_report(
             ),
         }
     if "wandb" in report_to:
-        (step_dir / "wandb").mkdir(parents=True, exist_ok=True)
+        step_dir.mkdir(parents=True, exist_ok=True)  # wandb writes its own wandb/ folder in WANDB_DIR
         # Offline unless the user chose a mode: nothing leaves the machine without an explicit WANDB_MODE.
         env |= {
             "WANDB_MODE": os.environ.get("WANDB_MODE") or "offline",
-            "WANDB_DIR": str(step_dir / "wandb"),
+            "WANDB_DIR": str(step_dir),
             "WANDB_PROJECT": os.environ.get("WANDB_PROJECT") or f"flywheel-{pipeline}",
         }
     if "tensorboard" in report_to:
