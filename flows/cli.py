@@ -192,17 +192,18 @@ def cmd_catalog_rebuild(args) -> int:
     s, home = cfg.storage, cfg.resolve_home()
     if s.catalog == "ducklake" and (s.catalog_metadata or "").startswith("postgres:"):
         raise SystemExit(
-            "a Postgres catalog is rebuilt in place: drop and create its database, then run "
-            "`flywheel rounds` (or any round) with this config, which fills it from the store"
+            "a Postgres catalog is rebuilt in place: drop and create its database, then run a round with this "
+            "config (`flywheel run --config ...`), which first fills the empty catalog from the store"
         )
-    out = Path(args.out) if args.out else home / (LAKE_FILE if s.catalog == "ducklake" else CATALOG_FILE)
+    lake_file = Path(s.catalog_metadata.removeprefix("sqlite:")) if s.catalog_metadata else home / LAKE_FILE
+    out = Path(args.out) if args.out else lake_file if s.catalog == "ducklake" else home / CATALOG_FILE
     if out.exists() and not args.force:
         raise SystemExit(f"{out} exists: pass --force to replace it, or --out to write elsewhere")
     store, server = open_home_store(home, s.uri, s.endpoint_url, s.region)
     try:
         lake = None
         if s.catalog == "ducklake":
-            lake = lake_spec(home, store, server.endpoint_url if server else s.endpoint_url, s.region, None)
+            lake = lake_spec(home, store, server.endpoint_url if server else s.endpoint_url, s.region, f"sqlite:{out}")
         out.parent.mkdir(parents=True, exist_ok=True)
         rounds = rebuild_into(out, store, ArtifactStore(store, home / "cache"), lake)
     finally:

@@ -117,7 +117,7 @@ def open_catalog(
     embedded: bool = False,
 ) -> Catalog:
     """The home's catalog; a new one over a store that holds rounds is rebuilt from it first (the module doc)."""
-    path = home / (CATALOG_FILE if lake is None else LAKE_FILE)
+    path = home / CATALOG_FILE if lake is None else lake.sqlite_path or home / LAKE_FILE  # Postgres: a marker
     if lake is not None:
         pointer = json.dumps(asdict(lake) | {"embedded": embedded}, indent=2) + "\n"
         write_atomic(home / LAKE_POINTER, lambda tmp: tmp.write_text(pointer))
@@ -186,7 +186,7 @@ def home_catalog(home: Path) -> Catalog | None:
             server = LocalS3Server(home / "s3").start()
             os.environ.update(server.env())
             lake = LakeSpec(lake.metadata, lake.data_path, server.endpoint_url, lake.s3_region)
-        return Catalog(home / LAKE_FILE, lake=lake)
+        return Catalog(lake.sqlite_path or home / LAKE_FILE, lake=lake)
     path = home / CATALOG_FILE
     return Catalog(path) if path.exists() else None
 
