@@ -186,7 +186,7 @@ def cmd_catalog_rebuild(args) -> int:
     home's catalog onto DuckLake: set storage.catalog: ducklake and run this once)."""
     from configs import load_config
     from storage.artifacts import ArtifactStore
-    from storage.runtime import CATALOG_FILE, LAKE_FILE, lake_spec, open_home_store, rebuild_into
+    from storage.runtime import CATALOG_FILE, LAKE_FILE, lake_spec, open_home_store, rebuild_into, write_lake_pointer
 
     cfg = load_config(args.config, home=args.home)
     s, home = cfg.storage, cfg.resolve_home()
@@ -206,6 +206,8 @@ def cmd_catalog_rebuild(args) -> int:
             lake = lake_spec(home, store, server.endpoint_url if server else s.endpoint_url, s.region, f"sqlite:{out}")
         out.parent.mkdir(parents=True, exist_ok=True)
         rounds = rebuild_into(out, store, ArtifactStore(store, home / "cache"), lake)
+        if lake is not None and out == lake_file:  # the home's own catalog now: `flywheel rounds` finds it
+            write_lake_pointer(home, lake, embedded=server is not None)
     finally:
         if server is not None:
             server.stop()

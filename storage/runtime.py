@@ -119,8 +119,7 @@ def open_catalog(
     """The home's catalog; a new one over a store that holds rounds is rebuilt from it first (the module doc)."""
     path = home / CATALOG_FILE if lake is None else lake.sqlite_path or home / LAKE_FILE  # Postgres: a marker
     if lake is not None:
-        pointer = json.dumps(asdict(lake) | {"embedded": embedded}, indent=2) + "\n"
-        write_atomic(home / LAKE_POINTER, lambda tmp: tmp.write_text(pointer))
+        write_lake_pointer(home, lake, embedded)
     local = lake is None or lake.sqlite_path is not None
     if local and not path.exists() and store.list("runs/"):
         rebuild_into(path, store, artifacts, lake, wait_s)
@@ -139,6 +138,12 @@ def open_catalog(
     if not local and not cat.rounds() and store.list("runs/"):  # a new Postgres database: filled in place
         _rebuild(store, artifacts, cat)
     return cat
+
+
+def write_lake_pointer(home: Path, lake: LakeSpec, embedded: bool) -> None:
+    """The home's catalog.json: where its DuckLake catalog is, for the CLI (home_catalog); holds no keys."""
+    pointer = json.dumps(asdict(lake) | {"embedded": embedded}, indent=2) + "\n"
+    write_atomic(home / LAKE_POINTER, lambda tmp: tmp.write_text(pointer))
 
 
 def rebuild_into(

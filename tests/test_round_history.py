@@ -9,6 +9,7 @@ import os
 import socket
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
 
@@ -210,3 +211,41 @@ def test_manual_promotion_is_restored_by_catalog_rebuild(tmp_path):
     assert rebuilt.current_policy(P) == cat.current_policy(P) == "c1"
     rebuild_catalog(store, ArtifactStore(store, tmp_path / "cache"), rebuilt)  # again: not recorded twice
     assert len(rebuilt.promotions(P)) == 1
+
+
+def test_catalog_rebuild_onto_ducklake_from_the_cli(tmp_path):
+    """`flywheel catalog-rebuild` with storage.catalog: ducklake: the home's lake, found by `flywheel rounds`."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    cat, _ = _pipeline_with_rounds(tmp_path)
+    config = tmp_path / "lake.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "base_model": "/models/base",
+                "home": str(tmp_path / "home"),
+                "storage": {"uri": (tmp_path / "store").as_uri(), "catalog": "ducklake"},
+                "curation": {"sources": [{"name": "pool", "path": "p.jsonl"}]},
+                "evaluation": {"eval_sets": [{"name": "heldout", "path": "h.jsonl"}]},
+            }
+        )
+    )
+    root = Path(__file__).resolve().parents[1]
+
+    def flywheel(*args: str) -> subprocess.CompletedProcess:
+        run = [sys.executable, "-m", "flows.cli", *args]
+        return subprocess.run(run, cwd=root, capture_output=True, text=True, timeout=300)
+
+    built = flywheel("catalog-rebuild", "--config", str(config))
+    assert built.returncode == 0, built.stderr[-2000:]
+    assert f"{tmp_path / 'home' / 'catalog.sqlite'}: rebuilt 2 rounds" in built.stdout
+    rounds = flywheel("--home", str(tmp_path / "home"), "rounds", "--json")
+    assert rounds.returncode == 0, rounds.stderr[-2000:]
+    assert [(r["round"], r["policy"]) for r in json.loads(rounds.stdout)] == [(1, "c1"), (2, "c2")]
+    then = flywheel("--home", str(tmp_path / "home"), "rounds", "--pipeline", P, "--as-of-round", "1", "--json")
+    assert [r["round"] for r in json.loads(then.stdout)] == [1]
+    again = flywheel("catalog-rebuild", "--config", str(config))
+    assert again.returncode != 0 and "catalog.sqlite exists: pass --force" in again.stderr
