@@ -186,6 +186,7 @@ def cmd_catalog_rebuild(args) -> int:
     home's catalog onto DuckLake: set storage.catalog: ducklake and run this once)."""
     from configs import load_config
     from storage.artifacts import ArtifactStore
+    from storage.catalog_lake import sqlite_file
     from storage.runtime import CATALOG_FILE, LAKE_FILE, lake_spec, open_home_store, rebuild_into, write_lake_pointer
 
     cfg = load_config(args.config, home=args.home)
@@ -195,7 +196,7 @@ def cmd_catalog_rebuild(args) -> int:
             "a Postgres catalog is rebuilt in place: drop and create its database, then run a round with this "
             "config (`flywheel run --config ...`), which first fills the empty catalog from the store"
         )
-    lake_file = Path(s.catalog_metadata.removeprefix("sqlite:")) if s.catalog_metadata else home / LAKE_FILE
+    lake_file = sqlite_file(s.catalog_metadata) if s.catalog_metadata else home / LAKE_FILE
     out = Path(args.out) if args.out else lake_file if s.catalog == "ducklake" else home / CATALOG_FILE
     if out.exists() and not args.force:
         raise SystemExit(f"{out} exists: pass --force to replace it, or --out to write elsewhere")

@@ -55,7 +55,7 @@ class LakeSpec:
 
     @property
     def sqlite_path(self) -> Path | None:
-        return Path(self.metadata.removeprefix(SQLITE_PREFIX)) if self.metadata.startswith(SQLITE_PREFIX) else None
+        return sqlite_file(self.metadata)
 
     def describe(self) -> str:
         """One line for logs and errors: where metadata and data are (libpq keywords other than the host and
@@ -65,6 +65,11 @@ class LakeSpec:
             keep = re.findall(r"\b(?:host|port|dbname)=\S+", self.metadata)
             where = POSTGRES_PREFIX + " ".join(keep)
         return f"DuckLake ({where}, data {self.data_path})"
+
+
+def sqlite_file(metadata: str) -> Path | None:
+    """The SQLite file of a `sqlite:` metadata string (None for Postgres)."""
+    return Path(metadata.removeprefix(SQLITE_PREFIX)) if metadata.startswith(SQLITE_PREFIX) else None
 
 
 class LakeConnection:
