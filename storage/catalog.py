@@ -26,7 +26,7 @@ import duckdb
 
 from storage.artifacts import ArtifactRef
 from storage.catalog_lake import ALIAS, LakeConnection, LakeSnapshot, LakeSpec
-from storage.catalog_lock import WAIT_S, connect_waiting
+from storage.catalog_lock import WAIT_S, held_connection
 from storage.catalog_rounds import RoundsMixin
 from storage.catalog_schema import SCHEMA, insert_new, lake_schema, migrate_schema, round_mark, upsert
 
@@ -92,16 +92,14 @@ class Catalog(RoundsMixin):
 
     @contextmanager
     def _file_tx(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        con = connect_waiting(self.path, self.lock_wait_s)
-        try:
-            con.execute("BEGIN TRANSACTION")
-            yield con
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-        finally:
-            con.close()
+        with held_connection(self.path, self.lock_wait_s) as con:
+            try:
+                con.execute("BEGIN TRANSACTION")
+                yield con
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
 
     def _mark_snapshot(self, con: duckdb.DuckDBPyConnection, message: str) -> None:
         """Name the snapshot this transaction commits (DuckLake), so that as_of_round can find it."""

@@ -4,13 +4,20 @@ DuckDB lets one process hold a database file at a time; a read-only connection (
 notebook, a dashboard) locks out writers too. A round must outlast such a reader rather than fail on it,
 so a locked file is waited for, with a log line every LOG_EVERY_S naming the holder, for up to `wait_s`.
 Only then does it fail, with one line that says who holds the lock and how to release it.
+
+Within one process, threads open and close a file in turn (`held_connection`): DuckDB 1.5 races when one thread
+closes the file's last connection while another opens it ("Unique file handle conflict"), seen with two
+rounds of one pipeline triggered from two threads.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
@@ -19,10 +26,31 @@ WAIT_S = 3600.0  # long enough for a dashboard refresh or a notebook session; a 
 LOG_EVERY_S = 30.0
 log = logging.getLogger("flywheel.storage")
 _PID_RE = re.compile(r"\(PID (\d+)\)")
+_IN_PROCESS: dict[str, threading.Lock] = {}  # one per file
+_REGISTRY = threading.Lock()
 
 
 class CatalogLocked(Exception):
     """The catalog stayed locked by another process for longer than the configured wait."""
+
+
+@contextmanager
+def held_connection(path: Path, wait_s: float = WAIT_S) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A connection to `path`, opened and closed in turn with the process's other threads (module doc).
+
+    Only the open and the close take turns: threads whose transactions overlap share one database, which
+    is DuckDB's own concurrency, and are not made to reopen the file for each transaction.
+    """
+    key = str(Path(path).resolve())
+    with _REGISTRY:
+        turn = _IN_PROCESS.setdefault(key, threading.Lock())
+    with turn:
+        con = connect_waiting(path, wait_s)
+    try:
+        yield con
+    finally:
+        with turn:
+            con.close()
 
 
 def connect_waiting(path: Path, wait_s: float = WAIT_S) -> duckdb.DuckDBPyConnection:

@@ -59,3 +59,31 @@ def test_past_the_wait_it_fails_with_one_line_not_an_ioexception(tmp_path):
     finally:
         reader.kill()
         reader.wait()
+
+
+def test_threads_of_one_process_take_turns_on_the_file(tmp_path):
+    """Two rounds triggered from two threads open and close the file at once. DuckDB 1.5 fails the open
+    that races the other thread's close ("Unique file handle conflict"); the catalog must not."""
+    import threading
+
+    path = tmp_path / "catalog.duckdb"
+    catalog = Catalog(path)
+    catalog.ensure_pipeline("p", "base", {"a": 1})
+    errors: list[BaseException] = []
+
+    def write(step: str) -> None:
+        try:
+            for i in range(600):
+                catalog.record_metrics("p", 1, step, {f"m_{step}": float(i)})
+                catalog.rounds("p")
+        except BaseException as e:  # noqa: BLE001 - reported by the assertion below
+            errors.append(e)
+
+    threads = [threading.Thread(target=write, args=(s,)) for s in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:1]
+    rows = Catalog(path)._query("select name, value from metrics order by name")
+    assert rows == [{"name": "m_a", "value": 599.0}, {"name": "m_b", "value": 599.0}]  # each upsert landed

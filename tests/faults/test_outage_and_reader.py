@@ -15,7 +15,7 @@ from storage.store import open_store
 from tests.faults.harness import FlywheelRun, audit, stage_done, write_config
 
 pytestmark = pytest.mark.faults
-HOLD_S = 180  # 3 minutes: rounds used to give up on a locked catalog after 120 s
+HOLD_S = 125  # past the 120 s after which rounds used to give up on a locked catalog
 
 
 def test_a_round_rides_out_an_s3_outage_and_a_reader_holding_the_catalog(make_config, tmp_path, monkeypatch):
