@@ -5,10 +5,10 @@ flywheel run --config configs/demo.yaml [--rounds N]  run N more rounds of a pip
 flywheel rounds [--pipeline P] [--json] [--attempts]  one row per round (or per attempt of a round)
 flywheel promote --pipeline P --round N --reason R [--wait]  roll the pipeline back (or forward) to round N's candidate
 flywheel lineage <id> [--json] [--graph out.svg]   where an artifact or a training row came from
-flywheel server [--port 4200]                      a local Prefect server + UI
+flywheel server [--port 4200] [--host ADDR]        a local Prefect server + UI (127.0.0.1 unless --host)
 flywheel serve --config configs/demo.yaml          serve the round-now and nightly deployments
 flywheel deploy --config configs/demo.yaml --pool P  register them on work pool P (docs/work-pools.md)
-flywheel worker --pool P                           run work pool P's rounds on this machine
+flywheel worker --pool P [--work-queue Q]          run work pool P's rounds (or queue Q's) on this machine
 flywheel catalog-rebuild --config configs/demo.yaml  rebuild the catalog from the store
 flywheel export --config X [--round N] DIR         the policy (or round N's candidate) as a model directory
 flywheel validate configs/x.yaml                   check a config file
@@ -300,8 +300,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.add_argument("--graph", help="also draw the ancestry to this file; its suffix picks .svg, .png, .pdf or .dot")
     s.set_defaults(fn=cmd_lineage)
-    s = sub.add_parser("server", help="start a local Prefect server and UI on 127.0.0.1")
+    s = sub.add_parser("server", help="start a local Prefect server and UI (on 127.0.0.1 unless --host)")
     s.add_argument("--port", type=int, default=4200)
+    s.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface, for other machines)"
+    )
     s.set_defaults(fn=cmd_server)
     s = sub.add_parser("serve", help="serve the flywheel-round and flywheel-nightly deployments of a pipeline")
     s.add_argument("--config", required=True)
@@ -317,6 +320,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("worker", help="run a process worker of a work pool: it runs the pool's rounds here")
     s.add_argument("--pool", required=True)
     s.add_argument("--limit", type=int, default=None, help="most flow runs at once on this machine (default: no cap)")
+    s.add_argument(
+        "--work-queue",
+        action="append",
+        help="take runs only from this queue of the pool (repeatable; created if missing); default: all queues",
+    )
     s.set_defaults(fn=cmd_worker)
     s = sub.add_parser("catalog-rebuild", help="rebuild the catalog from the store's round manifests")
     s.add_argument("--config", required=True)

@@ -16,7 +16,7 @@ from flows import reaper
 
 
 def cmd_server(args) -> int:
-    """A local Prefect server + UI on 127.0.0.1 (SQLite, offline), until Ctrl-C or SIGTERM."""
+    """A local Prefect server + UI on 127.0.0.1, or --host (SQLite, offline), until Ctrl-C or SIGTERM."""
     import signal
     import subprocess
     import urllib.request
@@ -26,16 +26,22 @@ def cmd_server(args) -> int:
 
     # SIGTERM (a supervisor, a test) ends this command like Ctrl-C does: through the cleanup below.
     signal.signal(signal.SIGTERM, stop)
-    url = f"http://127.0.0.1:{args.port}"
-    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_API_URL": f"{url}/api"}
-    cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(args.port)]
+    # Bound to args.host, 127.0.0.1 unless set: the server has no authentication. Other machines use the
+    # address it listens on; on every interface (0.0.0.0) that is this machine's, which only the user knows.
+    everywhere = args.host in ("0.0.0.0", "::")
+    local = f"http://127.0.0.1:{args.port}" if everywhere else f"http://{args.host}:{args.port}"
+    url = f"http://<this machine's address>:{args.port}" if everywhere else local
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    if not everywhere:  # the address the UI's browser calls the API on; else Prefect's default
+        env["PREFECT_UI_API_URL"] = f"{local}/api"
+    cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", args.host, "--port", str(args.port)]
     proc = subprocess.Popen(cmd, env=env)
     try:
         for _ in range(120):
             if proc.poll() is not None:
                 raise SystemExit(f"prefect server exited with code {proc.returncode} (is port {args.port} free?)")
             try:
-                urllib.request.urlopen(f"{url}/api/health", timeout=2)
+                urllib.request.urlopen(f"{local}/api/health", timeout=2)
                 break
             except OSError:
                 time.sleep(0.5)
@@ -145,6 +151,8 @@ def cmd_worker(args) -> int:
     cmd = [sys.executable, "-m", "prefect", "worker", "start", "--pool", args.pool, "--type", "process"]
     if args.limit:
         cmd += ["--limit", str(args.limit)]
+    for queue in args.work_queue or []:  # created in the pool if missing; without one, every queue is polled
+        cmd += ["--work-queue", queue]
     sys.stdout.flush()
     # exec, not a child: signals reach the worker itself, which stops its flow runs' processes on the way out.
     os.execv(sys.executable, cmd)

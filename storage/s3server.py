@@ -58,11 +58,13 @@ class LocalS3Server:
         port: int | None = None,
         backend: Literal["rclone", "seaweedfs"] = "rclone",
         start_timeout: float = 20.0,
+        host: str = "127.0.0.1",
     ):
         if backend not in ("rclone", "seaweedfs"):
             raise ValueError(f"backend must be 'rclone' or 'seaweedfs', not {backend!r}")
         self.data_dir = Path(data_dir).expanduser().resolve()
-        self.port, self.backend, self.start_timeout = port, backend, start_timeout
+        # 127.0.0.1 unless another machine must reach it (a shared store on a LAN address).
+        self.port, self.backend, self.start_timeout, self.host = port, backend, start_timeout, host
         self.endpoint_url = ""
         self.access_key, self.secret_key = load_credentials(self.data_dir)
         self._proc: subprocess.Popen | None = None
@@ -108,7 +110,7 @@ class LocalS3Server:
                 )
             self._record_owner()
             atexit.register(self.stop)
-            self.endpoint_url = f"http://127.0.0.1:{port}"
+            self.endpoint_url = f"http://{self.host}:{port}"
             if self._wait_ready():
                 return self
             exited = self._proc.poll() is not None
@@ -117,7 +119,7 @@ class LocalS3Server:
                 break
         what = "exited while starting" if exited else f"did not answer within {self.start_timeout:.0f} s"
         raise StoreError(
-            f"{self.backend} S3 server on 127.0.0.1:{port} {what} "
+            f"{self.backend} S3 server on {self.host}:{port} {what} "
             f"(last log line: {_last_line(log_path)!r}): see {log_path}"
         )
 
@@ -149,7 +151,7 @@ class LocalS3Server:
         if self.backend == "rclone":
             # The key pair goes through the environment, not argv, so `ps` never shows the secret.
             env["RCLONE_AUTH_KEY"] = f'"{self.access_key},{self.secret_key}"'
-            return [binary, "serve", "s3", "--addr", f"127.0.0.1:{port}", str(self.data_dir)], env
+            return [binary, "serve", "s3", "--addr", f"{self.host}:{port}", str(self.data_dir)], env
         config = self.data_dir / ".s3-identities.json"
         _write_private(
             config,
@@ -184,8 +186,8 @@ class LocalS3Server:
             binary,
             "mini",
             f"-dir={self.data_dir}",
-            "-ip=127.0.0.1",
-            "-ip.bind=127.0.0.1",
+            f"-ip={self.host}",
+            f"-ip.bind={self.host}",
             f"-s3.port={port}",
             f"-s3.config={config}",
             "-admin.ui=false",

@@ -4,77 +4,33 @@ nothing; either home reads the same rounds, lineage and history; the password ne
 
 from __future__ import annotations
 
-import glob
 import multiprocessing as mp
 import os
-import shutil
-import socket
-import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
 
 from storage.catalog import Catalog
 from storage.catalog_lake import LakeSpec
+from tests.pg import PASSWORD, postgres_server
 from tests.test_catalog import _sql
 from tests.test_catalog_lineage import write_steps
 
 P = "shared"
 
 
-def _pg_bin(name: str) -> str:
-    """Debian keeps the server programs in /usr/lib/postgresql/<version>/bin, off PATH."""
-    found = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)), None)
-    if found is None:
-        raise RuntimeError(f"{name} not found: install Debian's postgresql (make postgresql)")
-    return found
-
-
-def _as_postgres(args: list[str]) -> list[str]:
-    # initdb and the server refuse to run as root; CI and this machine run the tests as root.
-    return ["runuser", "-u", "postgres", "--", *args] if os.geteuid() == 0 else args
-
-
 @pytest.fixture(scope="module")
 def postgres():
-    """A running Postgres with database `flywheel`, password-protected; yields its libpq keywords (no password)."""
-    # Not under pytest's tmp_path: its root is private to root, and the server runs as user postgres.
-    root = Path(tempfile.mkdtemp(prefix="flywheel-pg-"))
-    if os.geteuid() == 0:
-        shutil.chown(root, "postgres")
-    pwfile = root / "pw"
-    pwfile.write_text("s3cret-pg\n")
-    if os.geteuid() == 0:
-        shutil.chown(pwfile, "postgres")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    data = root / "data"
-    run = dict(check=True, capture_output=True, text=True, timeout=120)
-    subprocess.run(
-        _as_postgres([_pg_bin("initdb"), "-D", str(data), "-U", "fw", f"--pwfile={pwfile}", "-A", "md5"]), **run
-    )
-    opts = f"-k {root} -p {port} -h 127.0.0.1"
-    start = [_pg_bin("pg_ctl"), "-D", str(data), "-o", opts, "-l", str(root / "log"), "-w", "start"]
-    subprocess.run(_as_postgres(start), **run)
-    env = {**os.environ, "PGPASSWORD": "s3cret-pg"}
-    psql = [_pg_bin("psql"), "-h", "127.0.0.1", "-p", str(port), "-U", "fw", "-d", "postgres", "-c"]
-
-    def database(name: str) -> str:
-        subprocess.run([*psql, f"CREATE DATABASE {name}"], env=env, **run)
-        return f"postgres:host=127.0.0.1 port={port} dbname={name} user=fw"
-
-    yield database
-    subprocess.run(_as_postgres([_pg_bin("pg_ctl"), "-D", str(data), "-m", "fast", "stop"]), **run)
-    shutil.rmtree(root, ignore_errors=True)
+    """A running Postgres; yields database(name) -> its DuckLake metadata string (tests/pg.py)."""
+    with postgres_server() as database:
+        yield database
 
 
 @pytest.fixture
 def lake(postgres, tmp_path, request, monkeypatch):
     """A new shared lake per test: metadata in a database of its own, data in one directory both homes reach
     (the store's place)."""
-    monkeypatch.setenv("PGPASSWORD", "s3cret-pg")
+    monkeypatch.setenv("PGPASSWORD", PASSWORD)
     name = "flywheel_" + "".join(c if c.isalnum() else "_" for c in request.node.name).lower()[:40]
     return LakeSpec(metadata=postgres(name), data_path=f"{tmp_path / 'store' / 'catalog' / 'lake'}/")
 
@@ -84,7 +40,7 @@ def _home_catalog(home: Path, spec: LakeSpec) -> Catalog:
 
 
 def _writer(home: str, spec: LakeSpec, tag: str, n: int, barrier) -> None:
-    os.environ["PGPASSWORD"] = "s3cret-pg"
+    os.environ["PGPASSWORD"] = PASSWORD
     cat = _home_catalog(Path(home), spec)
     barrier.wait()
     write_steps(cat, P, tag, n)
@@ -132,6 +88,6 @@ def test_either_home_sees_the_other_homes_rounds_and_history(lake, tmp_path):
     assert [(r["round"], r["promoted"]) for r in a.rounds(P)] == [(1, True), (2, False)]
     assert [r["round"] for r in a.as_of_round(P, 1).rounds(P)] == [1]  # time travel from the other home
     assert b.as_of_round(P, 2).rounds(P) == a.rounds(P)
-    assert "s3cret-pg" not in a.where and "s3cret-pg" not in str(lake)
+    assert PASSWORD not in a.where and PASSWORD not in str(lake)
     a.close()
     b.close()
