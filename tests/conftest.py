@@ -18,6 +18,9 @@ apply_defaults()
 # One engine config for every test, so the whole session shares one vLLM engine (start ~20-30 s).
 BUCKET = "flywheel-tests"
 ENGINE = {"backend": "vllm", "dtype": "float32", "max_model_len": 128, "cpu_kvcache_gb": 1}
+# For tests of a subprocess (`flywheel run`, `serve`) whose subject is not generation: transformers' engine
+# costs no vLLM engine start (20-30 s per process on 2 cores). Pass it whole: `generation=HF_GENERATION`.
+HF_GENERATION = {"engine": {**ENGINE, "backend": "hf"}, "sampling": {"n": 4, "max_tokens": 8}}
 
 
 @pytest.fixture(scope="session")

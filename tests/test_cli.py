@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 
 from flows.cli import main
+from tests.conftest import HF_GENERATION
 
 FLYWHEEL = [sys.executable, "-m", "flows.cli"]
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,7 +29,7 @@ def _write(cfg, path: Path) -> Path:
 
 def test_run_then_rounds_and_lineage(make_config, tmp_path):
     home = tmp_path / "home"
-    config = _write(make_config(pipeline="cli", home=home), tmp_path / "cli.yaml")
+    config = _write(make_config(pipeline="cli", home=home, generation=HF_GENERATION), tmp_path / "cli.yaml")
 
     run = _run(["run", "--config", str(config), "--rounds", "1"], home)
     assert run.returncode == 0, run.stderr[-3000:]

@@ -21,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from storage.s3server import free_port
+from tests.conftest import HF_GENERATION
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
@@ -77,7 +78,7 @@ def test_quick_run_from_the_ui_runs_a_round(make_config, tmp_path):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     home = tmp_path / "home"
-    cfg = make_config(pipeline="ui", home=home)
+    cfg = make_config(pipeline="ui", home=home, generation=HF_GENERATION)
     config = tmp_path / "ui.yaml"
     config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     env = {

@@ -12,6 +12,7 @@ import pytest
 
 from storage.s3server import LocalS3Server, free_port
 from storage.store import open_store
+from tests.conftest import HF_GENERATION
 from tests.faults.harness import FlywheelRun, audit, stage_done, write_config
 
 pytestmark = pytest.mark.faults
@@ -25,7 +26,8 @@ def test_a_round_rides_out_an_s3_outage_and_a_reader_holding_the_catalog(make_co
         monkeypatch.setenv(name, value)
     uri = "s3://outage/round"
     open_store(uri, server.endpoint_url, create_bucket=True).check()
-    cfg = make_config(pipeline="outage", home=home, storage={"uri": uri, "endpoint_url": server.endpoint_url})
+    storage = {"uri": uri, "endpoint_url": server.endpoint_url}
+    cfg = make_config(pipeline="outage", home=home, storage=storage, generation=HF_GENERATION)
     run = FlywheelRun(write_config(cfg, tmp_path / "outage.yaml"), home)
     reader = None
     try:
