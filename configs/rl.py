@@ -38,6 +38,13 @@ class RLConfig(_Optimizer):
         description="Share of the round's curated prompts to train on (rows are sorted by prompt id, a hash, "
         "so the first share is an unbiased and reproducible sample).",
     )
+    prompt_selection: Literal["all", "mixed"] = Field(
+        "all",
+        description="all: every curated prompt. mixed: only the prompts whose samples in this round's score "
+        "stage got different rewards (some right, some wrong). A group whose completions all score alike has "
+        "zero advantage and teaches GRPO nothing; this is DAPO's dynamic sampling, done ahead of training from "
+        "the policy's own samples. prompt_fraction then applies to what is left.",
+    )
     num_generations: int = Field(8, ge=2, description="Group size: completions sampled per prompt (GRPO's G).")
     prompts_per_step: int = Field(
         4,

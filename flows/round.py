@@ -98,7 +98,7 @@ def _run_round(rt: Runtime, cfg: FlywheelConfig) -> RoundReport:
         sft_model = train_sft_task(cfg, r, policy, sft)
         candidate = train_dpo_task(cfg, r, sft_model, pairs)
         if cfg.training.rl.enabled:  # GRPO on verifiable rewards, from the preference-tuned checkpoint
-            candidate = train_rl_task(cfg, r, candidate, prompts)
+            candidate = train_rl_task(cfg, r, candidate, prompts, scores)
         # The trained model itself when averaging is off.
         candidate = average_task(cfg, r, candidate, policy, policy_history(rt.catalog.rounds(cfg.pipeline), r))
         reward_model = reward_model_for(rt.catalog, cfg, r + 1, "evaluate")  # this round's counts too

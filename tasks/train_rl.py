@@ -25,8 +25,11 @@ from trainers.launch import launch_training, launcher_identity
 
 
 @stage("train-rl", returns="model")
-def train_rl_task(cfg: FlywheelConfig, round_num: int, model_id: str, prompts_id: str) -> Step | str:
-    """The GRPO step from `model_id` on the prompts `prompts_id`; disabled: `model_id`, and nothing is recorded."""
+def train_rl_task(
+    cfg: FlywheelConfig, round_num: int, model_id: str, prompts_id: str, scores_id: str | None = None
+) -> Step | str:
+    """The GRPO step from `model_id` on the prompts `prompts_id` (those with mixed rewards in `scores_id`
+    under prompt_selection: mixed); disabled: `model_id`, and nothing is recorded."""
     rl = cfg.training.rl
     if not rl.enabled:
         return model_id
@@ -41,10 +44,15 @@ def train_rl_task(cfg: FlywheelConfig, round_num: int, model_id: str, prompts_id
         "use_cpu": cfg.training.use_cpu,  # decides the rollout backend under generation_backend: auto
         "launcher": launcher_identity(cfg.training.launcher),
     }
+    inputs = {"model": model_id, "prompts": prompts_id}
+    if rl.prompt_selection == "mixed":  # only then an input: the other steps keep their identities
+        if scores_id is None:
+            raise ValueError("training.rl.prompt_selection: mixed needs the round's scores (the score step's output)")
+        inputs["scores"] = scores_id
     return Step(
         "train-rl",
         config=config,
-        inputs={"model": model_id, "prompts": prompts_id},
+        inputs=inputs,
         run=lambda ctx: train_rl(ctx, cfg, round_num, rl, scorers, seed),
     )
 
@@ -59,12 +67,41 @@ def rl_prompts(rows: list[dict], fraction: float) -> list[dict]:
     return ordered[: max(1, math.ceil(fraction * len(ordered)))] if ordered else []
 
 
+def mixed_reward_prompts(scores: list[dict]) -> set[str]:
+    """Prompt ids whose scored completions got more than one distinct reward (None: excluded, not counted).
+
+    >>> rows = [{"prompt_id": "p", "completion_id": "a", "reward": 1.0}, {"prompt_id": "p", "completion_id": "b",
+    ...   "reward": 0.0}, {"prompt_id": "q", "completion_id": "c", "reward": 1.0}]
+    >>> sorted(mixed_reward_prompts(rows))
+    ['p']
+    """
+    rewards: dict[str, set[float]] = {}
+    for row in scores:  # one row per (completion, scorer), each with the completion's combined reward
+        if row["reward"] is not None:
+            rewards.setdefault(row["prompt_id"], set()).add(row["reward"])
+    return {p for p, seen in rewards.items() if len(seen) > 1}
+
+
 def train_rl(
     ctx: StageContext, cfg: FlywheelConfig, round_num: int, rl: RLConfig, scorers: list[dict], seed: int
 ) -> StageOutput:
     """GRPO from model `model` on table `prompts`; the new checkpoint, with per-step metrics."""
     columns = ["prompt_id", "prompt", "system", "answer", "provenance"]
-    rows = rl_prompts(ctx.rows("prompts", columns=columns), rl.prompt_fraction)
+    rows = ctx.rows("prompts", columns=columns)
+    selection: dict[str, int] = {}
+    if "scores" in ctx.inputs:
+        mixed = mixed_reward_prompts(ctx.rows("scores", columns=["prompt_id", "completion_id", "reward"]))
+        kept = [r for r in rows if r["prompt_id"] in mixed]
+        selection = {"train/rl_prompts_mixed": len(kept), "train/rl_prompts_uniform": len(rows) - len(kept)}
+        ctx.log.info(
+            "train-rl: %d of %d prompts had mixed rewards in the score step; the %d whose samples all scored "
+            "alike are left out (prompt_selection: mixed)",
+            len(kept),
+            len(rows),
+            len(rows) - len(kept),
+        )
+        rows = kept
+    rows = rl_prompts(rows, rl.prompt_fraction)
     if not rows:
         ctx.log.warning("train-rl skipped (no prompts this round): its input model passes through")
         return StageOutput({"model": ctx.id("model")}, rows_in=0, rows_out=0, summary={"skipped": "no prompts"})
@@ -101,6 +138,7 @@ def train_rl(
         "train/rl_steps": summary["steps"],
         **({"train/rl_reward_first": rewards[0], "train/rl_reward_last": rewards[-1]} if rewards else {}),
         **summary.pop("step_metrics", {}),
+        **selection,
     }
     return StageOutput({"model": Model(ckpt)}, rows_in=len(rows), rows_out=len(rows), summary=summary, metrics=metrics)
 
@@ -110,5 +148,9 @@ if __name__ == "__main__":
 
     run_alone(
         train_rl_task,
-        lambda rnd: {"model_id": rnd.output("train-dpo", "model"), "prompts_id": rnd.output("curate", "prompts")},
+        lambda rnd: {
+            "model_id": rnd.output("train-dpo", "model"),
+            "prompts_id": rnd.output("curate", "prompts"),
+            "scores_id": rnd.output("score", "scores"),
+        },
     )

@@ -178,6 +178,39 @@ def test_stage_is_reused_on_resume(make_config):
     assert "train-rl" not in _steps(rt, off)
 
 
+def test_mixed_selection_trains_only_on_prompts_with_mixed_rewards(make_config):
+    from tasks.curate import curate_task
+    from tasks.generate import generate_task
+    from tasks.score import score_task
+    from tasks.stage import import_model, runtime
+    from tasks.train_rl import train_rl_task
+
+    cfg = make_config(pipeline="rl-mixed", training__rl={**RL_ON["training__rl"], "prompt_selection": "mixed"})
+    policy = import_model(cfg, cfg.base_model, "base-model", "base_model")
+    prompts = curate_task.fn(cfg, 1)
+    scores = score_task.fn(cfg, 1, generate_task.fn(cfg, 1, policy, prompts))
+    rt = runtime(cfg)
+    rewards: dict[str, set] = {}
+    for row in rt.artifacts.get_table(scores, columns=["prompt_id", "reward"]).to_pylist():
+        rewards.setdefault(row["prompt_id"], set()).add(row["reward"])
+    mixed = sorted(p for p, seen in rewards.items() if len(seen) > 1)
+    assert len(rewards) == 48 and 0 < len(mixed) < 48, rewards  # some prompts right only some of the time
+
+    with pytest.raises(ValueError, match="prompt_selection: mixed needs the round's scores"):
+        train_rl_task.fn(cfg, 1, policy, prompts)
+    train_rl_task.fn(cfg, 1, policy, prompts, scores)
+    step = _steps(rt, cfg)["train-rl"]
+    assert step["inputs"] == {"model": policy, "prompts": prompts, "scores": scores}
+    assert step["rows_in"] == len(mixed)
+    metrics = {
+        r["name"]: r["value"]
+        for r in rt.catalog._query(
+            "SELECT name, value FROM metrics WHERE pipeline = 'rl-mixed' AND name LIKE 'train/rl_prompts_%'"
+        )
+    }
+    assert metrics == {"train/rl_prompts_mixed": len(mixed), "train/rl_prompts_uniform": 48 - len(mixed)}
+
+
 def test_rl_checkpoint_is_the_gated_candidate(make_config, prefect_harness):
     from flows.round import round_flow
     from tasks.stage import runtime
