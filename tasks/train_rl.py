@@ -70,8 +70,7 @@ def rl_prompts(rows: list[dict], fraction: float) -> list[dict]:
 def mixed_reward_prompts(scores: list[dict]) -> set[str]:
     """Prompt ids whose scored completions got more than one distinct reward (None: excluded, not counted).
 
-    >>> rows = [{"prompt_id": "p", "completion_id": "a", "reward": 1.0}, {"prompt_id": "p", "completion_id": "b",
-    ...   "reward": 0.0}, {"prompt_id": "q", "completion_id": "c", "reward": 1.0}]
+    >>> rows = [{"prompt_id": "p", "reward": 1.0}, {"prompt_id": "p", "reward": 0.0}, {"prompt_id": "q", "reward": 1.0}]
     >>> sorted(mixed_reward_prompts(rows))
     ['p']
     """
@@ -90,7 +89,7 @@ def train_rl(
     rows = ctx.rows("prompts", columns=columns)
     selection: dict[str, int] = {}
     if "scores" in ctx.inputs:
-        mixed = mixed_reward_prompts(ctx.rows("scores", columns=["prompt_id", "completion_id", "reward"]))
+        mixed = mixed_reward_prompts(ctx.rows("scores", columns=["prompt_id", "reward"]))
         kept = [r for r in rows if r["prompt_id"] in mixed]
         selection = {"train/rl_prompts_mixed": len(kept), "train/rl_prompts_uniform": len(rows) - len(kept)}
         ctx.log.info(
@@ -103,7 +102,8 @@ def train_rl(
         rows = kept
     rows = rl_prompts(rows, rl.prompt_fraction)
     if not rows:
-        ctx.log.warning("train-rl skipped (no prompts this round): its input model passes through")
+        why = "no prompt had mixed rewards" if selection else "no prompts this round"
+        ctx.log.warning("train-rl skipped (%s): its input model passes through", why)
         return StageOutput({"model": ctx.id("model")}, rows_in=0, rows_out=0, summary={"skipped": "no prompts"})
     release_accelerator()
     tcfg = cfg.training
