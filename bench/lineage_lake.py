@@ -33,8 +33,17 @@ from storage.catalog import Catalog, StepRecord  # noqa: E402
 from storage.catalog_lake import ALIAS, LakeSpec  # noqa: E402
 
 
-def build(cats: dict[str, Catalog], edges: int, rounds: int, n: int, seed: int) -> tuple[dict, np.ndarray]:
-    """The same rounds into every catalog; returns the seconds each took and a sample of training row ids."""
+def store_bytes(cat: Catalog) -> int:
+    """What the catalog keeps in the store: the DuckDB file (copied whole after every round, flows/round.py),
+    or the lake's Parquet files (each round adds its own)."""
+    if cat.lake is None:
+        return sum(p.stat().st_size for p in (cat.path, cat.path.with_name(cat.path.name + ".wal")) if p.exists())
+    return sum(f.stat().st_size for f in Path(cat.lake.spec.data_path).rglob("*.parquet"))
+
+
+def build(cats: dict[str, Catalog], edges: int, rounds: int, n: int, seed: int) -> tuple[dict, np.ndarray, dict]:
+    """The same rounds into every catalog; returns the seconds each took, a sample of training row ids, and
+    per round the bytes each catalog puts in the store (the whole DuckDB file; the lake's new Parquet)."""
     rng = np.random.default_rng(seed)
     prompts = int(edges / rounds / (1 + n + SFT_SHARE + 2 * PAIR_SHARE))
     sources = [hex_ids(rng, 1, 64)[0] for _ in range(2)]
@@ -44,7 +53,9 @@ def build(cats: dict[str, Catalog], edges: int, rounds: int, n: int, seed: int) 
             ref = ArtifactRef(s, "source", f"file:///data/source-{i}.jsonl", None, None, "jsonl")
             cat.register_artifact(ref, PIPELINE, 1, "source")
     earlier_sft, samples = np.array([], dtype=object), []
+    per_round: dict[str, list[int]] = {k: [] for k in cats}
     for r in range(1, rounds + 1):
+        before = {k: store_bytes(c) for k, c in cats.items()}
         steps, fresh = round_edges(rng, prompts, n, sources, earlier_sft)
         earlier_sft = np.concatenate([earlier_sft, fresh])
         for step, (kind, rows, parents) in steps.items():
@@ -58,8 +69,11 @@ def build(cats: dict[str, Catalog], edges: int, rounds: int, n: int, seed: int) 
                 seconds[name] += time.perf_counter() - t0
             if kind in ("sft", "pairs"):
                 samples.append(rng.choice(rows, 200))
-        print(f"round {r}: {', '.join(f'{k} {v:.1f} s' for k, v in seconds.items())}", flush=True)
-    return {k: round(v, 1) for k, v in seconds.items()}, np.concatenate(samples)
+        for k, c in cats.items():
+            per_round[k].append(store_bytes(c) if c.lake is None else store_bytes(c) - before[k])
+        sent = ", ".join(f"{k} {v[-1] / 1e6:.1f} MB" for k, v in per_round.items())
+        print(f"round {r}: {', '.join(f'{k} {v:.1f} s' for k, v in seconds.items())}; to the store: {sent}", flush=True)
+    return {k: round(v, 1) for k, v in seconds.items()}, np.concatenate(samples), per_round
 
 
 def compact_and_time(cat: Catalog, ids: list[str]) -> dict:
@@ -96,10 +110,11 @@ def main() -> None:
         root = Path(tmp)
         lake = LakeSpec(f"sqlite:{root / 'catalog.sqlite'}", f"{root / 'lake'}/")
         cats = {"duckdb": Catalog(root / "catalog.duckdb"), "ducklake": Catalog(root / "catalog.sqlite", lake=lake)}
-        build_s, samples = build(cats, args.edges, args.rounds, args.n, args.seed)
+        build_s, samples, per_round = build(cats, args.edges, args.rounds, args.n, args.seed)
         ids = random.Random(args.seed).sample(list(samples), args.lookups)
         held = duckdb.connect(str(root / "catalog.duckdb"))  # the DuckDB file held open too: like for like
         result = {"edges": args.edges, "rounds": args.rounds, "build_s": build_s, "lookups": args.lookups}
+        result["store_bytes_per_round"] = per_round
         for name, cat in cats.items():
             cat.row_lineage(ids[0])  # warm: the first call reads the file's footer and metadata
             result[name] = summary(time_ms(cat.row_lineage, ids))
