@@ -55,10 +55,6 @@ class Machines:
         """What to put before a command to run it on machine `name`."""
         return ["ip", "netns", "exec", self._ns[name]] if self.isolated else []
 
-    def address(self, name: str) -> str:
-        """Machine `name`'s own address, as the services see it."""
-        return f"{self._net}.{self.names.index(name) + 2}" if self.isolated else "127.0.0.1"
-
     def _remove(self) -> None:
         for name in self.names:
             with suppress(OSError, subprocess.CalledProcessError):

@@ -23,6 +23,7 @@ import yaml
 
 from storage.s3server import LocalS3Server, free_port
 from storage.store import open_store
+from tests.conftest import HF_GENERATION
 from tests.netns import Machines
 from tests.pg import PASSWORD, postgres_server
 
@@ -57,7 +58,7 @@ def _wait(what: str, probe, timeout: float, logs: list[Path]):
 
 
 def _config(make_config, tmp_path: Path, s3: LocalS3Server, metadata: str) -> Path:
-    cfg = make_config(pipeline=PIPELINE).model_dump(mode="json")
+    cfg = make_config(pipeline=PIPELINE, generation=HF_GENERATION).model_dump(mode="json")
     cfg["home"] = None  # each worker's runs use its own machine's FLYWHEEL_HOME
     cfg["storage"] = {
         "uri": "s3://fleet/flywheel",
@@ -65,7 +66,6 @@ def _config(make_config, tmp_path: Path, s3: LocalS3Server, metadata: str) -> Pa
         "catalog": "ducklake",
         "catalog_metadata": metadata,
     }
-    cfg["generation"]["engine"]["backend"] = "hf"
     path = tmp_path / "shared.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
