@@ -102,6 +102,12 @@ class RLConfig(_Optimizer):
     vllm_gpu_memory_utilization: float = Field(
         0.3, gt=0, lt=1, description="vllm: share of GPU memory the colocated engine may take."
     )
+    vllm_sleep_mode: bool = Field(
+        True,
+        description="vllm: put the colocated engine to sleep while the optimizer steps (TRL's "
+        "vllm_enable_sleep_mode), so training gets its memory back, as generation.engine.sleep_mode does for "
+        "the round's engine; each step then pays a wake. Not yet measured on a GPU.",
+    )
     lora: LoraConfig = Field(default_factory=LoraConfig, description="Optional LoRA adapters, merged after training.")
 
     @model_validator(mode="after")

@@ -155,6 +155,20 @@ def _steps(rt, cfg, r: int = 1) -> dict:
 RL_ON = dict(training__rl={"enabled": True, "num_generations": 4, "prompts_per_step": 2, "max_steps": 2, **FAST})
 
 
+def test_colocated_vllm_sleeps_while_the_optimizer_steps(tmp_path):
+    """The GPU path's settings reach TRL; on CPU (transformers rollouts) there is no engine to put to sleep."""
+    from trainers.grpo import grpo_args
+
+    run = dict(seed=0, use_cpu=True, bf16=False)  # TrainingArguments refuses bf16 without a GPU
+    on = grpo_args(RLConfig(enabled=True), tmp_path, [1.0], backend="vllm", **run)
+    assert (on.use_vllm, on.vllm_mode, on.vllm_enable_sleep_mode) == (True, "colocate", True)
+    assert on.vllm_gpu_memory_utilization == 0.3
+    off = grpo_args(RLConfig(enabled=True, vllm_sleep_mode=False), tmp_path, [1.0], backend="vllm", **run)
+    assert off.vllm_enable_sleep_mode is False
+    cpu = grpo_args(RLConfig(enabled=True), tmp_path, [1.0], backend="transformers", **run)
+    assert (cpu.use_vllm, cpu.vllm_enable_sleep_mode) == (False, False)
+
+
 def test_stage_is_reused_on_resume(make_config):
     from tasks.curate import curate_task
     from tasks.stage import import_model, runtime

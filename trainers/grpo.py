@@ -100,7 +100,12 @@ def grpo_args(
     batch = cfg.prompts_per_step * cfg.num_generations
     base = stage_args(cfg, out_dir, seed=seed, use_cpu=use_cpu, bf16=bf16, batch_size=batch, report=report)
     base["logging_steps"] = 1  # every step's reward, KL and lengths become metrics of the stage
-    vllm = dict(use_vllm=True, vllm_mode="colocate", vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization)
+    vllm = dict(
+        use_vllm=True,
+        vllm_mode="colocate",
+        vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+        vllm_enable_sleep_mode=cfg.vllm_sleep_mode,
+    )
     return TRLGRPOConfig(
         **base,
         max_steps=cfg.max_steps or -1,
