@@ -123,7 +123,7 @@ def main() -> None:
         assert all(key(cats["duckdb"].row_lineage(i)) == key(cats["ducklake"].row_lineage(i)) for i in ids[:10])
         files = list((root / "lake").rglob("*.parquet"))
         result["lake_parquet_files"] = len(files)
-        result["lake_bytes"] = sum(f.stat().st_size for f in files)
+        result["lake_bytes"] = store_bytes(cats["ducklake"])
         result["lake_over_duckdb"] = round(result["ducklake"]["median_ms"] / result["duckdb"]["median_ms"], 2)
         if args.compact:
             result["compacted"] = compact_and_time(cats["ducklake"], ids)

@@ -45,7 +45,7 @@ def train_rl_task(
         "launcher": launcher_identity(cfg.training.launcher),
     }
     inputs = {"model": model_id, "prompts": prompts_id}
-    if rl.prompt_selection == "mixed":  # only then an input: the other steps keep their identities
+    if rl.prompt_selection == "mixed":  # an input only where the step reads it: lineage names what it used
         if scores_id is None:
             raise ValueError("training.rl.prompt_selection: mixed needs the round's scores (the score step's output)")
         inputs["scores"] = scores_id

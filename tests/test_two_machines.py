@@ -28,7 +28,7 @@ from tests.netns import Machines
 from tests.pg import PASSWORD, postgres_server
 
 ROOT = Path(__file__).resolve().parents[1]
-POOL, PIPELINE = "two-machines", "shared"
+POOL, PIPELINE, STORE = "two-machines", "shared", "s3://fleet/flywheel"
 TRIGGER = (
     "import sys\n"
     "from prefect.deployments import run_deployment\n"
@@ -61,7 +61,7 @@ def _config(make_config, tmp_path: Path, s3: LocalS3Server, metadata: str) -> Pa
     cfg = make_config(pipeline=PIPELINE, generation=HF_GENERATION).model_dump(mode="json")
     cfg["home"] = None  # each worker's runs use its own machine's FLYWHEEL_HOME
     cfg["storage"] = {
-        "uri": "s3://fleet/flywheel",
+        "uri": STORE,
         "endpoint_url": s3.endpoint_url,
         "catalog": "ducklake",
         "catalog_metadata": metadata,
@@ -76,7 +76,7 @@ def _shared_catalog(tmp_path: Path, s3: LocalS3Server, metadata: str):
     from storage.catalog import Catalog
     from storage.runtime import lake_spec
 
-    store = open_store("s3://fleet/flywheel", s3.endpoint_url)
+    store = open_store(STORE, s3.endpoint_url)
     return Catalog(tmp_path / "host.sqlite", lake=lake_spec(tmp_path, store, s3.endpoint_url, None, metadata))
 
 
@@ -118,7 +118,7 @@ def test_two_workers_run_one_pipeline_in_turn_and_see_the_same_lineage(make_conf
                         start_new_session=True,
                     )
                 )
-            open_store("s3://fleet/flywheel", s3.endpoint_url, create_bucket=True).check()
+            open_store(STORE, s3.endpoint_url, create_bucket=True).check()
             config = _config(make_config, tmp_path, s3, database("fleet"))
             _wait("no Prefect server", lambda: _api(api, "/health"), 120, logs)
 
