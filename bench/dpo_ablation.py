@@ -1,4 +1,4 @@
-"""Does DPO help the demo? Runs the demo pipeline once per training variant and prints accuracy per round.
+"""Does DPO (or RL) help the demo? Runs the demo pipeline once per training variant and prints accuracy per round.
 
 Every variant starts from the same base model and data and differs only in its training section, so
 the held-out accuracy after each round is directly comparable (150 prompts: about +-4 points of noise).
@@ -26,8 +26,16 @@ apply_defaults()
 # Each variant overrides the demo's training section; a "selection" key overrides its selection section.
 _REPLAY = {"replay": {"enabled": True, "share": 1.0, "cap": 480}}
 _GENTLER = [{"from_round": 2, "learning_rate": 5e-5}]  # SFT from round 2 on; the demo's round 1 uses 1e-4
+# GRPO after DPO on 64 of the round's prompts, each seen 5 times (40 steps x 8 prompts), or in one pass over
+# fresh prompts (max_prompts: null): README, "RL on verifiable rewards" (GRPO's reward rises on prompts it sees again).
+_RL = {"enabled": True, "num_generations": 8, "prompts_per_step": 8, "max_steps": 40, "max_prompts": 64}
+_RL |= {"learning_rate": 2e-5, "max_completion_length": 8}
 VARIANTS: dict[str, dict] = {
     "demo": {},
+    "demo-rl": {"rl": _RL},
+    "demo-rl-one-pass": {"rl": {**_RL, "max_prompts": None}},
+    "demo-rl-lr1e-5": {"rl": {**_RL, "learning_rate": 1e-5}},
+    "demo-rl-128": {"rl": {**_RL, "max_prompts": 128}},
     "demo-sft-only": {"dpo": {"enabled": False}},
     "replay": {"selection": _REPLAY},
     "replay-sft-only": {"selection": _REPLAY, "dpo": {"enabled": False}},
@@ -68,6 +76,19 @@ def _merge(base: dict, update: dict) -> dict:
     for k, v in update.items():
         out[k] = _merge(out.get(k, {}), v) if isinstance(v, dict) else v
     return out
+
+
+def rl_reward_trend(metrics: dict, window: int = 10) -> str:
+    """ "first -> last" mean training reward of a round's RL steps (their first and last `window`), or "".
+
+    >>> rl_reward_trend({f"train/rl/reward_mean/{i:04d}": v for i, v in enumerate([0.5, 0.7, 0.8, 0.9], 1)}, 2)
+    '0.600->0.850'
+    """
+    steps = sorted((k, v) for k, v in metrics.items() if k.startswith("train/rl/reward_mean/"))
+    if not steps:
+        return ""
+    first, last = [v for _, v in steps[:window]], [v for _, v in steps[-window:]]
+    return f"{sum(first) / len(first):.3f}->{sum(last) / len(last):.3f}"
 
 
 def main() -> None:
@@ -123,9 +144,11 @@ def main() -> None:
                 final = last["eval/accuracy/candidate"] if reports[-1].promoted else last["eval/accuracy/policy"]
                 results.setdefault(name, {})[seed] = acc
                 finals.setdefault(name, []).append(final)
+                trends = [t for r in reports if (t := rl_reward_trend(r.metrics))]
                 print(
                     f"{name:24s} seed {seed}  candidate accuracy per round {acc}  policy after: {final:.3f}"
-                    f"  ({time.perf_counter() - t0:.0f} s)",
+                    + (f"  RL training reward per round {trends}" if trends else "")
+                    + f"  ({time.perf_counter() - t0:.0f} s)",
                     flush=True,
                 )
     print("\nvariant                   policy accuracy after the last round (mean over seeds, min-max)")

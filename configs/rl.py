@@ -38,6 +38,13 @@ class RLConfig(_Optimizer):
         description="Share of the round's curated prompts to train on (rows are sorted by prompt id, a hash, "
         "so the first share is an unbiased and reproducible sample).",
     )
+    max_prompts: int | None = Field(
+        None,
+        ge=1,
+        description="At most this many prompts, taken after prompt_selection and prompt_fraction in the same "
+        "prompt-id order (None: no cap). With max_steps it sets how often each prompt comes back: GRPO's training "
+        "reward only rises on prompts it sees again; one pass over fresh prompts measures generalisation instead.",
+    )
     prompt_selection: Literal["all", "mixed"] = Field(
         "all",
         description="all: every curated prompt. mixed: only the prompts whose samples in this round's score "

@@ -37,7 +37,8 @@ def train_rl_task(
     rl = rl.for_round(round_num)
     scorers = [s.model_dump(mode="json") for s in rl_scorers(rl, cfg.scoring)]
     config = {
-        "rl": rl.model_dump(mode="json", exclude={"schedule"}),
+        # max_prompts enters only when set, so the steps of configs without it keep their identities.
+        "rl": rl.model_dump(mode="json", exclude={"schedule"} | ({"max_prompts"} if rl.max_prompts is None else set())),
         "scorers": scorers,  # a changed verifier setting is a new reward, so a new step
         "seed": seed,
         "bf16": cfg.training.bf16,
@@ -57,14 +58,16 @@ def train_rl_task(
     )
 
 
-def rl_prompts(rows: list[dict], fraction: float) -> list[dict]:
-    """The first `fraction` of the prompt rows (at least one), in prompt-id order: a reproducible sample.
+def rl_prompts(rows: list[dict], fraction: float, cap: int | None = None) -> list[dict]:
+    """The first `fraction` of the prompt rows (at least one, at most `cap`), in prompt-id order: a reproducible sample.
 
-    >>> [r["prompt_id"] for r in rl_prompts([{"prompt_id": "b"}, {"prompt_id": "a"}, {"prompt_id": "c"}], 0.5)]
-    ['a', 'b']
+    >>> rows = [{"prompt_id": "b"}, {"prompt_id": "a"}, {"prompt_id": "c"}]
+    >>> [r["prompt_id"] for r in rl_prompts(rows, 0.5)], [r["prompt_id"] for r in rl_prompts(rows, 1.0, cap=1)]
+    (['a', 'b'], ['a'])
     """
     ordered = sorted(rows, key=lambda r: r["prompt_id"])
-    return ordered[: max(1, math.ceil(fraction * len(ordered)))] if ordered else []
+    keep = max(1, math.ceil(fraction * len(ordered)))
+    return ordered[: min(keep, cap or keep)] if ordered else []
 
 
 def mixed_reward_prompts(scores: list[dict]) -> set[str]:
@@ -100,7 +103,7 @@ def train_rl(
             len(rows) - len(kept),
         )
         rows = kept
-    rows = rl_prompts(rows, rl.prompt_fraction)
+    rows = rl_prompts(rows, rl.prompt_fraction, rl.max_prompts)
     if not rows:
         why = "no prompt had mixed rewards" if selection else "no prompts this round"
         ctx.log.warning("train-rl skipped (%s): its input model passes through", why)

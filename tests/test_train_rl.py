@@ -186,6 +186,11 @@ def test_stage_is_reused_on_resume(make_config):
     assert train_rl_task.fn(cfg, 1, policy, prompts) == first
     again = _steps(rt, cfg)["train-rl"]
     assert again["reused"] is True and again["identity"] == step["identity"]
+    # max_prompts caps the prompts (the first ones in prompt-id order) and is part of the identity.
+    capped = make_config(pipeline="rl-capped", training__rl={**RL_ON["training__rl"], "max_prompts": 5})
+    train_rl_task.fn(capped, 1, policy, prompts)
+    five = _steps(rt, capped)["train-rl"]
+    assert five["rows_in"] == 5 and step["rows_in"] == 48 and five["identity"] != step["identity"]
     # Disabled: the model passes through and nothing is recorded.
     off = make_config(pipeline="rl-off")
     assert train_rl_task.fn(off, 1, policy, prompts) == policy
