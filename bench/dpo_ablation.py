@@ -36,6 +36,8 @@ VARIANTS: dict[str, dict] = {
     "demo-rl-one-pass": {"rl": {**_RL, "max_prompts": None}},
     "demo-rl-lr1e-5": {"rl": {**_RL, "learning_rate": 1e-5}},
     "demo-rl-128": {"rl": {**_RL, "max_prompts": 128}},
+    "demo-avg": {"averaging": {"enabled": True, "parents": "policy", "weight_new": 0.5}},
+    "demo-rl-avg": {"rl": _RL, "averaging": {"enabled": True, "parents": "policy", "weight_new": 0.5}},
     "demo-sft-only": {"dpo": {"enabled": False}},
     "replay": {"selection": _REPLAY},
     "replay-sft-only": {"selection": _REPLAY, "dpo": {"enabled": False}},
