@@ -42,8 +42,8 @@ class RLConfig(_Optimizer):
         None,
         ge=1,
         description="At most this many prompts, taken after prompt_selection and prompt_fraction in the same "
-        "prompt-id order (None: no cap). With max_steps it sets how often each prompt comes back: GRPO's training "
-        "reward only rises on prompts it sees again; one pass over fresh prompts measures generalisation instead.",
+        "prompt-id order (None: no cap). With max_steps it sets how often each prompt comes back: on the addition "
+        "demo GRPO's training reward rose 3-9 points on prompts it saw 5 times, 1-3 in one pass (bench/rl_revisit.py).",
     )
     prompt_selection: Literal["all", "mixed"] = Field(
         "all",
