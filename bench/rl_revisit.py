@@ -29,24 +29,30 @@ from configs.quiet import apply_defaults  # noqa: E402
 apply_defaults()
 
 
-def greedy_accuracy(model_dir: str, rows: list[dict], reward) -> float:
-    """Share of `rows` ({prompt, answer}) whose greedy answer (8 new tokens at most) the verifier accepts."""
+def greedy_accuracy(model_dir: str, sets: dict[str, list[dict]], reward) -> dict[str, float]:
+    """Per named set of rows ({prompt, answer}): the share whose greedy answer (8 new tokens at most) the
+    verifier accepts. The model is loaded once for all the sets."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     tok.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    texts = [
-        tok.apply_chat_template([{"role": "user", "content": r["prompt"]}], tokenize=False, add_generation_prompt=True)
-        for r in rows
-    ]
-    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-    with torch.no_grad():
-        out = model.generate(**enc, max_new_tokens=8, do_sample=False)
-    answers = tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-    scores = reward(prompts=[r["prompt"] for r in rows], completions=answers, answer=[r["answer"] for r in rows])
-    return sum(s or 0.0 for s in scores) / len(rows)
+    out = {}
+    for name, rows in sets.items():
+        texts = [
+            tok.apply_chat_template(
+                [{"role": "user", "content": r["prompt"]}], tokenize=False, add_generation_prompt=True
+            )
+            for r in rows
+        ]
+        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        with torch.no_grad():
+            ids = model.generate(**enc, max_new_tokens=8, do_sample=False)
+        answers = tok.batch_decode(ids[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+        scores = reward(prompts=[r["prompt"] for r in rows], completions=answers, answer=[r["answer"] for r in rows])
+        out[name] = sum(s or 0.0 for s in scores) / len(rows)
+    return out
 
 
 def quarter_means(values: list[float]) -> tuple[float, float]:
@@ -75,15 +81,18 @@ def main() -> None:
     pool, heldout = make_problems(0)  # the demo's split (demo/task.py): held-out carry pairs are never in the pool
     funcs, weights = reward_functions([{"kind": "math_answer"}])
     log = logging.getLogger("bench.rl_revisit")
-    before = {"heldout": greedy_accuracy(args.model, heldout, funcs[0])}
-    print(f"policy {args.model}: held-out greedy accuracy {before['heldout']:.3f}", flush=True)
+    held_before = greedy_accuracy(args.model, {"heldout": heldout}, funcs[0])["heldout"]
+    print(f"policy {args.model}: held-out greedy accuracy {held_before:.3f}", flush=True)
     records = []
     for seed in [int(s) for s in args.seeds.split(",")]:
         order = list(pool)
         random.Random(seed).shuffle(order)
         unseen = order[-300:]  # never among the trained prompts for N <= 1,170
+        unseen_before = greedy_accuracy(args.model, {"unseen": unseen}, funcs[0])["unseen"]
         for n in [int(x) for x in args.prompts.split(",")]:
             train = order[:n]
+            seen = train[:300]
+            seen_before = greedy_accuracy(args.model, {"seen": seen}, funcs[0])["seen"]
             rows = [{"prompt": r["prompt"], "answer": r["answer"], "system": None, "provenance": "{}"} for r in train]
             cfg = RLConfig(
                 enabled=True,
@@ -109,21 +118,15 @@ def main() -> None:
                     logger=log,
                 )
                 seconds = time.perf_counter() - t0
-                seen = train[:300]
+                after = greedy_accuracy(str(ckpt), {"heldout": heldout, "seen": seen, "unseen": unseen}, funcs[0])
                 rec = {
                     "prompts": n,
                     "seed": seed,
                     "visits_per_prompt": round(args.steps * cfg.prompts_per_step / n, 2),
                     "reward": [round(x, 3) for x in quarter_means([h["reward"] for h in summary["history"]])],
-                    "heldout": [round(before["heldout"], 3), round(greedy_accuracy(str(ckpt), heldout, funcs[0]), 3)],
-                    "trained": [
-                        round(greedy_accuracy(args.model, seen, funcs[0]), 3),
-                        round(greedy_accuracy(str(ckpt), seen, funcs[0]), 3),
-                    ],
-                    "unseen_pool": [
-                        round(greedy_accuracy(args.model, unseen, funcs[0]), 3),
-                        round(greedy_accuracy(str(ckpt), unseen, funcs[0]), 3),
-                    ],
+                    "heldout": [round(held_before, 3), round(after["heldout"], 3)],
+                    "trained": [round(seen_before, 3), round(after["seen"], 3)],
+                    "unseen_pool": [round(unseen_before, 3), round(after["unseen"], 3)],
                     "train_s": round(seconds, 1),
                 }
             records.append(rec)
