@@ -26,18 +26,40 @@ apply_defaults()
 # Each variant overrides the demo's training section; a "selection" key overrides its selection section.
 _REPLAY = {"replay": {"enabled": True, "share": 1.0, "cap": 480}}
 _GENTLER = [{"from_round": 2, "learning_rate": 5e-5}]  # SFT from round 2 on; the demo's round 1 uses 1e-4
+_GENTLE_SFT = [{"from_round": 2, "learning_rate": 2e-5}]  # the demo: SFT 1e-4 and DPO 2e-5 in every round
+_GENTLE_DPO = [{"from_round": 2, "learning_rate": 5e-6}]
 # GRPO after DPO on 64 of the round's prompts, each seen 5 times (40 steps x 8 prompts), or in one pass over
 # fresh prompts (max_prompts: null): README, "RL on verifiable rewards" (GRPO's reward rises on prompts it sees again).
 _RL = {"enabled": True, "num_generations": 8, "prompts_per_step": 8, "max_steps": 40, "max_prompts": 64}
 _RL |= {"learning_rate": 2e-5, "max_completion_length": 8}
 VARIANTS: dict[str, dict] = {
-    "demo": {},
+    "demo": {},  # configs/demo.yaml as it is
+    "demo-no-avg": {},  # the demo before it averaged from round 2 (every variant below: see main)
     "demo-rl": {"rl": _RL},
     "demo-rl-one-pass": {"rl": {**_RL, "max_prompts": None}},
     "demo-rl-lr1e-5": {"rl": {**_RL, "learning_rate": 1e-5}},
     "demo-rl-128": {"rl": {**_RL, "max_prompts": 128}},
-    "demo-avg": {"averaging": {"enabled": True, "parents": "policy", "weight_new": 0.5}},
-    "demo-rl-avg": {"rl": _RL, "averaging": {"enabled": True, "parents": "policy", "weight_new": 0.5}},
+    "demo-avg": {"averaging": {"enabled": True, "parents": "policy", "weight_new": 0.5, "from_round": 1}},
+    "demo-avg-r2": {"averaging": {"enabled": True, "parents": "policy", "weight_new": 0.5, "from_round": 2}},
+    "demo-avg-r2-w07": {"averaging": {"enabled": True, "parents": "policy", "weight_new": 0.7, "from_round": 2}},
+    "demo-gentle": {"sft": {"schedule": _GENTLE_SFT}, "dpo": {"schedule": _GENTLE_DPO}},
+    "demo-gentle-avg-r2": {
+        "sft": {"schedule": _GENTLE_SFT},
+        "dpo": {"schedule": _GENTLE_DPO},
+        "averaging": {"enabled": True, "parents": "policy", "weight_new": 0.5, "from_round": 2},
+    },
+    "demo-avg-r2-w03": {"averaging": {"enabled": True, "parents": "policy", "weight_new": 0.3, "from_round": 2}},
+    "demo-avg-r2-w02": {"averaging": {"enabled": True, "parents": "policy", "weight_new": 0.2, "from_round": 2}},
+    # Rounds 2 on barely move the weights: does the round-2 drop come from what is learned, or from the path?
+    "demo-still-r2": {
+        "sft": {"schedule": [{"from_round": 2, "learning_rate": 1e-9}]},
+        "dpo": {"schedule": [{"from_round": 2, "learning_rate": 1e-9}]},
+    },
+    "demo-rl-avg-r2": {
+        "rl": _RL,
+        "averaging": {"enabled": True, "parents": "policy", "weight_new": 0.5, "from_round": 2},
+    },
+    "demo-rl-avg": {"rl": _RL, "averaging": {"enabled": True, "parents": "policy", "weight_new": 0.5, "from_round": 1}},
     "demo-sft-only": {"dpo": {"enabled": False}},
     "replay": {"selection": _REPLAY},
     "replay-sft-only": {"selection": _REPLAY, "dpo": {"enabled": False}},
@@ -122,6 +144,8 @@ def main() -> None:
             for seed in [int(x) for x in args.seeds.split(",")]:
                 run_home = Path(tmp) / f"{name}-{seed}"
                 variant = dict(VARIANTS[name])
+                if name != "demo":  # variants compare training settings without averaging unless they set it
+                    variant.setdefault("averaging", {"enabled": False})
                 seeds = {
                     "selection": variant.pop("selection", {}),
                     "training": {**variant, "seed": seed},

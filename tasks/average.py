@@ -82,15 +82,17 @@ def average_task(
 ) -> Step | str:
     """The round's candidate: the average with the parents chosen from `history` (the pipeline's earlier
     policies, newest first), or `candidate_id` unchanged and nothing recorded when averaging is off,
-    weight_new is 1, or training produced no new model (the gate says so)."""
+    weight_new is 1, the round comes before `from_round`, or training produced no new model (the gate says so)."""
     acfg: AveragingConfig = cfg.training.averaging
-    if not acfg.enabled or acfg.weight_new == 1 or candidate_id == policy_id:
+    if not acfg.enabled or acfg.weight_new == 1 or round_num < acfg.from_round or candidate_id == policy_id:
         return candidate_id
     parents = [p for p in choose_parents(acfg, policy_id, list(history)) if p != candidate_id]
     weights = averaging_weights(acfg, len(parents))
     return Step(
         STEP,
-        config=acfg,
+        # from_round decides only whether the step runs, not what it computes, so it stays out of the identity
+        # (configs without it keep their steps).
+        config=acfg.model_dump(mode="json", exclude={"from_round"}),
         inputs={"candidate": candidate_id, **{f"parent:{i}": p for i, p in enumerate(parents)}},
         run=lambda ctx: average(ctx, parents, weights),
     )

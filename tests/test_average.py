@@ -231,7 +231,8 @@ def test_config_checks():
         AveragingConfig(parents="last_k_promoted", k=3, parent_weights=[1, 1])
     with pytest.raises(ValueError, match="must all be > 0"):
         AveragingConfig(parent_weights=[0.0])
-    for bad in ({"weight_new": 0.0}, {"weight_new": 1.5}, {"k": 0}, {"with": "policy"}, {"parents": "all"}):
+    refused = [{"weight_new": 0.0}, {"weight_new": 1.5}, {"k": 0}, {"from_round": 0}, {"with": "policy"}]
+    for bad in [*refused, {"parents": "all"}]:
         with pytest.raises(ValueError):
             AveragingConfig(**bad)
     assert all(f.description for f in AveragingConfig.model_fields.values())
@@ -305,6 +306,12 @@ def test_task_averages_with_the_policy_and_records_lineage(prefect_harness, make
     # a rerun of the same step reuses the stored average
     assert average_task(cfg, 1, candidate, policy) == averaged
     assert rt.catalog.steps_of(cfg.pipeline, 1)["average"]["reused"] is True
+    # from_round only decides whether the step runs: the same average in round 2 is the same step
+    rt.catalog.start_round(cfg.pipeline, 2, "h", policy, None)
+    cfg_r2 = make_cfg(enabled=True, parents="policy", weight_new=0.8, from_round=2)
+    assert average_task(cfg_r2, 2, candidate, policy) == averaged
+    round2, round1 = (rt.catalog.steps_of(cfg.pipeline, r)["average"] for r in (2, 1))
+    assert round2["reused"] is True and round2["identity"] == round1["identity"]
 
 
 def test_task_averages_with_the_last_k_promoted_policies(prefect_harness, make_cfg, ckpts):
