@@ -33,8 +33,9 @@ _GENTLE_DPO = [{"from_round": 2, "learning_rate": 5e-6}]
 _RL = {"enabled": True, "num_generations": 8, "prompts_per_step": 8, "max_steps": 40, "max_prompts": 64}
 _RL |= {"learning_rate": 2e-5, "max_completion_length": 8}
 VARIANTS: dict[str, dict] = {
-    "demo": {},  # configs/demo.yaml as it is
-    "demo-no-avg": {},  # the demo before it averaged from round 2 (every variant below: see main)
+    "demo": {},  # configs/demo.yaml as it is: averaged from round 2, weight_new 0.3
+    # The demo before it averaged. Every variant but `demo` runs without averaging unless it sets it (see main).
+    "demo-no-avg": {},
     "demo-rl": {"rl": _RL},
     "demo-rl-one-pass": {"rl": {**_RL, "max_prompts": None}},
     "demo-rl-lr1e-5": {"rl": {**_RL, "learning_rate": 1e-5}},
@@ -48,7 +49,6 @@ VARIANTS: dict[str, dict] = {
         "dpo": {"schedule": _GENTLE_DPO},
         "averaging": {"enabled": True, "parents": "policy", "weight_new": 0.5, "from_round": 2},
     },
-    "demo-avg-r2-w03": {"averaging": {"enabled": True, "parents": "policy", "weight_new": 0.3, "from_round": 2}},
     "demo-avg-r2-w02": {"averaging": {"enabled": True, "parents": "policy", "weight_new": 0.2, "from_round": 2}},
     # Rounds 2 on barely move the weights: does the round-2 drop come from what is learned, or from the path?
     "demo-still-r2": {
@@ -61,6 +61,10 @@ VARIANTS: dict[str, dict] = {
     },
     "demo-rl-avg": {"rl": _RL, "averaging": {"enabled": True, "parents": "policy", "weight_new": 0.5, "from_round": 1}},
     "demo-sft-only": {"dpo": {"enabled": False}},
+    "demo-sft-only-avg": {  # the demo without DPO
+        "dpo": {"enabled": False},
+        "averaging": {"enabled": True, "parents": "policy", "weight_new": 0.3, "from_round": 2},
+    },
     "replay": {"selection": _REPLAY},
     "replay-sft-only": {"selection": _REPLAY, "dpo": {"enabled": False}},
     "replay-gentler": {"selection": _REPLAY, "sft": {"schedule": _GENTLER}},
