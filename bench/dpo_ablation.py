@@ -32,6 +32,13 @@ _GENTLE_DPO = [{"from_round": 2, "learning_rate": 5e-6}]
 # fresh prompts (max_prompts: null): README, "RL on verifiable rewards" (GRPO's reward rises on prompts it sees again).
 _RL = {"enabled": True, "num_generations": 8, "prompts_per_step": 8, "max_steps": 40, "max_prompts": 64}
 _RL |= {"learning_rate": 2e-5, "max_completion_length": 8}
+
+
+def _avg(weight_new: float, from_round: int = 2) -> dict:
+    """An averaging section: the candidate is weight_new x the trained weights + the rest x the policy."""
+    return {"enabled": True, "parents": "policy", "weight_new": weight_new, "from_round": from_round}
+
+
 VARIANTS: dict[str, dict] = {
     "demo": {},  # configs/demo.yaml as it is: averaged from round 2, weight_new 0.3
     # The demo before it averaged. Every variant but `demo` runs without averaging unless it sets it (see main).
@@ -40,16 +47,16 @@ VARIANTS: dict[str, dict] = {
     "demo-rl-one-pass": {"rl": {**_RL, "max_prompts": None}},
     "demo-rl-lr1e-5": {"rl": {**_RL, "learning_rate": 1e-5}},
     "demo-rl-128": {"rl": {**_RL, "max_prompts": 128}},
-    "demo-avg": {"averaging": {"enabled": True, "parents": "policy", "weight_new": 0.5, "from_round": 1}},
-    "demo-avg-r2": {"averaging": {"enabled": True, "parents": "policy", "weight_new": 0.5, "from_round": 2}},
-    "demo-avg-r2-w07": {"averaging": {"enabled": True, "parents": "policy", "weight_new": 0.7, "from_round": 2}},
+    "demo-avg": {"averaging": _avg(0.5, from_round=1)},
+    "demo-avg-r2": {"averaging": _avg(0.5)},
+    "demo-avg-r2-w07": {"averaging": _avg(0.7)},
     "demo-gentle": {"sft": {"schedule": _GENTLE_SFT}, "dpo": {"schedule": _GENTLE_DPO}},
     "demo-gentle-avg-r2": {
         "sft": {"schedule": _GENTLE_SFT},
         "dpo": {"schedule": _GENTLE_DPO},
-        "averaging": {"enabled": True, "parents": "policy", "weight_new": 0.5, "from_round": 2},
+        "averaging": _avg(0.5),
     },
-    "demo-avg-r2-w02": {"averaging": {"enabled": True, "parents": "policy", "weight_new": 0.2, "from_round": 2}},
+    "demo-avg-r2-w02": {"averaging": _avg(0.2)},
     # Rounds 2 on barely move the weights: does the round-2 drop come from what is learned, or from the path?
     "demo-still-r2": {
         "sft": {"schedule": [{"from_round": 2, "learning_rate": 1e-9}]},
@@ -57,13 +64,13 @@ VARIANTS: dict[str, dict] = {
     },
     "demo-rl-avg-r2": {
         "rl": _RL,
-        "averaging": {"enabled": True, "parents": "policy", "weight_new": 0.5, "from_round": 2},
+        "averaging": _avg(0.5),
     },
-    "demo-rl-avg": {"rl": _RL, "averaging": {"enabled": True, "parents": "policy", "weight_new": 0.5, "from_round": 1}},
+    "demo-rl-avg": {"rl": _RL, "averaging": _avg(0.5, from_round=1)},
     "demo-sft-only": {"dpo": {"enabled": False}},
     "demo-sft-only-avg": {  # the demo without DPO
         "dpo": {"enabled": False},
-        "averaging": {"enabled": True, "parents": "policy", "weight_new": 0.3, "from_round": 2},
+        "averaging": _avg(0.3),
     },
     "replay": {"selection": _REPLAY},
     "replay-sft-only": {"selection": _REPLAY, "dpo": {"enabled": False}},

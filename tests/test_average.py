@@ -231,8 +231,8 @@ def test_config_checks():
         AveragingConfig(parents="last_k_promoted", k=3, parent_weights=[1, 1])
     with pytest.raises(ValueError, match="must all be > 0"):
         AveragingConfig(parent_weights=[0.0])
-    refused = [{"weight_new": 0.0}, {"weight_new": 1.5}, {"k": 0}, {"from_round": 0}, {"with": "policy"}]
-    for bad in [*refused, {"parents": "all"}]:
+    refused = [{"weight_new": 0.0}, {"weight_new": 1.5}, {"k": 0}, {"from_round": 0}]
+    for bad in [*refused, {"with": "policy"}, {"parents": "all"}]:
         with pytest.raises(ValueError):
             AveragingConfig(**bad)
     assert all(f.description for f in AveragingConfig.model_fields.values())
