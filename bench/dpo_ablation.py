@@ -4,6 +4,7 @@ Every variant starts from the same base model and data and differs only in its t
 the held-out accuracy after each round is directly comparable (150 prompts: about +-4 points of noise).
 
 Run:  .venv/bin/python bench/dpo_ablation.py [--rounds 3] [--seeds 0,1,2] [--variants sft-only,dpo-rpo]
+      .venv/bin/python bench/dpo_ablation.py --task instruct --rounds 1 --seeds 0,1,2   # SmolLM2, configs/instruct.yaml
 Each seed changes the prompt draw, the sampling and the training order (the base model stays the same).
 Last line: one JSON object {variant: {seed: [candidate accuracy per round]}, ...}.
 """
@@ -40,8 +41,9 @@ def _avg(weight_new: float, from_round: int = 2) -> dict:
 
 
 VARIANTS: dict[str, dict] = {
-    "demo": {},  # configs/demo.yaml as it is: averaged from round 2, weight_new 0.3
-    # The demo before it averaged. Every variant but `demo` runs without averaging unless it sets it (see main).
+    "demo": {},  # configs/demo.yaml as it is: 3 pairs per prompt, averaged from round 2 with weight_new 0.3
+    # Every variant but `demo` runs as the demo did before: without averaging and with one DPO pair per prompt,
+    # unless it sets them (see main).
     "demo-no-avg": {},
     "demo-rl": {"rl": _RL},
     "demo-rl-one-pass": {"rl": {**_RL, "max_prompts": None}},
@@ -67,6 +69,19 @@ VARIANTS: dict[str, dict] = {
         "averaging": _avg(0.5),
     },
     "demo-rl-avg": {"rl": _RL, "averaging": _avg(0.5, from_round=1)},
+    # Levers on top of averaging (weight_new 0.3 from round 2): more pairs per prompt (each a different wrong
+    # answer), a second DPO epoch. `demo-pairs3` is the demo today.
+    "demo-pairs1": {"averaging": _avg(0.3)},  # the demo before it took 3 pairs per prompt
+    "demo-pairs3": {"selection": {"pairs_per_prompt": 3}, "averaging": _avg(0.3)},
+    "demo-dpo-2ep": {"dpo": {"epochs": 2}, "averaging": _avg(0.3)},
+    "demo-pairs7": {"selection": {"pairs_per_prompt": 7}, "averaging": _avg(0.3)},
+    "demo-pairs3-dpo-2ep": {"selection": {"pairs_per_prompt": 3}, "dpo": {"epochs": 2}, "averaging": _avg(0.3)},
+    "demo-pairs3-no-avg": {"selection": {"pairs_per_prompt": 3}},
+    "demo-pairs3-dpo-2ep-r1": {  # two DPO epochs in round 1 only
+        "selection": {"pairs_per_prompt": 3},
+        "dpo": {"epochs": 2, "schedule": [{"from_round": 2, "epochs": 1}]},
+        "averaging": _avg(0.3),
+    },
     "demo-sft-only": {"dpo": {"enabled": False}},
     "demo-sft-only-avg": {  # the demo without DPO
         "dpo": {"enabled": False},
@@ -106,6 +121,33 @@ VARIANTS: dict[str, dict] = {
 }
 
 
+# The instruct demo (configs/instruct.yaml, SmolLM2-135M-Instruct): about 8 minutes a round on 2 cores.
+INSTRUCT_VARIANTS: dict[str, dict] = {
+    "instruct": {},  # configs/instruct.yaml as it is
+    "instruct-sft-only": {"dpo": {"enabled": False}},
+}
+TASKS = {"addition": ("demo", VARIANTS), "instruct": ("instruct", INSTRUCT_VARIANTS)}
+
+
+def _prepare(task: str, home: Path) -> tuple[Path, dict]:
+    """Build (or find cached) the task's base model and data in `home`; return the model and the raw config."""
+    import yaml
+
+    from configs import DEMO_CONFIG, INSTRUCT_CONFIG
+
+    if task == "instruct":
+        from demo.instruct_task import write_instruct_data
+        from demo.smollm2 import convert_base_model
+
+        write_instruct_data(home / "instruct" / "data")
+        return convert_base_model(home / "instruct" / "base-model"), yaml.safe_load(INSTRUCT_CONFIG.read_text())
+    from demo.base_model import build_base_model
+    from demo.task import write_demo_data
+
+    write_demo_data(home / "demo" / "data")
+    return build_base_model(home / "demo" / "base-model"), yaml.safe_load(DEMO_CONFIG.read_text())
+
+
 def _merge(base: dict, update: dict) -> dict:
     out = dict(base)
     for k, v in update.items():
@@ -127,38 +169,39 @@ def rl_reward_trend(metrics: dict, window: int = 10) -> str:
 
 
 def main() -> None:
-    import yaml
-
-    from configs import DEMO_CONFIG, parse_config
-    from demo.base_model import build_base_model
-    from demo.task import write_demo_data
+    from configs import parse_config
     from flows.pipeline import pipeline_flow
     from storage.runtime import close_runtimes
     from tasks.generation import close_engines
 
     p = argparse.ArgumentParser()
+    p.add_argument("--task", choices=sorted(TASKS), default="addition", help="addition: configs/demo.yaml")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--variants", default=None, help="comma-separated; default: all of the task's")
     p.add_argument("--seeds", default="0")
     p.add_argument(
         "--home", default=os.environ.get("FLYWHEEL_HOME", ".flywheel"), help="where the demo base model is cached"
     )
     args = p.parse_args()
     home = Path(args.home).resolve()
-    base = build_base_model(home / "demo" / "base-model")
-    write_demo_data(home / "demo" / "data")
-    raw = yaml.safe_load(DEMO_CONFIG.read_text())
+    own, variants = TASKS[args.task]
+    unknown = sorted(set((args.variants or "").split(",")) - set(variants) - {""})
+    if unknown:
+        p.error(f"unknown --variants for --task {args.task}: {unknown}; known: {sorted(variants)}")
+    base, raw = _prepare(args.task, home)
     results: dict[str, dict[int, list[float]]] = {}
     finals: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="dpo-ablation-") as tmp:
-        for name in args.variants.split(","):
+        for name in (args.variants or ",".join(variants)).split(","):
             for seed in [int(x) for x in args.seeds.split(",")]:
                 run_home = Path(tmp) / f"{name}-{seed}"
-                variant = dict(VARIANTS[name])
-                if name != "demo":  # variants compare training settings without averaging unless they set it
+                variant = dict(variants[name])
+                selection = variant.pop("selection", {})
+                if name != own and args.task == "addition":  # as the demo was: not averaged, one pair per prompt
                     variant.setdefault("averaging", {"enabled": False})
+                    selection = {"pairs_per_prompt": 1, **selection}
                 seeds = {
-                    "selection": variant.pop("selection", {}),
+                    "selection": selection,
                     "training": {**variant, "seed": seed},
                     "curation": {"seed": seed},
                     "generation": {"sampling": {"seed": seed}},

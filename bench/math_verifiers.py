@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tasks.scoring import verifiers  # noqa: E402
+from tasks.scoring import symbolic  # noqa: E402
 from tasks.scoring.verifiers import math_equal, parse_number  # noqa: E402
 
 # (completion, reference, expected verdict, category)
@@ -235,7 +235,7 @@ def _numeric_reference(reference: str) -> bool:
 def _time_us(fn, passes: int, cases: list[tuple[str, str, bool, str]]) -> float:
     start = time.perf_counter()
     for _ in range(passes):
-        verifiers._parse_symbolic.cache_clear()  # every pass parses afresh, as new completions would
+        symbolic.parse_symbolic.cache_clear()  # every pass parses afresh, as new completions would
         for completion, reference, _, _ in cases:
             fn(completion, reference)
     return (time.perf_counter() - start) / (passes * len(cases)) * 1e6

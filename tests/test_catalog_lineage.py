@@ -18,6 +18,7 @@ from test_catalog import (  # noqa: F401
     cat,
     chain,
     chained,
+    generated,
     open_catalog,
     step,
 )
@@ -92,14 +93,7 @@ def test_row_lineage_walks_sft_row_to_source(chained):
 
 
 def test_row_lineage_of_a_pair_has_both_completions(cat):
-    cat.record_step(
-        step(
-            "generate",
-            {"prompts": PROMPTS},
-            {"completions": art(COMPLETIONS, "completions")},
-            row_edges=[("c1", "p1", COMPLETIONS), ("c2", "p1", COMPLETIONS)],
-        )
-    )
+    cat.record_step(generated("c1", "c2"))
     cat.record_step(
         step(
             "select",

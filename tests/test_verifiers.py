@@ -299,7 +299,7 @@ def test_works_off_the_main_thread():
 def test_time_limit_interrupts_python_code():
     import time
 
-    from tasks.scoring.verifiers import _time_limit, _Timeout
+    from tasks.scoring.symbolic import _time_limit, _Timeout
 
     start = time.monotonic()
     with pytest.raises(_Timeout):
