@@ -170,6 +170,7 @@ def rl_reward_trend(metrics: dict, window: int = 10) -> str:
 
 def main() -> None:
     from configs import parse_config
+    from flows import reaper
     from flows.pipeline import pipeline_flow
     from storage.runtime import close_runtimes
     from tasks.generation import close_engines
@@ -183,6 +184,7 @@ def main() -> None:
         "--home", default=os.environ.get("FLYWHEEL_HOME", ".flywheel"), help="where the demo base model is cached"
     )
     args = p.parse_args()
+    reaper.start()  # a killed bench leaves no vLLM engine or Prefect server behind
     home = Path(args.home).resolve()
     own, variants = TASKS[args.task]
     unknown = sorted(set((args.variants or "").split(",")) - set(variants) - {""})

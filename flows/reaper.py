@@ -10,6 +10,12 @@ When the owner exits, however it exits, the watchdog is re-parented, sees it wit
 SIGTERM, then SIGKILL after GRACE_S, to every process that carries the token. A random token rather
 than a pid, so a reused pid can never make it stop someone else's process; the parent check rather than
 a pipe, because a child forked without exec would hold a pipe's write end open after the owner died.
+
+A child forked without exec (vLLM's EngineCore and its worker on CPU) shows the token in its
+`/proc/<pid>/environ` only if the owner had it at exec: that file is the environment the process was
+exec'd with, and a token set later lives elsewhere in memory. So the watchdog also keeps, each poll,
+the owner's descendants with their start times, and reaps those too (a pid whose start time changed
+was reused by someone else, and is left alone).
 """
 
 from __future__ import annotations
@@ -61,13 +67,46 @@ def carrying(token: str) -> list[int]:
     return found
 
 
-def reap(token: str, grace_s: float = GRACE_S) -> int:
-    """SIGTERM, then SIGKILL after `grace_s`, to every process carrying the token; how many there were."""
-    pids = carrying(token)
+def _stat(pid: int) -> tuple[int, int, str] | None:
+    """(parent pid, start time in clock ticks, state) of a live process, or None."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2 :].split()  # the name, in parentheses, may hold spaces
+    return int(fields[1]), int(fields[19]), fields[0]
+
+
+def descendants(root: int) -> dict[int, int]:
+    """{pid: start time} of every live process below `root` (children, their children, ...)."""
+    children: dict[int, list[tuple[int, int]]] = {}
+    for proc in Path("/proc").glob("[0-9]*"):
+        if (st := _stat(int(proc.name))) is not None:
+            children.setdefault(st[0], []).append((int(proc.name), st[1]))
+    found, todo = {}, [root]
+    while todo:
+        for pid, started in children.get(todo.pop(), []):
+            if pid not in found:
+                found[pid] = started
+                todo.append(pid)
+    return found
+
+
+def _targets(token: str, known: dict[int, int]) -> list[int]:
+    """Live processes that carry the token, or that `known` recorded with the same start time."""
+    alive = {pid for pid, started in known.items() if (st := _stat(pid)) and st[1] == started and st[2] != "Z"}
+    return sorted((alive | set(carrying(token))) - {os.getpid()})
+
+
+def reap(token: str, grace_s: float = GRACE_S, known: dict[int, int] | None = None) -> int:
+    """SIGTERM, then SIGKILL after `grace_s`, to every process carrying the token or in `known` ({pid: start
+    time}, from `descendants`); how many there were."""
+    known = known or {}
+    pids = _targets(token, known)
     for pid in pids:
         _signal(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
-    while (left := carrying(token)) and time.monotonic() < deadline:
+    while (left := _targets(token, known)) and time.monotonic() < deadline:
         time.sleep(0.2)
     for pid in left:
         _signal(pid, signal.SIGKILL)
@@ -84,9 +123,11 @@ def _signal(pid: int, sig: int) -> None:
 def main(argv: list[str]) -> int:
     owner, token = int(argv[0]), argv[1]
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is the owner's to handle; its exit is ours
+    known: dict[int, int] = {}
     while os.getppid() == owner:  # once the owner is gone this process has a new parent
+        known |= descendants(owner)  # kept after they exit: _targets skips the dead and the reused
         time.sleep(POLL_S)
-    reap(token)
+    reap(token, known=known)
     return 0
 
 
