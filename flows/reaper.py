@@ -40,13 +40,17 @@ def start() -> None:
         return
     token = secrets.token_hex(8)
     os.environ[TOKEN_VAR] = token
-    subprocess.Popen(
+    watchdog = subprocess.Popen(
         [sys.executable, str(Path(__file__).resolve()), str(os.getpid()), token],
         stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         start_new_session=True,  # a signal to the owner's process group must not stop the watchdog too
     )
+    # Wait for its first look at our children (tens of ms; seconds on loaded cores): a child forked before it
+    # looks, and killed with us before its next poll, would outlive us. Closed here, so no child inherits it.
+    watchdog.stdout.readline()
+    watchdog.stdout.close()
     _started.append(token)
 
 
@@ -57,14 +61,17 @@ def carrying(token: str) -> list[int]:
         if int(proc.name) == os.getpid():
             continue
         try:
-            if (
-                marker in (proc / "environ").read_bytes().split(b"\0")
-                and "\nState:\tZ" not in (proc / "status").read_text()
-            ):
+            if marker in (proc / "environ").read_bytes().split(b"\0") and _live(int(proc.name)):
                 found.append(int(proc.name))
         except (OSError, ValueError):  # exited meanwhile, or another user's
             continue
     return found
+
+
+def _live(pid: int, started: int | None = None) -> bool:
+    """The process runs (is not a zombie) and, when `started` is given, is the one that started then."""
+    st = _stat(pid)
+    return st is not None and st[2] != "Z" and started in (None, st[1])
 
 
 def _stat(pid: int) -> tuple[int, int, str] | None:
@@ -94,7 +101,7 @@ def descendants(root: int) -> dict[int, int]:
 
 def _targets(token: str, known: dict[int, int]) -> list[int]:
     """Live processes that carry the token, or that `known` recorded with the same start time."""
-    alive = {pid for pid, started in known.items() if (st := _stat(pid)) and st[1] == started and st[2] != "Z"}
+    alive = {pid for pid, started in known.items() if _live(pid, started)}
     return sorted((alive | set(carrying(token))) - {os.getpid()})
 
 
@@ -123,10 +130,15 @@ def _signal(pid: int, sig: int) -> None:
 def main(argv: list[str]) -> int:
     owner, token = int(argv[0]), argv[1]
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is the owner's to handle; its exit is ours
-    known: dict[int, int] = {}
+    known = descendants(owner)  # kept after they exit: _targets skips the dead and the reused
+    try:
+        print("watching", flush=True)
+        sys.stdout.close()
+    except OSError:  # the owner is gone already: reap below
+        pass
     while os.getppid() == owner:  # once the owner is gone this process has a new parent
-        known |= descendants(owner)  # kept after they exit: _targets skips the dead and the reused
         time.sleep(POLL_S)
+        known |= descendants(owner)
     reap(token, known=known)
     return 0
 

@@ -37,11 +37,6 @@ OWNER = textwrap.dedent(
 )
 
 
-def _alive(pid: int) -> bool:
-    st = reaper._stat(pid)
-    return st is not None and st[2] != "Z"
-
-
 def test_forked_and_execd_children_die_with_a_killed_owner(tmp_path):
     script = tmp_path / "owner.py"
     script.write_text(OWNER.format(root=str(Path(__file__).resolve().parents[1])))
@@ -51,17 +46,18 @@ def test_forked_and_execd_children_die_with_a_killed_owner(tmp_path):
         marker = f"{reaper.TOKEN_VAR}=".encode()
         assert marker not in Path(f"/proc/{forked}/environ").read_bytes()  # why the token alone misses it
         assert marker in Path(f"/proc/{execd}/environ").read_bytes()
-        time.sleep(3 * reaper.POLL_S)  # the watchdog has seen both children
+        time.sleep(5 * reaper.POLL_S)  # the watchdog has polled since both children started
         owner.kill()  # SIGKILL: no handler, no atexit runs
         owner.wait()
         deadline = time.monotonic() + reaper.GRACE_S + 5
-        while (_alive(forked) or _alive(execd)) and time.monotonic() < deadline:
+        while (reaper._live(forked) or reaper._live(execd)) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert not _alive(forked), "the forked child outlived its owner"
-        assert not _alive(execd), "the exec'd child outlived its owner"
+        assert not reaper._live(forked), "the forked child outlived its owner"
+        assert not reaper._live(execd), "the exec'd child outlived its owner"
     finally:
+        owner.kill()  # when an assertion above failed first
         for pid in (forked, execd):
-            if _alive(pid):
+            if reaper._live(pid):
                 os.kill(pid, 9)
 
 
