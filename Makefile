@@ -46,9 +46,9 @@ graphviz:
 postgresql:
 	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql)
 
-# Two workers, two groups (tests/conftest.py): the suite in order on one, the `waits` tests beside it on the other.
+# Two workers (tests/conftest.py, WAITS): the suite in order on one, the tests that mostly wait beside it.
 test: $(STAMP) chromium graphviz postgresql lint
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
+	$(BIN)/python -m pytest -q -n 2
 
 # The fault battery alone (also part of `make test`): kills, an S3 outage, a held catalog, bad inputs.
 faults: $(STAMP)

@@ -15,7 +15,7 @@ from storage.store import open_store
 from tests.conftest import HF_GENERATION
 from tests.faults.harness import FlywheelRun, audit, stage_done, write_config
 
-pytestmark = [pytest.mark.faults, pytest.mark.waits]  # the round waits out the 3-minute hold: run beside the rest
+pytestmark = pytest.mark.faults  # in tests/conftest.py's WAITS: the round waits out the hold beside the rest
 HOLD_S = 180  # 3 minutes: rounds used to give up on a locked catalog after 120 s
 
 
